@@ -1,5 +1,6 @@
 /**
- * The typed face of the native addon (`native/loopfs.cc`).
+ * The typed face of the native addon (`native/*.cc`, entry point `native/addon.cc`;
+ * built into `native/build/Release/loopfs.node` by `native/build.mjs`).
  *
  * The addon is syscalls and ioctls only: no policy, no retries, no printing. Every
  * function is synchronous (each call is one short syscall) and throws a {@link SysError}
@@ -130,7 +131,7 @@ export interface NativeAddon {
   blkRaGet(fd: number): number;
   blkRaSet(fd: number, sectors: number): void;
 
-  /** flock(2); op is LOCK_SH|LOCK_EX|LOCK_UN, optionally | LOCK_NB (EWOULDBLOCK then). */
+  /** flock(2); op is LOCK_SH|LOCK_EX|LOCK_UN, optionally | LOCK_NB (EWOULDBLOCK then: code 'EAGAIN', same errno 11). */
   flock(fd: number, op: number): void;
   fstat(fd: number): NativeStat;
   /** statfs(2) of a path, or fstatfs(2) when given a number. */

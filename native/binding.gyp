@@ -1,0 +1,29 @@
+{
+  "targets": [
+    {
+      "target_name": "loopfs",
+      "sources": [
+        "addon.cc",
+        "args.cc",
+        "blk.cc",
+        "constants.cc",
+        "errors.cc",
+        "fs.cc",
+        "loop.cc",
+        "loop_control.cc",
+        "loop_info.cc"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags": ["-Wall", "-Wextra"],
+      "cflags_cc": ["-fexceptions"]
+    }
+  ]
+}

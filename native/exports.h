@@ -1,0 +1,14 @@
+// Each concern registers its own functions on the module's exports (see addon.cc).
+#pragma once
+
+#include <napi.h>
+
+namespace loopfs {
+
+void RegisterConstants(Napi::Env env, Napi::Object exports); // constants.cc
+void RegisterFs(Napi::Env env, Napi::Object exports);        // fs.cc
+void RegisterLoopControl(Napi::Env env, Napi::Object exports); // loop_control.cc
+void RegisterLoop(Napi::Env env, Napi::Object exports);      // loop.cc
+void RegisterBlk(Napi::Env env, Napi::Object exports);       // blk.cc
+
+} // namespace loopfs

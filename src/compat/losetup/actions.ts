@@ -1,0 +1,341 @@
+/**
+ * One function per losetup action, each printing exactly what util-linux 2.38.1
+ * prints. The kernel work goes through the scope (host or instance) and the typed
+ * kernel layer; this module only decides what to say.
+ */
+import { existsSync, accessSync, constants as fsConstants, realpathSync, statSync } from 'node:fs';
+import { attach, AttachError } from '../../kernel/attach.js';
+import { NoFreeDeviceError } from '../../kernel/allocate.js';
+import { toSysError } from '../../kernel/errors.js';
+import { assertLoopDevice, LoopDevice } from '../../kernel/loop-device.js';
+import type { LoopScope } from '../../instance/scope.js';
+import type { Output } from '../output.js';
+import { renderTable } from '../smartcols.js';
+import { COLUMNS } from './columns.js';
+import type { LosetupPlan } from './options.js';
+import { LO_FLAGS_READ_ONLY } from './options.js';
+import { deviceLine } from './print-line.js';
+
+export interface ActionContext {
+  plan: LosetupPlan;
+  scope: LoopScope;
+  out: Output;
+}
+
+const describe = (e: unknown): string => toSysError(e).description;
+
+/** Returns the exit status. */
+export function runAction(ctx: ActionContext): number {
+  switch (ctx.plan.action) {
+    case 'create':
+      return create(ctx);
+    case 'delete':
+      return detach(ctx);
+    case 'delete-all':
+      return detachAll(ctx);
+    case 'find-free':
+      return findFree(ctx);
+    case 'show':
+      return ctx.plan.list ? showTable(ctx, null) : showAll(ctx);
+    case 'show-one':
+      return showOne(ctx);
+    case 'set-capacity':
+      return ioctlOn(ctx, 'set capacity failed', (d) => d.setCapacity());
+    case 'set-direct-io':
+      return ioctlOn(ctx, 'set direct io failed', (d) => d.setDirectIo(ctx.plan.useDirectIo));
+    case 'set-blocksize':
+      return ioctlOn(ctx, 'set logical block size failed', (d) => d.setBlockSize(Number(ctx.plan.blockSize)));
+  }
+}
+
+// ---------------------------------------------------------------- listing
+
+/**
+ * util-linux's loopcxt_is_used(): match by st_dev/st_ino when both the file and the
+ * device's ids are known, else by backing-file name (first as given, then
+ * canonicalised), then by offset when -o was given.
+ */
+class FileMatcher {
+  private readonly st: { dev: bigint; ino: bigint } | null;
+  private canonical: string | null = null;
+
+  constructor(
+    private readonly file: string,
+    private readonly offset: bigint | null,
+  ) {
+    try {
+      const s = statSync(file, { bigint: true });
+      this.st = { dev: s.dev, ino: s.ino };
+    } catch {
+      this.st = null;
+    }
+  }
+
+  matches(dev: LoopDevice): boolean {
+    let found = this.matchesFile(dev, this.canonical ?? this.file);
+    if (!found && this.canonical === null) {
+      this.canonical = canonicalize(this.file);
+      found = this.matchesFile(dev, this.canonical);
+    }
+    if (!found) return false;
+    return this.offset === null || dev.offset() === this.offset;
+  }
+
+  private matchesFile(dev: LoopDevice, name: string): boolean {
+    const ids = this.st ? dev.backingIds() : null;
+    if (this.st && ids) return ids.ino === this.st.ino && ids.dev === this.st.dev;
+    return dev.backingFile() === name;
+  }
+}
+
+/** util-linux canonicalize_path(): realpath, or the path unchanged when that fails. */
+export function canonicalize(path: string): string {
+  try {
+    return realpathSync.native(path);
+  } catch {
+    return path;
+  }
+}
+
+function selectedDevices(ctx: ActionContext): LoopDevice[] {
+  const { plan, scope } = ctx;
+  const devices = scope.usedDevices();
+  if (plan.file === null) return devices;
+  const m = new FileMatcher(plan.file, plan.offsetSet ? plan.offset : null);
+  return devices.filter((d) => m.matches(d));
+}
+
+function showAll(ctx: ActionContext): number {
+  for (const dev of selectedDevices(ctx)) {
+    const line = deviceLine(dev);
+    if (line !== null) ctx.out.out(line);
+  }
+  return 0;
+}
+
+function showTable(ctx: ActionContext, single: LoopDevice | null): number {
+  const { plan, out } = ctx;
+  const cols = plan.columns.map((i) => COLUMNS[i]);
+  const devices = single ? [single] : selectedDevices(ctx);
+  const rows = devices.map((d) => cols.map((c) => c.value(d)));
+  const mode = plan.json ? 'json' : plan.raw ? 'raw' : 'table';
+  out.out(renderTable(cols, rows, { mode, noHeadings: plan.noHeadings, tableName: 'loopdevices' }));
+  return 0;
+}
+
+function showOne(ctx: ActionContext): number {
+  const dev = new LoopDevice(ctx.scope.devicePath(ctx.plan.device!));
+  if (ctx.plan.list) return showTable(ctx, dev);
+  const line = deviceLine(dev);
+  if (line === null) {
+    // util-linux reports the errno of the failed sysfs read of loop/backing_file
+    ctx.out.warn(dev.path, dev.sysfs() ? 'No such file or directory' : 'No such device or address');
+    return 1;
+  }
+  ctx.out.out(line);
+  return 0;
+}
+
+// ---------------------------------------------------------------- control
+
+function ioctlOn(ctx: ActionContext, what: string, op: (d: LoopDevice) => void): number {
+  const dev = new LoopDevice(ctx.scope.devicePath(ctx.plan.device!));
+  try {
+    op(dev);
+    return 0;
+  } catch (e) {
+    ctx.out.warn(`${dev.path}: ${what}`, describe(e));
+    return 1;
+  } finally {
+    dev.close();
+  }
+}
+
+/** LOOP_CLR_FD on a read-only fd, like util-linux; true on success. */
+function detachOne(ctx: ActionContext, dev: LoopDevice): boolean {
+  try {
+    dev.clear();
+    return true;
+  } catch (e) {
+    ctx.out.warn(`${dev.path}: detach failed`, describe(e));
+    return false;
+  }
+}
+
+function detach(ctx: ActionContext): number {
+  const { plan, out } = ctx;
+  const opened: LoopDevice[] = [];
+  // util-linux keeps one context: an operand that fails the loop-device check leaves
+  // the previous device selected, and that device is detached (again) in its place
+  let current = new LoopDevice(ctx.scope.devicePath(plan.device!));
+  opened.push(current);
+  let failures = detachOne(ctx, current) ? 0 : 1;
+  for (const arg of plan.moreDevices) {
+    try {
+      assertLoopDevice(arg);
+      current = new LoopDevice(ctx.scope.devicePath(arg));
+      opened.push(current);
+    } catch (e) {
+      out.warn(`${arg}: failed to use device`, describe(e));
+    }
+    if (!detachOne(ctx, current)) failures++;
+  }
+  for (const d of opened) d.close();
+  return failures ? 1 : 0;
+}
+
+function detachAll(ctx: ActionContext): number {
+  let failures = 0;
+  for (const dev of ctx.scope.usedDevices()) {
+    if (!detachOne(ctx, dev)) failures++;
+    dev.close();
+  }
+  return failures ? 1 : 0;
+}
+
+function findFree(ctx: ActionContext): number {
+  try {
+    const dev = ctx.scope.findFree();
+    ctx.out.out(`${dev.path}\n`);
+    return 0;
+  } catch (e) {
+    let description: string;
+    const control = ctx.scope.controlPath;
+    // util-linux reports EACCES when loop-control exists but is not writable for us
+    if (control && existsSync(control) && !writable(control)) description = 'Permission denied';
+    else if (e instanceof NoFreeDeviceError) description = e.cause.description;
+    else description = describe(e);
+    ctx.out.warn('cannot find an unused loop device', description);
+    return 1;
+  }
+}
+
+function writable(path: string): boolean {
+  try {
+    accessSync(path, fsConstants.W_OK);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+
+// ---------------------------------------------------------------- setup
+
+type Overlap = { kind: 'none' } | { kind: 'overlap' } | { kind: 'full'; dev: LoopDevice };
+
+/** util-linux loopcxt_find_overlap(): the first device on the same file that overlaps the range. */
+function findOverlap(scope: LoopScope, file: string, offset: bigint, sizelimit: bigint): Overlap {
+  const m = new FileMatcher(file, null);
+  for (const dev of scope.usedDevices()) {
+    if (!m.matches(dev)) continue;
+    const devOffset = dev.offset();
+    const devLimit = dev.sizelimit();
+    if (devOffset === null || devLimit === null) continue; // raced with autoclear
+    if (devLimit === sizelimit && devOffset === offset) return { kind: 'full', dev };
+    if (devLimit !== 0n && offset >= devOffset + devLimit) continue;
+    if (sizelimit !== 0n && offset + sizelimit <= devOffset) continue;
+    return { kind: 'overlap' };
+  }
+  return { kind: 'none' };
+}
+
+function create(ctx: ActionContext): number {
+  const { plan, out, scope } = ctx;
+  const file = plan.file!;
+  const hasDevice = plan.device !== null;
+  const offset = plan.offsetSet ? plan.offset : 0n;
+  const sizelimit = plan.sizelimitSet ? plan.sizelimit : 0n;
+  let device: LoopDevice | null = null;
+
+  if (!hasDevice && plan.noOverlap) {
+    const o = findOverlap(scope, file, offset, sizelimit);
+    if (o.kind === 'overlap') out.errx(`${file}: overlapping loop device exists`);
+    if (o.kind === 'full') {
+      // re-use the device: once bound read-only its mode cannot change
+      if (o.dev.readOnly() && !(plan.loFlags & LO_FLAGS_READ_ONLY)) {
+        out.errx(`${file}: overlapping read-only loop device exists`);
+      }
+      const info = o.dev.tryStatus();
+      if (info && info.encryptType !== 0) out.errx(`${file}: overlapping encrypted loop device exists`);
+      try {
+        if (!info) throw new Error('no status');
+        o.dev.setStatus({ ...info, flags: info.flags & ~AUTOCLEAR });
+      } catch {
+        out.errx(`${file}: failed to re-use loop device`);
+      }
+      finishCreate(ctx, o.dev);
+      return 0;
+    }
+  }
+
+  const devicePath = hasDevice ? scope.devicePath(plan.device!) : null;
+  if (devicePath) {
+    scope.ensureDevice(devicePath);
+    if (plan.noOverlap && findOverlap(scope, file, offset, sizelimit).kind !== 'none') {
+      out.errx(`${file}: overlapping loop device exists`);
+    }
+  }
+
+  const request = {
+    file: canonicalize(file),
+    offset,
+    sizelimit,
+    flags: plan.loFlags,
+    blockSize: Number(plan.blockSize),
+  };
+  try {
+    if (devicePath) {
+      device = new LoopDevice(devicePath);
+      attach(device, request);
+    } else {
+      device = scope.allocate(request).device;
+    }
+  } catch (e) {
+    if (e instanceof NoFreeDeviceError) {
+      out.warnx('cannot find an unused loop device');
+      return 1;
+    }
+    if (!(e instanceof AttachError)) throw e;
+    const blame = devicePath && e.deviceOpenFailed ? devicePath : file;
+    out.warn(`${blame}: failed to set up loop device`, e.cause.description);
+    return 1;
+  } finally {
+    device?.close();
+  }
+  finishCreate(ctx, device);
+  return 0;
+}
+
+const AUTOCLEAR = 4;
+
+/** After a successful setup: --show, then the size warnings. */
+function finishCreate(ctx: ActionContext, dev: LoopDevice): void {
+  const { plan, out } = ctx;
+  if (plan.showDevice) out.out(`${dev.path}\n`);
+  warnSize(out, plan.file!, plan.sizelimitSet ? plan.sizelimit : 0n, plan.offsetSet ? plan.offset : null);
+}
+
+/**
+ * util-linux warn_size(): the device size is the sizelimit, or the file size minus
+ * the offset (unsigned: an offset past the end wraps around, so no warning).
+ */
+function warnSize(out: Output, file: string, sizelimit: bigint, offset: bigint | null): void {
+  let size = sizelimit;
+  if (!size) {
+    let st;
+    try {
+      st = statSync(file, { bigint: true });
+    } catch {
+      return;
+    }
+    if (st.isBlockDevice()) return;
+    size = st.size;
+    if (offset !== null) size = BigInt.asUintN(64, size - offset);
+  }
+  if (size < 512n) {
+    out.warnx(`${file}: Warning: file is smaller than 512 bytes; the loop device may be useless or invisible for system tools.`);
+  } else if (size % 512n) {
+    out.warnx(`${file}: Warning: file does not fit into a 512-byte sector; the end of the file will be ignored.`);
+  }
+}

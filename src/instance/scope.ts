@@ -1,0 +1,26 @@
+/**
+ * Where a command's loop devices live. The host scope is plain /dev with the global
+ * loop-control, where every tool behaves exactly as util-linux does; private
+ * instances (see instance.ts) implement the same interface with their own set of
+ * devices, so the util-linux front end never needs to know which one it talks to.
+ */
+import type { AttachRequest } from '../kernel/attach.js';
+import type { Allocated } from '../kernel/allocate.js';
+import type { LoopDevice } from '../kernel/loop-device.js';
+
+export interface LoopScope {
+  /** Devices bound to a backing file, in listing order. */
+  usedDevices(): LoopDevice[];
+  /** The node path for a device argument as the user typed it. */
+  devicePath(arg: string): string;
+  /** The first free device (not bound). */
+  findFree(): LoopDevice;
+  /** Find a free device and bind it. */
+  allocate(req: AttachRequest): Allocated;
+  /** Make sure an explicitly named device exists before it is set up (LOOP_CTL_ADD). */
+  ensureDevice(path: string): void;
+  /** Whether a device named by the user belongs to this scope. */
+  contains(dev: LoopDevice): boolean;
+  /** The loop-control path the scope allocates through, if any (for error reporting). */
+  readonly controlPath: string | null;
+}

@@ -1,0 +1,60 @@
+/**
+ * The loop-control character device (`/dev/loop-control`): allocates, adds and
+ * removes loop device indexes.
+ */
+import { native } from './native.js';
+
+export const LOOP_CONTROL_PATH = '/dev/loop-control';
+
+export class LoopControl {
+  private constructor(
+    readonly path: string,
+    private fd: number,
+  ) {}
+
+  /** Open read-write (the ioctls need it). Throws SysError (ENOENT, EACCES, ...). */
+  static open(path: string = LOOP_CONTROL_PATH): LoopControl {
+    const n = native();
+    return new LoopControl(path, n.open(path, n.constants.O_RDWR));
+  }
+
+  /** The lowest unbound device index; the kernel creates a new device when none is free. */
+  getFree(): number {
+    return native().ctlGetFree(this.fd);
+  }
+
+  /** Create device `index`; EEXIST when it already exists. */
+  add(index: number): number {
+    return native().ctlAdd(this.fd, index);
+  }
+
+  /**
+   * Remove device `index`. EBUSY while it is bound or open by anyone, which is why a
+   * successful remove proves that no process still holds the device.
+   */
+  remove(index: number): number {
+    return native().ctlRemove(this.fd, index);
+  }
+
+  /**
+   * Serialise allocation between our own processes: whoever holds the lock owns the
+   * window between LOOP_CTL_GET_FREE and binding the device it returned.
+   * Lock order (documented once, used everywhere): loop-control first, then a device.
+   */
+  lock(): void {
+    const n = native();
+    n.flock(this.fd, n.constants.LOCK_EX);
+  }
+
+  unlock(): void {
+    const n = native();
+    n.flock(this.fd, n.constants.LOCK_UN);
+  }
+
+  close(): void {
+    if (this.fd >= 0) {
+      native().close(this.fd);
+      this.fd = -1;
+    }
+  }
+}

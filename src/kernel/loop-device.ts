@@ -1,0 +1,313 @@
+/**
+ * One loop block device node and the ioctls on it.
+ *
+ * The object is cheap to create: nothing is opened until an operation needs it, and
+ * attributes come from sysfs first (no open, no permission needed), ioctls second.
+ * Call close() (or use `using`-style try/finally) when done with an opened device.
+ */
+import { existsSync, realpathSync, statSync } from 'node:fs';
+import { LOOP_MAJOR, major, minor } from './devnum.js';
+import { hasCode, sysError } from './errors.js';
+import { native, type LoopInfo64, type LoopInfo64Input } from './native.js';
+import { sleepMs } from './sleep.js';
+import { SysfsLoop } from './sysfs.js';
+
+export type OpenMode = 'r' | 'rw';
+
+/** Staged configuration applied by {@link LoopDevice.configure} in one place. */
+export interface LoopConfig {
+  backingFd: number;
+  offset?: bigint;
+  sizelimit?: bigint;
+  flags?: number; // LO_FLAGS_*
+  blockSize?: number; // 0/undefined: kernel default
+  fileName?: string | Buffer; // lo_file_name (truncated to 63 bytes by the kernel ABI)
+  cryptName?: string | Buffer; // lo_crypt_name
+}
+
+/** The kernel answers EAGAIN while it flushes the device; util-linux retries 250 ms apart. */
+const EAGAIN_RETRIES = 11;
+const EAGAIN_DELAY_MS = 250;
+
+export class LoopDevice {
+  private fd = -1;
+  private mode: OpenMode | null = null;
+  private sysfsCache: SysfsLoop | null | undefined;
+  private info: LoopInfo64 | null = null;
+
+  constructor(readonly path: string) {}
+
+  /** stat() of the node (follows symlinks, as util-linux does). */
+  statNode() {
+    return statSync(this.path, { bigint: true });
+  }
+
+  /** Device number of the node, or null when it is not a block device. */
+  devno(): [number, number] | null {
+    try {
+      const st = this.statNode();
+      return st.isBlockDevice() ? [major(st.rdev), minor(st.rdev)] : null;
+    } catch {
+      return null;
+    }
+  }
+
+  /** Loop index from the device number (minor), or null. */
+  index(): number | null {
+    const d = this.devno();
+    return d && d[0] === LOOP_MAJOR ? d[1] : null;
+  }
+
+  /**
+   * The sysfs directory of this device, found through the node's device number so
+   * that nodes outside /dev (instance directories) resolve too.
+   */
+  sysfs(): SysfsLoop | null {
+    if (this.sysfsCache === undefined) {
+      const d = this.devno();
+      this.sysfsCache = d ? SysfsLoop.forDevno(d[0], d[1]) : null;
+    }
+    return this.sysfsCache;
+  }
+
+  /** Open (or reopen in another mode) the device node; returns the fd. */
+  open(mode: OpenMode = 'r'): number {
+    if (this.fd >= 0 && this.mode === mode) return this.fd;
+    this.close();
+    const n = native();
+    this.fd = n.open(this.path, mode === 'rw' ? n.constants.O_RDWR : n.constants.O_RDONLY);
+    this.mode = mode;
+    return this.fd;
+  }
+
+  get isOpen(): boolean {
+    return this.fd >= 0;
+  }
+
+  close(): void {
+    if (this.fd >= 0) {
+      const fd = this.fd;
+      this.fd = -1;
+      this.mode = null;
+      native().close(fd);
+    }
+  }
+
+  /** LOOP_GET_STATUS64 (cached until the device is reconfigured). ENXIO when unbound. */
+  status(): LoopInfo64 {
+    if (!this.info) this.info = native().loopGetStatus64(this.open(this.mode ?? 'r'));
+    return this.info;
+  }
+
+  /** status(), or null when the ioctl fails (unbound, no permission, ...). */
+  tryStatus(): LoopInfo64 | null {
+    try {
+      return this.status();
+    } catch {
+      return null;
+    }
+  }
+
+  /**
+   * Bind the device: LOOP_CONFIGURE (Linux >= 5.8) in one atomic ioctl; on kernels
+   * without it (EINVAL/ENOTTY/ENOSYS) fall back to LOOP_SET_FD, LOOP_SET_BLOCK_SIZE
+   * and LOOP_SET_STATUS64. The caller owns undoing a partial setup (see attach.ts).
+   */
+  configure(cfg: LoopConfig): 'configure' | 'set-fd' {
+    const n = native();
+    const fd = this.open(this.mode ?? 'rw');
+    const info: LoopInfo64Input = {
+      offset: cfg.offset ?? 0n,
+      sizelimit: cfg.sizelimit ?? 0n,
+      flags: cfg.flags ?? 0,
+      fileName: cfg.fileName,
+      cryptName: cfg.cryptName,
+    };
+    this.info = null;
+    try {
+      n.loopConfigure(fd, cfg.backingFd, info, cfg.blockSize ?? 0);
+      return 'configure';
+    } catch (e) {
+      if (!hasCode(e, 'EINVAL', 'ENOTTY', 'ENOSYS')) throw e;
+    }
+    n.loopSetFd(fd, cfg.backingFd);
+    if (cfg.blockSize) this.setBlockSize(cfg.blockSize);
+    this.setStatus(info, Infinity);
+    return 'set-fd';
+  }
+
+  /** LOOP_SET_STATUS64, retrying while the kernel says EAGAIN. */
+  setStatus(info: LoopInfo64Input, retries = EAGAIN_RETRIES): void {
+    const fd = this.open(this.mode ?? 'r');
+    this.info = null;
+    this.retryEagain(() => native().loopSetStatus64(fd, info), retries);
+  }
+
+  /** LOOP_CLR_FD. If someone else still has the device open, the kernel defers it (autoclear). */
+  clear(): void {
+    const fd = this.open(this.mode ?? 'r');
+    this.info = null;
+    native().loopClrFd(fd);
+  }
+
+  /** LOOP_SET_CAPACITY: re-read the backing file size. */
+  setCapacity(): void {
+    native().loopSetCapacity(this.open(this.mode ?? 'r'));
+  }
+
+  /** LOOP_SET_DIRECT_IO. */
+  setDirectIo(on: boolean): void {
+    native().loopSetDirectIo(this.open(this.mode ?? 'r'), on);
+  }
+
+  /** LOOP_SET_BLOCK_SIZE, retrying while the kernel says EAGAIN. */
+  setBlockSize(size: number): void {
+    const fd = this.open(this.mode ?? 'r');
+    this.retryEagain(() => native().loopSetBlockSize(fd, size), EAGAIN_RETRIES);
+  }
+
+  /** BLKGETSIZE64 in bytes. */
+  sizeBytes(): bigint {
+    return native().blkGetSize64(this.open(this.mode ?? 'r'));
+  }
+
+  /** BLKSSZGET: logical sector size. */
+  sectorSize(): number {
+    return native().blkSszGet(this.open(this.mode ?? 'r'));
+  }
+
+  /** BLKRASET: read-ahead in 512-byte sectors. */
+  setReadAhead(sectors: number): void {
+    native().blkRaSet(this.open(this.mode ?? 'r'), sectors);
+  }
+
+  /** flock() the opened device; udev and systemd treat LOCK_EX as "being set up, don't probe". */
+  lock(exclusive: boolean, nonBlocking = false): void {
+    const n = native();
+    const c = n.constants;
+    n.flock(this.open(this.mode ?? 'r'), (exclusive ? c.LOCK_EX : c.LOCK_SH) | (nonBlocking ? c.LOCK_NB : 0));
+  }
+
+  /** Whether sysfs says the device is bound to a file; falls back to the ioctl. */
+  isBound(): boolean {
+    const sys = this.sysfs();
+    if (sys && sys.offset() !== null) return true;
+    try {
+      this.status();
+      return true;
+    } catch (e) {
+      if (hasCode(e, 'ENXIO')) return false;
+      throw e;
+    }
+  }
+
+  // ---- attributes: sysfs first, LOOP_GET_STATUS64 second (util-linux's order) ----
+
+  /**
+   * Backing file path. sysfs has it in full; loop_info64 only keeps 64 bytes, so the
+   * ioctl fallback marks a possibly truncated name with '*' as util-linux does.
+   */
+  backingFile(): string | null {
+    const s = this.sysfs()?.backingFile();
+    if (s != null) return s;
+    const info = this.tryStatus();
+    if (!info) return null;
+    const name = Buffer.from(info.fileName);
+    name[62] = 0x2a; // '*'
+    name[63] = 0;
+    return cString(name);
+  }
+  offset(): bigint | null {
+    return this.sysfs()?.offset() ?? this.tryStatus()?.offset ?? null;
+  }
+  sizelimit(): bigint | null {
+    return this.sysfs()?.sizelimit() ?? this.tryStatus()?.sizelimit ?? null;
+  }
+  autoclear(): boolean {
+    return this.sysfs()?.autoclear() ?? this.flagFromStatus(native().constants.LO_FLAGS_AUTOCLEAR);
+  }
+  readOnly(): boolean {
+    return this.sysfs()?.readOnly() ?? this.flagFromStatus(native().constants.LO_FLAGS_READ_ONLY);
+  }
+  directIo(): boolean {
+    return this.sysfs()?.dio() ?? this.flagFromStatus(native().constants.LO_FLAGS_DIRECT_IO);
+  }
+  /** Kernels >= 3.2 always support partition scanning, so sysfs is authoritative. */
+  partscan(): boolean {
+    return this.sysfs()?.partscan() ?? this.flagFromStatus(native().constants.LO_FLAGS_PARTSCAN);
+  }
+  /** Logical sector size: sysfs, else BLKSSZGET. */
+  logicalBlockSize(): bigint | null {
+    const v = this.sysfs()?.logicalBlockSize();
+    if (v != null) return v;
+    try {
+      return BigInt(this.sectorSize());
+    } catch {
+      return null;
+    }
+  }
+  /** st_dev and st_ino of the backing file (ioctl only: sysfs does not have them). */
+  backingIds(): { dev: bigint; ino: bigint } | null {
+    const info = this.tryStatus();
+    return info ? { dev: info.device, ino: info.inode } : null;
+  }
+
+  private flagFromStatus(flag: number): boolean {
+    const info = this.tryStatus();
+    return info ? (info.flags & flag) !== 0 : false;
+  }
+
+  private retryEagain(op: () => void, retries: number): void {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        op();
+        return;
+      } catch (e) {
+        if (!hasCode(e, 'EAGAIN') || attempt >= retries) throw e;
+        sleepMs(EAGAIN_DELAY_MS);
+      }
+    }
+  }
+}
+
+/**
+ * util-linux's "is this a loop device" test: the path must stat() to a block device
+ * with the loop major, or (for kernels that hand out other majors) be a whole disk
+ * whose sysfs name starts with "loop". Throws ENODEV otherwise, the errno util-linux
+ * reports ("No such device").
+ */
+export function assertLoopDevice(path: string): void {
+  let st;
+  try {
+    st = statSync(path, { bigint: true });
+  } catch {
+    throw sysError('ENODEV', 'stat', path);
+  }
+  if (st.isBlockDevice()) {
+    if (major(st.rdev) === LOOP_MAJOR) return;
+    const dir = SysfsLoop.forDevno(major(st.rdev), minor(st.rdev)).dir;
+    if (isWholeDisk(dir) && sysfsName(dir)?.startsWith('loop')) return;
+  }
+  throw sysError('ENODEV', 'stat', path);
+}
+
+/** Kernel name of a /sys/dev/block/M:m entry (the last component of its link target). */
+function sysfsName(dir: string): string | null {
+  try {
+    const p = realpathSync(dir);
+    return p.slice(p.lastIndexOf('/') + 1);
+  } catch {
+    return null;
+  }
+}
+
+/** Partitions have a `partition` attribute; whole disks do not. */
+function isWholeDisk(dir: string): boolean {
+  return existsSync(`${dir}/dev`) && !existsSync(`${dir}/partition`);
+}
+
+/** The bytes of a NUL-terminated C string, decoded as UTF-8. */
+export function cString(buf: Buffer): string {
+  const end = buf.indexOf(0);
+  return buf.subarray(0, end < 0 ? buf.length : end).toString('utf8');
+}
