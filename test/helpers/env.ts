@@ -56,12 +56,17 @@ export function targetLosetup(): string {
       mkdirSync(path.join(dir, 'bin'));
       copiedRef = path.join(dir, 'bin', 'losetup');
       copyFileSync(REF_LOSETUP, copiedRef);
-      process.on('exit', () => rmSync(dir, { recursive: true, force: true }));
     }
     return copiedRef;
   }
   if (t) return path.resolve(REPO_ROOT, t);
   return path.join(REPO_ROOT, 'bin', 'losetup');
+}
+
+/** Remove the util-linux copy made for LOSETUP_TARGET=util-linux-copy (call from afterAll). */
+export function cleanupTargetCopy(): void {
+  if (copiedRef) rmSync(path.dirname(path.dirname(copiedRef)), { recursive: true, force: true });
+  copiedRef = undefined;
 }
 
 /** Why the implementation under test cannot be run, or undefined. */

@@ -6,7 +6,7 @@ import { chmodSync, copyFileSync, mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { REF_LOSETUP, announceSkip, firstReason, loopSkipReason, refSkipReason } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
-import { inodeTokens, normalise, runScenario, type Scenario } from './harness.js';
+import { inodeTokens, normalise, removeScenarioRoot, runScenario, type Scenario } from './harness.js';
 
 describe('harness normalisation (pure)', () => {
   it('replaces inode numbers by equal-width tokens and the program path by <PROG>', () => {
@@ -28,7 +28,10 @@ announceSkip('harness self-test', reason);
 
 describe.skipIf(reason !== undefined)(`harness self-test against util-linux${reason ? ` [SKIPPED: ${reason}]` : ''}`, () => {
   const tmp = makeTempDir('loopfs-sbs-selftest');
-  afterAll(() => removeTree(tmp));
+  afterAll(() => {
+    removeTree(tmp);
+    removeScenarioRoot();
+  });
   mkdirSync(path.join(tmp, 'bin'));
   const copy = path.join(tmp, 'bin', 'losetup');
   copyFileSync(REF_LOSETUP, copy);

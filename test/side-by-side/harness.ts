@@ -32,7 +32,7 @@ import {
   writeFileSync, writeSync,
 } from 'node:fs';
 import path from 'node:path';
-import { REF_LOSETUP, announceSkip, firstReason, loopSkipReason, refSkipReason, targetLosetup, targetSkipReason } from '../helpers/env.js';
+import { REF_LOSETUP, announceSkip, cleanupTargetCopy, firstReason, loopSkipReason, refSkipReason, targetLosetup, targetSkipReason } from '../helpers/env.js';
 import { DeviceTracker, boundLoopDevices, formatState, freeLoopDevices, isBound, readLoopState } from '../helpers/devices.js';
 import { pinnedEnv, runProgram, type RunResult } from '../helpers/run.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
@@ -187,7 +187,7 @@ function renderStream(tag: string, text: string): string[] {
   const body = text.endsWith('\n') ? text.slice(0, -1) : text;
   const lines = body.split('\n').map((l) => {
     // eslint-disable-next-line no-control-regex
-    let s = l.replace(/[\x00-\x08\x0b-\x1f\x7f]/g, (c) => `<0x${c.charCodeAt(0).toString(16).padStart(2, '0')}>`);
+    let s = l.replace(/[\x00-\x09\x0b-\x1f\x7f]/g, (c) => `<0x${c.charCodeAt(0).toString(16).padStart(2, '0')}>`);
     if (/[ \t]$/.test(l)) s += '$'; // make trailing blanks visible (cat -A style)
     return `  ${tag}| ${s}`;
   });
@@ -196,7 +196,10 @@ function renderStream(tag: string, text: string): string[] {
 }
 
 function quoteArg(a: string): string {
-  return /^[A-Za-z0-9_@%+=:,./{}-]+$/.test(a) ? a : `'${a.replace(/'/g, `'\\''`)}'`;
+  if (/^[A-Za-z0-9_@%+=:,./{}-]+$/.test(a)) return a;
+  // eslint-disable-next-line no-control-regex
+  if (/[\x00-\x1f\x7f]/.test(a)) return `$${JSON.stringify(a).replace(/^"|"$/g, "'")}`;
+  return `'${a.replace(/'/g, `'\\''`)}'`;
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -226,6 +229,12 @@ function root(): string {
   return ROOT;
 }
 let counter = 0;
+
+/** Remove the per-run directory that holds all scenario directories (call from afterAll). */
+export function removeScenarioRoot(): void {
+  if (ROOT) removeTree(ROOT);
+  ROOT = undefined;
+}
 
 function slugify(s: string): string {
   return s.toLowerCase().replace(/[^a-z0-9]+/g, '-').replace(/^-|-$/g, '').slice(0, 40);
@@ -426,8 +435,8 @@ export function sideBySide(theme: string, scenarios: Scenario[]): void {
   const title = reason ? `side-by-side: ${theme} [SKIPPED: ${reason}]` : `side-by-side: ${theme}`;
   describe.skipIf(reason !== undefined)(title, () => {
     afterAll(() => {
-      if (ROOT) removeTree(ROOT);
-      ROOT = undefined;
+      removeScenarioRoot();
+      cleanupTargetCopy();
     });
     for (const sc of scenarios) {
       it(sc.name, async () => {

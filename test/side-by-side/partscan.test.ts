@@ -1,5 +1,8 @@
 // Partition scanning: -P/--partscan creates loopNpM partitions (visible in the harness's sysfs
 // state lines as parts=[...]), PARTSCAN column, -P outside setup.
+// Note: the kernel of the reference VMs has no partition parsers (CONFIG_MSDOS_PARTITION and
+// CONFIG_EFI_PARTITION unset), so parts=[] there even with -P; where parsers exist the partition
+// list is compared as well.
 import { sideBySide, type Scenario } from './harness.js';
 
 const scenarios: Scenario[] = [

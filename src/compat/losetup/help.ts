@@ -1,5 +1,7 @@
 /** `losetup --help` and `--version`, in util-linux 2.38.1's layout. */
 import { readFileSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { COLUMNS } from './columns.js';
 
 export const UTIL_LINUX_VERSION = 'util-linux 2.38.1';
@@ -47,10 +49,21 @@ For more details see losetup(8).
 `;
 }
 
-/** loopfs's own version, read only when asked for (not on the hot path). */
+/**
+ * loopfs's own version from its package.json, read only when asked for (not on the
+ * hot path). Found by walking up from this module, which works both from dist/ and
+ * from the single-file bundle.
+ */
 export function loopfsVersion(): string {
-  const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as { version: string };
-  return pkg.version;
+  for (let dir = dirname(fileURLToPath(import.meta.url)); ; dir = dirname(dir)) {
+    try {
+      const pkg = JSON.parse(readFileSync(join(dir, 'package.json'), 'utf8')) as { name?: string; version?: string };
+      if (pkg.name === 'loopfs' && pkg.version) return pkg.version;
+    } catch {
+      /* not here: keep walking */
+    }
+    if (dirname(dir) === dir) return 'unknown';
+  }
 }
 
 /** Keeps "util-linux 2.38.1" in the line for scripts that sniff the version. */
