@@ -9,6 +9,7 @@
         "constants.cc",
         "errors.cc",
         "fs.cc",
+        "fs_at.cc",
         "loop.cc",
         "loop_control.cc",
         "loop_info.cc"

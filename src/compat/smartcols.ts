@@ -380,7 +380,7 @@ function loadRuns(): void {
 }
 
 /** -1 when !iswprint(cp), else wcwidth(cp). */
-export function charClass(cp: number): number {
+function charClass(cp: number): number {
   if (!runStarts || !runClasses) loadRuns();
   const starts = runStarts as Uint32Array;
   if (cp < 0 || cp > 0x10ffff) return -1;

@@ -71,6 +71,9 @@ export interface NativeConstants {
   O_DIRECTORY: number;
   O_PATH: number;
   O_NONBLOCK: number;
+  O_TRUNC: number;
+  AT_FDCWD: number;
+  AT_REMOVEDIR: number;
   LO_FLAGS_READ_ONLY: number;
   LO_FLAGS_AUTOCLEAR: number;
   LO_FLAGS_PARTSCAN: number;
@@ -142,6 +145,21 @@ export interface NativeAddon {
   mknodat(dirfd: number, name: string, mode: number, major: number, minor: number): void;
   /** fchown(2). */
   fchown(fd: number, uid: number, gid: number): void;
+
+  // Directory-relative calls for instance directories (native/fs_at.cc): a pinned
+  // directory fd, and never a followed symlink in the last component.
+  /** renameat(2). */
+  renameat(olddirfd: number, oldname: string, newdirfd: number, newname: string): void;
+  /** unlinkat(2); flags 0 or AT_REMOVEDIR. */
+  unlinkat(dirfd: number, name: string, flags: number): void;
+  /** mkdirat(2). */
+  mkdirat(dirfd: number, name: string, mode: number): void;
+  /** fchownat(2) with AT_SYMLINK_NOFOLLOW. */
+  fchownat(dirfd: number, name: string, uid: number, gid: number): void;
+  /** fchmodat(2) (follows a final symlink: lstatat first). */
+  fchmodat(dirfd: number, name: string, mode: number): void;
+  /** fstatat(2) with AT_SYMLINK_NOFOLLOW. */
+  lstatat(dirfd: number, name: string): NativeStat;
 }
 
 /**
