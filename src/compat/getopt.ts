@@ -148,9 +148,6 @@ export class Getopt {
   private advance(): GetoptItem | null | undefined {
     const argc = this.argv.length;
 
-    if (this.lastNonopt > this.optind) this.lastNonopt = this.optind;
-    if (this.firstNonopt > this.optind) this.firstNonopt = this.optind;
-
     if (this.ordering === 'permute') {
       // Options found after some non-options are moved in front of them.
       if (this.firstNonopt !== this.lastNonopt && this.lastNonopt !== this.optind) this.exchange();

@@ -31,6 +31,11 @@ export class HostScope implements LoopScope {
     return arg.startsWith('/') ? arg : `/dev/${arg}`;
   }
 
+  /** util-linux checks the operand as given (relative to the cwd), not the /dev name. */
+  checkDevice(arg: string): void {
+    assertLoopDevice(arg);
+  }
+
   findFree(): LoopDevice {
     return findFree(HOST_DEVICES);
   }
@@ -44,6 +49,10 @@ export class HostScope implements LoopScope {
     // sscanf("/loop%d") semantics: leading digits count, trailing junk is ignored
     const m = /^\/(?:loop)?\s*\+?(\d+)/.exec(path.slice(path.lastIndexOf('/')));
     if (m) ensureDevice(Number(m[1]), HOST_DEVICES);
+  }
+
+  detach(dev: LoopDevice): void {
+    dev.clear();
   }
 
   contains(): boolean {

@@ -13,12 +13,19 @@ export interface LoopScope {
   usedDevices(): LoopDevice[];
   /** The node path for a device argument as the user typed it. */
   devicePath(arg: string): string;
+  /**
+   * util-linux's is_loopdev() check of a device operand (-d, -c, DEV), plus membership
+   * of the scope. Throws a SysError (ENODEV: "No such device").
+   */
+  checkDevice(arg: string): void;
   /** The first free device (not bound). */
   findFree(): LoopDevice;
   /** Find a free device and bind it. */
   allocate(req: AttachRequest): Allocated;
   /** Make sure an explicitly named device exists before it is set up (LOOP_CTL_ADD). */
   ensureDevice(path: string): void;
+  /** LOOP_CLR_FD, then whatever the scope does with a device that is no longer bound. */
+  detach(dev: LoopDevice): void;
   /** Whether a device named by the user belongs to this scope. */
   contains(dev: LoopDevice): boolean;
   /** The loop-control path the scope allocates through, if any (for error reporting). */

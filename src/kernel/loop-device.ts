@@ -232,9 +232,12 @@ export class LoopDevice {
   directIo(): boolean {
     return this.sysfs()?.dio() ?? this.flagFromStatus(native().constants.LO_FLAGS_DIRECT_IO);
   }
-  /** Kernels >= 3.2 always support partition scanning, so sysfs is authoritative. */
+  /**
+   * sysfs `loop/partscan`; without it (an unbound device) util-linux answers whether the
+   * kernel supports partition scanning at all, which every kernel >= 3.2 does: true.
+   */
   partscan(): boolean {
-    return this.sysfs()?.partscan() ?? this.flagFromStatus(native().constants.LO_FLAGS_PARTSCAN);
+    return this.sysfs()?.partscan() ?? true;
   }
   /** Logical sector size: sysfs, else BLKSSZGET. */
   logicalBlockSize(): bigint | null {

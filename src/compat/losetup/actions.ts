@@ -7,7 +7,7 @@ import { existsSync, accessSync, constants as fsConstants, realpathSync, statSyn
 import { attach, AttachError } from '../../kernel/attach.js';
 import { NoFreeDeviceError } from '../../kernel/allocate.js';
 import { toSysError } from '../../kernel/errors.js';
-import { assertLoopDevice, LoopDevice } from '../../kernel/loop-device.js';
+import { LoopDevice } from '../../kernel/loop-device.js';
 import type { LoopScope } from '../../instance/scope.js';
 import type { Output } from '../output.js';
 import { renderTable } from '../smartcols.js';
@@ -15,6 +15,7 @@ import { COLUMNS } from './columns.js';
 import type { LosetupPlan } from './options.js';
 import { LO_FLAGS_READ_ONLY } from './options.js';
 import { deviceLine } from './print-line.js';
+import { localeIsUtf8 } from '../locale.js';
 
 export interface ActionContext {
   plan: LosetupPlan;
@@ -119,7 +120,7 @@ function showTable(ctx: ActionContext, single: LoopDevice | null): number {
   const devices = single ? [single] : selectedDevices(ctx);
   const rows = devices.map((d) => cols.map((c) => c.value(d)));
   const mode = plan.json ? 'json' : plan.raw ? 'raw' : 'table';
-  out.out(renderTable(cols, rows, { mode, noHeadings: plan.noHeadings, tableName: 'loopdevices' }));
+  out.out(renderTable(cols, rows, { mode, noHeadings: plan.noHeadings, tableName: 'loopdevices', utf8: localeIsUtf8() }));
   return 0;
 }
 
@@ -154,7 +155,7 @@ function ioctlOn(ctx: ActionContext, what: string, op: (d: LoopDevice) => void):
 /** LOOP_CLR_FD on a read-only fd, like util-linux; true on success. */
 function detachOne(ctx: ActionContext, dev: LoopDevice): boolean {
   try {
-    dev.clear();
+    ctx.scope.detach(dev);
     return true;
   } catch (e) {
     ctx.out.warn(`${dev.path}: detach failed`, describe(e));
@@ -172,7 +173,7 @@ function detach(ctx: ActionContext): number {
   let failures = detachOne(ctx, current) ? 0 : 1;
   for (const arg of plan.moreDevices) {
     try {
-      assertLoopDevice(arg);
+      ctx.scope.checkDevice(arg);
       current = new LoopDevice(ctx.scope.devicePath(arg));
       opened.push(current);
     } catch (e) {
@@ -269,9 +270,21 @@ function create(ctx: ActionContext): number {
     }
   }
 
+  // util-linux canonicalises the name before binding; an empty name cannot be, and
+  // errno is left at ENOENT
+  if (file === '') {
+    out.warn(`${file}: failed to use backing file`, 'No such file or directory');
+    return 1;
+  }
+
   const devicePath = hasDevice ? scope.devicePath(plan.device!) : null;
   if (devicePath) {
     scope.ensureDevice(devicePath);
+    // inside an instance, a device that is not the instance's does not exist
+    if (existsSync(devicePath) && !scope.contains(new LoopDevice(devicePath))) {
+      out.warn(`${devicePath}: failed to set up loop device`, 'No such device');
+      return 1;
+    }
     if (plan.noOverlap && findOverlap(scope, file, offset, sizelimit).kind !== 'none') {
       out.errx(`${file}: overlapping loop device exists`);
     }

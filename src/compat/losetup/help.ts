@@ -40,6 +40,9 @@ Options:
      --output-all              output all columns
      --raw                     use raw --list output format
 
+     --instance <dir>          use the loop devices of instance <dir>
+                                 (default: $LOOPFS_INSTANCE, then /dev/loopfs)
+
  -h, --help                    display this help
  -V, --version                 display version
 

@@ -4,11 +4,13 @@
  * itself so that callers can flush and clean up.
  */
 import { basename } from 'node:path';
-import { assertLoopDevice } from '../../kernel/loop-device.js';
-import { HostScope } from '../../instance/host.js';
+import { isSysError, toSysError } from '../../kernel/errors.js';
+import { QuotaError } from '../../instance/local-instance.js';
+import { InstanceError, resolveScope } from '../../instance/resolve.js';
+import type { LoopScope } from '../../instance/scope.js';
 import { Exit, Output } from '../output.js';
 import { runAction } from './actions.js';
-import { parseLosetup } from './options.js';
+import { parseLosetup, prescanInstance } from './options.js';
 
 export interface LosetupInvocation {
   /** argv[0] as glibc would print it in getopt messages (our program path). */
@@ -20,13 +22,40 @@ export interface LosetupInvocation {
 export function losetup({ argv0, args, env = process.env }: LosetupInvocation): number {
   const out = new Output(basename(argv0));
   try {
-    const plan = parseLosetup(args, { argv0, out, env, checkDevice: assertLoopDevice });
-    const scope = new HostScope();
+    let scope: LoopScope;
+    try {
+      scope = resolveScope(prescanInstance(args, env), env);
+    } catch (e) {
+      return reportScopeError(out, e);
+    }
+    const plan = parseLosetup(args, { argv0, out, env, checkDevice: (arg) => scope.checkDevice(arg) });
     return runAction({ plan, scope, out });
   } catch (e) {
     if (e instanceof Exit) return e.status;
-    throw e;
+    return reportUnexpected(out, e, env);
   } finally {
     out.flush();
   }
+}
+
+/** An unusable instance: one util-linux style line, status 1. */
+function reportScopeError(out: Output, e: unknown): number {
+  if (e instanceof InstanceError) out.warnx(e.message);
+  else {
+    const se = toSysError(e);
+    out.warn(se.path ?? 'instance', se.description);
+  }
+  return 1;
+}
+
+/**
+ * Anything not anticipated by an action (a quota refusal, a state file that cannot be
+ * written): still one line and status 1, never a stack trace. LOOPFS_DEBUG=1 shows it.
+ */
+function reportUnexpected(out: Output, e: unknown, env: NodeJS.ProcessEnv): number {
+  if (env.LOOPFS_DEBUG) out.errRaw(`${(e as Error)?.stack ?? String(e)}\n`);
+  if (e instanceof QuotaError || e instanceof InstanceError) out.warnx(e.message);
+  else if (isSysError(e)) out.warn(e.path ?? e.syscall, e.description ?? e.message);
+  else out.warnx(e instanceof Error ? e.message : String(e));
+  return 1;
 }

@@ -34,6 +34,8 @@ const OPT_SHOW = 129;
 const OPT_RAW = 130;
 const OPT_DIO = 131;
 const OPT_OUTPUT_ALL = 132;
+/** loopfs extension: no short option, so util-linux's option letters stay untouched. */
+const OPT_INSTANCE = 133;
 
 const SHORTOPTS = 'ab:c:d:Dfhj:JlLno:O:PrvV';
 
@@ -61,6 +63,7 @@ export const LONGOPTS: LongOption[] = [
   { name: 'show', has: 'none', val: OPT_SHOW },
   { name: 'verbose', has: 'none', val: 'v' },
   { name: 'version', has: 'none', val: 'V' },
+  { name: 'instance', has: 'required', val: OPT_INSTANCE },
 ];
 
 /** util-linux's groups, in its (ASCII) order; the third one is never enforced, on purpose. */
@@ -238,6 +241,8 @@ export function parseLosetup(args: string[], ctx: ParseContext): LosetupPlan {
       }
       case 'v':
         break;
+      case OPT_INSTANCE:
+        break; // taken by prescanInstance() before parsing: the scope decides what a device is
       case OPT_SIZELIMIT:
         p.sizelimit = sizeOrDie(out, arg, 'failed to parse size');
         p.sizelimitSet = true;
@@ -325,4 +330,19 @@ const DEFAULT_ALL = Array.from({ length: 12 }, (_, i) => i);
 export function tryHelp(out: Output): never {
   out.errRaw(`Try '${out.prog} --help' for more information.\n`);
   throw new Exit(1);
+}
+
+/**
+ * The --instance value, found before the real parse: device operands (-d, -c) are
+ * checked against the scope as they are parsed, and --instance may come after them.
+ * Parse errors are left for the real pass to report.
+ */
+export function prescanInstance(args: string[], env?: NodeJS.ProcessEnv): string | null {
+  const g = new Getopt('losetup', args, SHORTOPTS, LONGOPTS, { POSIXLY_CORRECT: env?.POSIXLY_CORRECT });
+  let dir: string | null = null;
+  for (let item = g.next(); item !== null; item = g.next()) {
+    if (item.opt === '?') break;
+    if (item.opt === OPT_INSTANCE) dir = item.arg ?? null;
+  }
+  return dir;
 }

@@ -1,0 +1,542 @@
+/**
+ * A "local" instance on a stock kernel: a directory whose loop devices are scoped by
+ * our tools (run by root or a CI runner; the broker serves the unprivileged case).
+ *
+ *   DIR/loopN            published node of a held device (owner, mode from the state)
+ *   DIR/loopNpM          its partitions, when set up with --partscan
+ *   DIR/.loopfs/state.json, DIR/.loopfs/lock   (0700 root: the owner cannot forge them)
+ *
+ * Life of a device in an instance (every step may be SIGKILLed; gc.ts settles it):
+ *   reserve:  claim minor (runtime) → record in state → bind (through the host node,
+ *             before any instance node exists) → verify → publish DIR/loopN
+ *   release:  detach → close → mark "removing" → LOOP_CTL_REMOVE (fails while anyone
+ *             holds the device open) → unlink nodes → forget in state → drop claim
+ * A device leaves an instance only through a successful LOOP_CTL_REMOVE, or when it was
+ * never published (a bind that lost a race: no process of the instance can hold it).
+ */
+import { mkdirSync, readdirSync, statSync } from 'node:fs';
+import { attach, AttachError, type AttachRequest } from '../kernel/attach.js';
+import { NoFreeDeviceError, type Allocated } from '../kernel/allocate.js';
+import { LOOP_MAJOR } from '../kernel/devnum.js';
+import { hasCode, sysError } from '../kernel/errors.js';
+import { LoopControl } from '../kernel/loop-control.js';
+import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { native } from '../kernel/native.js';
+import { loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
+import { sleepMs } from '../kernel/sleep.js';
+import { limitForUid } from './limits.js';
+import { PinnedDir } from './pinned-dir.js';
+import { Runtime } from './runtime.js';
+import type { LoopScope } from './scope.js';
+import {
+  heldMinors,
+  LOCK_FILE,
+  newInstanceId,
+  readState,
+  STATE_DIR,
+  STATE_VERSION,
+  writeState,
+  type InstanceState,
+} from './state.js';
+
+export interface CreateOptions {
+  owner: { uid: number; gid: number };
+  mode: number;
+  max: number | null;
+  pool: number;
+}
+
+/** A limit was reached; the message is the one line the user sees. */
+export class QuotaError extends Error {
+  readonly code = 'EDQUOT';
+}
+
+/** The user named a device that is not this instance's. */
+export class NotInInstanceError extends Error {
+  readonly code = 'ENODEV';
+}
+
+const hostNode = (minor: number): string => `/dev/loop${minor}`;
+const nodeName = (minor: number): string => `loop${minor}`;
+
+/** How long a release waits for a detached device to become unbound before leaving it to gc. */
+const UNBIND_WAIT_MS = 2000;
+
+export class LocalInstance implements LoopScope {
+  readonly controlPath = null;
+  private lockFd = -1;
+
+  private constructor(
+    readonly dir: string,
+    private readonly root: PinnedDir,
+    private readonly stateDir: PinnedDir,
+    private readonly env: NodeJS.ProcessEnv,
+  ) {}
+
+  // ---------------------------------------------------------------- lifecycle
+
+  /** Whether DIR holds a local instance (a state file), without opening it. */
+  static isInstance(dir: string): boolean {
+    try {
+      return statSync(`${dir}/${STATE_DIR}/state.json`).isFile();
+    } catch {
+      return false;
+    }
+  }
+
+  static open(dir: string, env: NodeJS.ProcessEnv = process.env): LocalInstance {
+    const root = PinnedDir.open(dir);
+    let stateDir: PinnedDir;
+    try {
+      stateDir = root.openSub(STATE_DIR);
+    } catch (e) {
+      root.close();
+      throw e;
+    }
+    const inst = new LocalInstance(dir, root, stateDir, env);
+    if (!readState(stateDir)) {
+      inst.close();
+      throw sysError('ENOENT', 'open', `${dir}/${STATE_DIR}/state.json`);
+    }
+    return inst;
+  }
+
+  /** Make DIR an instance. DIR is created if missing; it must not be an instance yet. */
+  static create(dir: string, opts: CreateOptions, env: NodeJS.ProcessEnv = process.env): LocalInstance {
+    mkdirSync(dir, { recursive: true, mode: 0o755 });
+    const root = PinnedDir.open(dir);
+    try {
+      root.mkdir(STATE_DIR, 0o700);
+    } catch (e) {
+      root.close();
+      if (hasCode(e, 'EEXIST')) throw sysError('EEXIST', 'mkdir', `${dir}/${STATE_DIR}`);
+      throw e;
+    }
+    const stateDir = root.openSub(STATE_DIR);
+    const inst = new LocalInstance(dir, root, stateDir, env);
+    const state: InstanceState = {
+      version: STATE_VERSION,
+      id: newInstanceId(),
+      owner: opts.owner,
+      mode: opts.mode,
+      max: opts.max,
+      pool: opts.pool,
+      createdAt: new Date().toISOString(),
+      devices: {},
+    };
+    // registered before the state exists: a crash here leaves a registry entry that gc
+    // drops (no state behind it), never a state that gc cannot find
+    const rt = Runtime.open(env);
+    try {
+      rt.register({ id: state.id, dir: inst.dir, uid: opts.owner.uid });
+    } finally {
+      rt.close();
+    }
+    writeState(stateDir, state);
+    return inst;
+  }
+
+  close(): void {
+    this.unlock();
+    this.stateDir.close();
+    this.root.close();
+  }
+
+  /** The instance lock: first in the lock order (instance, runtime, loop-control, device). */
+  lock(): void {
+    if (this.lockFd >= 0) return;
+    const n = native();
+    const c = n.constants;
+    const fd = n.openat(this.stateDir.fd, LOCK_FILE, c.O_RDWR | c.O_CREAT | c.O_NOFOLLOW, 0o600);
+    n.flock(fd, c.LOCK_EX);
+    this.lockFd = fd;
+  }
+
+  unlock(): void {
+    if (this.lockFd >= 0) {
+      native().close(this.lockFd);
+      this.lockFd = -1;
+    }
+  }
+
+  state(): InstanceState {
+    const s = readState(this.stateDir);
+    if (!s) throw sysError('ENOENT', 'open', `${this.dir}/${STATE_DIR}/state.json`);
+    return s;
+  }
+
+  private save(s: InstanceState): void {
+    writeState(this.stateDir, s);
+  }
+
+  private withLock<T>(fn: () => T): T {
+    const held = this.lockFd >= 0;
+    this.lock();
+    try {
+      return fn();
+    } finally {
+      if (!held) this.unlock();
+    }
+  }
+
+  // ---------------------------------------------------------------- scope
+
+  nodePath(minor: number): string {
+    return `${this.dir}/${nodeName(minor)}`;
+  }
+
+  private device(minor: number): LoopDevice {
+    return new LoopDevice(this.nodePath(minor));
+  }
+
+  /** Held and bound devices, in /sys/block order like util-linux, named DIR/loopN. */
+  usedDevices(): LoopDevice[] {
+    const s = this.state();
+    const result: LoopDevice[] = [];
+    for (const name of loopNamesInSysfs()) {
+      const minor = Number(name.slice(4));
+      if (!/^loop\d+$/.test(name) || s.devices[minor]?.state !== 'held') continue;
+      if (!this.isPublished(minor)) continue;
+      const dev = this.device(minor);
+      if (dev.sysfs()?.offset() == null) continue; // not bound
+      result.push(dev);
+    }
+    return result;
+  }
+
+  /** A relative device name is looked up in the instance directory, not /dev. */
+  devicePath(arg: string): string {
+    return arg.startsWith('/') ? arg : `${this.dir}/${arg}`;
+  }
+
+  /** Names resolve inside the instance; a device of anybody else does not exist here. */
+  checkDevice(arg: string): void {
+    const path = this.devicePath(arg);
+    assertLoopDevice(path);
+    if (!this.contains(new LoopDevice(path))) throw sysError('ENODEV', 'stat', path);
+  }
+
+  contains(dev: LoopDevice): boolean {
+    const d = dev.devno();
+    if (!d || d[0] !== LOOP_MAJOR) return false;
+    return this.state().devices[d[1]]?.state === 'held' && this.isPublished(d[1]);
+  }
+
+  ensureDevice(): void {
+    /* explicit devices must already belong to the instance: nothing is created */
+  }
+
+  /** The published node is ours: a block device with the right numbers (lstat, no symlink). */
+  private isPublished(minor: number): boolean {
+    const st = this.root.lstat(nodeName(minor));
+    const c = native().constants;
+    return !!st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === LOOP_MAJOR && st.rdevMinor === minor;
+  }
+
+  /** `losetup -f`: the first unbound held device, else a new one reserved into the instance. */
+  findFree(): LoopDevice {
+    return this.withLock(() => {
+      const idle = this.idleMinors(this.state());
+      if (idle.length > 0) return this.device(idle[0]);
+      const minor = this.reserve(null);
+      return this.device(minor);
+    });
+  }
+
+  /** `losetup -f FILE`: bind an idle held device, or reserve a new one and bind it. */
+  allocate(req: AttachRequest): Allocated {
+    return this.withLock(() => {
+      for (const minor of this.idleMinors(this.state())) {
+        const dev = this.device(minor);
+        try {
+          const r = attach(dev, req);
+          this.publishPartitions(minor, req);
+          return { device: dev, ...r };
+        } catch (e) {
+          dev.close();
+          if (!(e instanceof AttachError) || e.code !== 'EBUSY') throw e;
+          // a host tool took our idle device: it stays ours until it can be removed
+          this.markRemoving(minor);
+        }
+      }
+      let bound: Allocated | null = null;
+      this.reserve((minor) => {
+        const dev = new LoopDevice(hostNode(minor));
+        const r = attach(dev, req);
+        dev.close();
+        bound = { device: this.device(minor), ...r };
+      });
+      this.publishPartitions(this.minorOf(bound!.device), req);
+      return bound!;
+    });
+  }
+
+  private minorOf(dev: LoopDevice): number {
+    return Number(dev.path.slice(dev.path.lastIndexOf('loop') + 4));
+  }
+
+  /** Held devices that are not bound and whose node is published, ascending. */
+  private idleMinors(s: InstanceState): number[] {
+    return heldMinors(s).filter(
+      (m) => s.devices[m].state === 'held' && this.isPublished(m) && !SysfsLoop.forName(nodeName(m)).isBound(),
+    );
+  }
+
+  /**
+   * Take a new device into the instance, after checking both limits. `bind`, when
+   * given, binds it through the host node *before* the instance node is published;
+   * if it fails the device is returned to the system as if never taken.
+   */
+  private reserve(bind: ((minor: number) => void) | null): number {
+    const s = this.state();
+    const held = heldMinors(s).length;
+    if (s.max !== null && held >= s.max) {
+      throw new QuotaError(`${this.dir}: instance limit of ${s.max} loop devices reached`);
+    }
+    const rt = Runtime.open(this.env);
+    let minor = -1;
+    try {
+      rt.lock();
+      const limit = limitForUid(s.owner.uid, this.env);
+      if (limit && rt.countClaimsOfUid(s.owner.uid) >= limit.limit) {
+        throw new QuotaError(`uid ${s.owner.uid}: limit of ${limit.limit} loop devices reached (${limit.source})`);
+      }
+      minor = this.claimFreeMinor(rt, s);
+      rt.unlock();
+      s.devices[minor] = { state: 'held' };
+      this.save(s);
+      if (bind) {
+        try {
+          bind(minor);
+        } catch (e) {
+          // never published: nobody in the instance can hold it, so it may leave directly
+          delete s.devices[minor];
+          this.save(s);
+          rt.release(minor, s.id);
+          this.removeQuietly(minor);
+          throw e;
+        }
+      }
+      this.root.mknodBlock(nodeName(minor), LOOP_MAJOR, minor, s.owner.uid, s.owner.gid, s.mode);
+      return minor;
+    } finally {
+      rt.close();
+    }
+  }
+
+  /**
+   * A free minor that no instance has claimed, claimed for us. LOOP_CTL_GET_FREE gives
+   * the lowest unbound device, which may be another instance's idle one; then a fresh
+   * index above every existing device is added instead.
+   */
+  private claimFreeMinor(rt: Runtime, s: InstanceState): number {
+    const ctl = LoopControl.open();
+    try {
+      ctl.lock();
+      const free = ctl.getFree();
+      if (rt.claim({ minor: free, id: s.id, dir: this.dir, uid: s.owner.uid })) return free;
+      let next = Math.max(free, ...loopNamesInSysfs().map((n) => Number(n.slice(4))).filter(Number.isInteger)) + 1;
+      for (let tries = 0; tries < 64; tries++, next++) {
+        try {
+          ctl.add(next);
+        } catch (e) {
+          if (hasCode(e, 'EEXIST')) continue;
+          throw e;
+        }
+        if (rt.claim({ minor: next, id: s.id, dir: this.dir, uid: s.owner.uid })) return next;
+      }
+      throw new NoFreeDeviceError(sysError('ENOSPC', 'ioctl(LOOP_CTL_ADD)'));
+    } finally {
+      ctl.close();
+    }
+  }
+
+  private removeQuietly(minor: number): void {
+    try {
+      const ctl = LoopControl.open();
+      try {
+        ctl.remove(minor);
+      } finally {
+        ctl.close();
+      }
+    } catch {
+      /* still bound by whoever won the race, or busy: it is not ours either way */
+    }
+  }
+
+  // ---------------------------------------------------------------- repair (gc)
+
+  /** Record a claimed device and publish its node. Caller holds the instance lock. */
+  adopt(minor: number): void {
+    const s = this.state();
+    s.devices[minor] = { state: 'held' };
+    this.save(s);
+    this.republish(minor);
+  }
+
+  /** Drop a device from the record and unpublish it, leaving its claim alone. */
+  forget(minor: number): void {
+    const s = this.state();
+    this.unpublishPartitions(minor, s);
+    if (s.devices[minor]) {
+      this.root.unlinkQuiet(nodeName(minor));
+      delete s.devices[minor];
+    }
+    this.save(s);
+  }
+
+  /** Publish the node of a held device again if it is missing or wrong; true if it was. */
+  republish(minor: number): boolean {
+    if (this.isPublished(minor)) return false;
+    const s = this.state();
+    this.root.unlinkQuiet(nodeName(minor));
+    this.root.mknodBlock(nodeName(minor), LOOP_MAJOR, minor, s.owner.uid, s.owner.gid, s.mode);
+    return true;
+  }
+
+  /**
+   * Names in DIR that look like devices but are not published nodes of held devices:
+   * nodes left by a crash, leftovers of a torn node creation, planted symlinks.
+   */
+  strayEntries(): string[] {
+    const s = this.state();
+    const expected = new Set<string>();
+    for (const m of heldMinors(s)) {
+      if (s.devices[m].state === 'held') expected.add(nodeName(m));
+      for (const p of s.devices[m].partitions ?? []) expected.add(p);
+    }
+    return this.root
+      .list()
+      .filter((n) => (/^loop\d+(p\d+)?$/.test(n) && !expected.has(n)) || /^\.loop\d+(p\d+)?\..*\.tmp$/.test(n));
+  }
+
+  removeEntry(name: string): void {
+    this.root.unlinkQuiet(name);
+  }
+
+  // ---------------------------------------------------------------- partitions
+
+  /** Publish `DIR/loopNpM` for each partition the kernel found (set up with --partscan). */
+  private publishPartitions(minor: number, req: AttachRequest): void {
+    if (!(req.flags & native().constants.LO_FLAGS_PARTSCAN)) return;
+    const s = this.state();
+    const names: string[] = [];
+    for (const part of partitionsOf(minor)) {
+      this.root.unlinkQuiet(part.name);
+      this.root.mknodBlock(part.name, part.major, part.minor, s.owner.uid, s.owner.gid, s.mode);
+      names.push(part.name);
+    }
+    if (names.length > 0) {
+      s.devices[minor] = { ...s.devices[minor], partitions: names };
+      this.save(s);
+    }
+  }
+
+  private unpublishPartitions(minor: number, s: InstanceState): void {
+    for (const p of s.devices[minor]?.partitions ?? []) this.root.unlinkQuiet(p);
+    if (s.devices[minor]) delete s.devices[minor].partitions;
+  }
+
+  // ---------------------------------------------------------------- detach and release
+
+  /** `losetup -d` inside the instance: detach, then settle the device per the pool policy. */
+  detach(dev: LoopDevice): void {
+    dev.clear();
+    dev.close();
+    const minor = dev.index();
+    if (minor === null) return;
+    try {
+      this.settleDetached(minor);
+    } catch {
+      /* the detach itself succeeded; gc finishes what settling could not */
+    }
+  }
+
+  private settleDetached(minor: number): void {
+    this.withLock(() => {
+      const s = this.state();
+      if (!s.devices[minor]) return;
+      this.unpublishPartitions(minor, s);
+      this.save(s);
+      const idle = this.idleMinors(s).filter((m) => m !== minor).length;
+      if (idle >= s.pool) this.release(minor, UNBIND_WAIT_MS);
+    });
+  }
+
+  private markRemoving(minor: number): void {
+    const s = this.state();
+    if (!s.devices[minor]) return;
+    s.devices[minor].state = 'removing';
+    this.save(s);
+    this.root.unlinkQuiet(nodeName(minor));
+  }
+
+  /**
+   * Give a device back to the system: only a successful LOOP_CTL_REMOVE proves that no
+   * process still holds it. On EBUSY it stays recorded as "removing" for gc.
+   * Caller holds the instance lock. Returns whether the device left the instance.
+   */
+  release(minor: number, waitMs = 0): boolean {
+    this.markRemoving(minor);
+    const deadline = Date.now() + waitMs;
+    let removed = false;
+    for (;;) {
+      try {
+        const ctl = LoopControl.open();
+        try {
+          ctl.remove(minor);
+        } finally {
+          ctl.close();
+        }
+        removed = true;
+      } catch (e) {
+        // ENODEV/ENXIO: the index is gone already (a previous attempt got this far)
+        if (hasCode(e, 'ENODEV', 'ENXIO')) removed = true;
+        else if (!hasCode(e, 'EBUSY')) throw e;
+      }
+      if (removed || Date.now() >= deadline) break;
+      sleepMs(20);
+    }
+    if (!removed) return false;
+    const s = this.state();
+    this.unpublishPartitions(minor, s);
+    this.root.unlinkQuiet(nodeName(minor));
+    delete s.devices[minor];
+    this.save(s);
+    const rt = Runtime.open(this.env);
+    try {
+      rt.lock();
+      rt.release(minor, s.id);
+    } finally {
+      rt.close();
+    }
+    return true;
+  }
+}
+
+export interface PartitionNode {
+  name: string;
+  major: number;
+  minor: number;
+}
+
+/** Partitions of loopN from sysfs (`/sys/block/loopN/loopNpM/dev`). */
+export function partitionsOf(minor: number): PartitionNode[] {
+  const base = `loop${minor}`;
+  const result: PartitionNode[] = [];
+  const dir = new SysfsLoop(`/sys/block/${base}`);
+  for (const name of readdirSafe(dir.dir)) {
+    if (!new RegExp(`^${base}p\\d+$`).test(name)) continue;
+    const dn = new SysfsLoop(`${dir.dir}/${name}`).devno();
+    if (dn) result.push({ name, major: dn[0], minor: dn[1] });
+  }
+  return result;
+}
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSync(dir);
+  } catch {
+    return [];
+  }
+}

@@ -1,0 +1,188 @@
+/**
+ * A directory opened once and then used only through its fd.
+ *
+ * An instance directory may belong to an untrusted owner (a container's root), who can
+ * rename or replace any entry in it at any moment. Every operation here is relative to
+ * the pinned fd and never follows a symlink in the final component, so a planted
+ * symlink can neither redirect a state write nor hand a chown/chmod to another file.
+ */
+import { fsyncSync, linkSync, opendirSync, readSync, writeSync } from 'node:fs';
+import { randomBytes } from 'node:crypto';
+import { hasCode } from '../kernel/errors.js';
+import { native, type NativeStat } from '../kernel/native.js';
+
+export class PinnedDir {
+  private constructor(
+    readonly path: string,
+    readonly fd: number,
+  ) {}
+
+  /**
+   * Open `path` as a directory. The path itself is the caller's choice and may contain
+   * symlinks; only what lies *inside* is treated as hostile.
+   */
+  static open(path: string): PinnedDir {
+    const n = native();
+    return new PinnedDir(path, n.open(path, n.constants.O_RDONLY | n.constants.O_DIRECTORY));
+  }
+
+  /** A subdirectory of this one, refusing a symlink in its place. */
+  openSub(name: string): PinnedDir {
+    const n = native();
+    const fd = n.openat(this.fd, name, n.constants.O_RDONLY | n.constants.O_DIRECTORY | n.constants.O_NOFOLLOW);
+    return new PinnedDir(`${this.path}/${name}`, fd);
+  }
+
+  close(): void {
+    native().close(this.fd);
+  }
+
+  /** lstat of an entry, or null when it does not exist. */
+  lstat(name: string): NativeStat | null {
+    try {
+      return native().lstatat(this.fd, name);
+    } catch (e) {
+      if (hasCode(e, 'ENOENT')) return null;
+      throw e;
+    }
+  }
+
+  /** Names in the directory, in readdir order (read through the pinned fd). */
+  list(): string[] {
+    const names: string[] = [];
+    const d = opendirSync(`/proc/self/fd/${this.fd}`, { bufferSize: 1024 });
+    try {
+      for (let e = d.readSync(); e !== null; e = d.readSync()) names.push(e.name);
+    } finally {
+      d.closeSync();
+    }
+    return names;
+  }
+
+  /** Read a regular file (refusing symlinks, FIFOs and devices), or null when absent. */
+  readFile(name: string): string | null {
+    const n = native();
+    let fd: number;
+    try {
+      fd = n.openat(this.fd, name, n.constants.O_RDONLY | n.constants.O_NOFOLLOW | n.constants.O_NONBLOCK);
+    } catch (e) {
+      if (hasCode(e, 'ENOENT')) return null;
+      throw e;
+    }
+    try {
+      const st = n.fstat(fd);
+      if ((st.mode & n.constants.S_IFMT) !== n.constants.S_IFREG) {
+        throw Object.assign(new Error(`${this.path}/${name}: not a regular file`), { code: 'EINVAL' });
+      }
+      const chunks: Buffer[] = [];
+      const buf = Buffer.alloc(65536);
+      for (let r = readSync(fd, buf); r > 0; r = readSync(fd, buf)) chunks.push(Buffer.from(buf.subarray(0, r)));
+      return Buffer.concat(chunks).toString('utf8');
+    } finally {
+      n.close(fd);
+    }
+  }
+
+  /**
+   * Replace `name` atomically: write a temporary file, fsync it, rename it over the old
+   * one. A reader (or a crash at any point) sees the old content or the new, never a mix.
+   */
+  writeFileAtomic(name: string, content: string, mode = 0o644): void {
+    const n = native();
+    const c = n.constants;
+    const tmp = `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    const fd = n.openat(this.fd, tmp, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, mode);
+    try {
+      const data = Buffer.from(content, 'utf8');
+      for (let off = 0; off < data.length; ) off += writeSync(fd, data, off);
+      fsyncSync(fd);
+    } catch (e) {
+      n.close(fd);
+      this.unlinkQuiet(tmp);
+      throw e;
+    }
+    n.close(fd);
+    try {
+      n.renameat(this.fd, tmp, this.fd, name);
+    } catch (e) {
+      this.unlinkQuiet(tmp);
+      throw e;
+    }
+    // make the rename itself durable
+    fsyncSync(this.fd);
+  }
+
+  /** Create a file exclusively with content (used for claims): EEXIST when it exists. */
+  createExclusive(name: string, content: string, mode = 0o644): void {
+    // write under a private name first, then link(): the claim appears complete or not at all
+    const tmp = `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    this.writeFileAtomic(tmp, content, mode);
+    try {
+      linkAt(this, tmp, name);
+    } finally {
+      this.unlinkQuiet(tmp);
+    }
+  }
+
+  mkdir(name: string, mode: number): void {
+    native().mkdirat(this.fd, name, mode);
+  }
+
+  unlink(name: string): void {
+    native().unlinkat(this.fd, name, 0);
+  }
+
+  /** unlink that ignores ENOENT; returns whether something was removed. */
+  unlinkQuiet(name: string): boolean {
+    try {
+      this.unlink(name);
+      return true;
+    } catch (e) {
+      if (hasCode(e, 'ENOENT')) return false;
+      throw e;
+    }
+  }
+
+  rmdirQuiet(name: string): void {
+    try {
+      native().unlinkat(this.fd, name, native().constants.AT_REMOVEDIR);
+    } catch (e) {
+      if (!hasCode(e, 'ENOENT')) throw e;
+    }
+  }
+
+  rename(from: string, to: string): void {
+    native().renameat(this.fd, from, this.fd, to);
+  }
+
+  /**
+   * Create a block device node with exact ownership and mode (umask does not apply):
+   * created under a temporary name, checked to be the node we made, then renamed into
+   * place so that the final name never shows a half-configured node.
+   */
+  mknodBlock(name: string, maj: number, min: number, uid: number, gid: number, mode: number): void {
+    const n = native();
+    const c = n.constants;
+    const tmp = `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    n.mknodat(this.fd, tmp, c.S_IFBLK | (mode & 0o777), maj, min);
+    try {
+      n.fchownat(this.fd, tmp, uid, gid);
+      const st = n.lstatat(this.fd, tmp);
+      if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== maj || st.rdevMinor !== min) {
+        throw Object.assign(new Error(`${this.path}/${tmp}: replaced while being created`), { code: 'EEXIST' });
+      }
+      n.fchmodat(this.fd, tmp, mode & 0o7777);
+      n.renameat(this.fd, tmp, this.fd, name);
+    } catch (e) {
+      this.unlinkQuiet(tmp);
+      throw e;
+    }
+  }
+}
+
+/** link(2) within one pinned directory, via /proc/self/fd (no linkat binding needed). */
+function linkAt(dir: PinnedDir, from: string, to: string): void {
+  // fs.linkSync resolves the /proc/self/fd/N magic link to the pinned directory itself,
+  // so the names are looked up inside the directory we opened, not by path
+  linkSync(`/proc/self/fd/${dir.fd}/${from}`, `/proc/self/fd/${dir.fd}/${to}`);
+}

@@ -1,0 +1,71 @@
+/**
+ * Which instance a command works in: `--instance DIR`, else $LOOPFS_INSTANCE, else
+ * /dev/loopfs when it is an instance (the seeds' convention), else the host, where
+ * everything behaves exactly like util-linux.
+ */
+import { existsSync, lstatSync } from 'node:fs';
+import { native, type NativeStatfs } from '../kernel/native.js';
+import { HostScope } from './host.js';
+import { KernelInstance, LOOPFS_SUPER_MAGIC } from './kernel-instance.js';
+import { LocalInstance } from './local-instance.js';
+import type { LoopScope } from './scope.js';
+
+export const DEFAULT_INSTANCE = '/dev/loopfs';
+
+export type InstanceKind = 'kernel' | 'local' | 'broker';
+
+/** DIR names something that is not an instance (or cannot be used). */
+export class InstanceError extends Error {
+  constructor(
+    readonly dir: string,
+    readonly reason: string,
+  ) {
+    super(`${dir}: ${reason}`);
+    this.name = 'InstanceError';
+  }
+}
+
+/**
+ * What kind of instance DIR is, or null when it is none. `statfs` is injectable so the
+ * kernel-loopfs detection can be tested on kernels that lack the filesystem.
+ */
+export function detectKind(dir: string, statfs: (p: string) => NativeStatfs = (p) => native().statfs(p)): InstanceKind | null {
+  try {
+    if (statfs(dir).type === LOOPFS_SUPER_MAGIC) return 'kernel';
+  } catch {
+    return null;
+  }
+  if (LocalInstance.isInstance(dir)) return 'local';
+  try {
+    if (lstatSync(`${dir}/loop-control`).isSocket()) return 'broker';
+  } catch {
+    /* no control endpoint */
+  }
+  return null;
+}
+
+export function openScope(dir: string, env: NodeJS.ProcessEnv, statfs?: (p: string) => NativeStatfs): LoopScope {
+  const kind = detectKind(dir, statfs);
+  switch (kind) {
+    case 'kernel':
+      return new KernelInstance(dir);
+    case 'local':
+      return LocalInstance.open(dir, env);
+    case 'broker':
+      throw new InstanceError(dir, 'instance is served by a loopfs broker, which this version cannot use yet');
+    default:
+      throw new InstanceError(dir, 'not a loop device instance');
+  }
+}
+
+export function instanceDirFor(instanceArg: string | null, env: NodeJS.ProcessEnv): string | null {
+  if (instanceArg !== null) return instanceArg;
+  if (env.LOOPFS_INSTANCE) return env.LOOPFS_INSTANCE;
+  // existsSync first: on the host the common answer costs one stat, no addon load
+  return existsSync(DEFAULT_INSTANCE) && detectKind(DEFAULT_INSTANCE) !== null ? DEFAULT_INSTANCE : null;
+}
+
+export function resolveScope(instanceArg: string | null, env: NodeJS.ProcessEnv): LoopScope {
+  const dir = instanceDirFor(instanceArg, env);
+  return dir === null ? new HostScope() : openScope(dir, env);
+}
