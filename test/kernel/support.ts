@@ -152,6 +152,18 @@ export class OwnedIndexes {
     throw new Error(`no unused loop index in ${from}..${from + 2000}`);
   }
 
+  /** LOOP_CTL_REMOVE one of our (unbound, unopened) indexes right away. */
+  removeNow(index: number): void {
+    const n = native();
+    const ctl = n.open('/dev/loop-control', n.constants.O_RDWR);
+    try {
+      n.ctlRemove(ctl, index);
+      this.indexes.delete(index);
+    } finally {
+      n.close(ctl);
+    }
+  }
+
   /** Record an object to close before cleanup (closing twice is harmless for our objects). */
   track<T extends Closable>(obj: T): T {
     this.objects.push(obj);

@@ -10,13 +10,26 @@ const version = JSON.parse(readFileSync(new URL('../../package.json', import.met
  * the line; -h adds the --instance option in its own block before -h/-V.
  */
 export function loopfsDifferences(text: string): string {
-  return text
-    .replace(/^(losetup from util-linux 2\.38\.1)$/gm, `$1 (loopfs ${version})`)
-    .replace(
-      /^( {5}--raw {21}use raw --list output format\n\n)/m,
-      '$1     --instance <dir>          use the loop devices of instance <dir>\n' +
-        '                                 (default: $LOOPFS_INSTANCE, then /dev/loopfs)\n\n',
-    );
+  // transcripts prefix stdout lines ("  out| "); raw captures have no prefix
+  const lines = text.split('\n');
+  const result: string[] = [];
+  for (let i = 0; i < lines.length; i++) {
+    const m = /^(\s*out\| ?)?(.*)$/.exec(lines[i])!;
+    const prefix = m[1] ?? '';
+    if (m[2] === 'losetup from util-linux 2.38.1') {
+      result.push(`${prefix}${m[2]} (loopfs ${version})`);
+      continue;
+    }
+    result.push(lines[i]);
+    if (m[2] === '     --raw                     use raw --list output format') {
+      result.push(lines[++i]); // the blank separator line
+      const blank = lines[i];
+      result.push(`${prefix}     --instance <dir>          use the loop devices of instance <dir>`);
+      result.push(`${prefix}                                 (default: $LOOPFS_INSTANCE, then /dev/loopfs)`);
+      result.push(blank);
+    }
+  }
+  return result.join('\n');
 }
 
 const p = (name: string, ...runs: string[][]): Scenario => ({

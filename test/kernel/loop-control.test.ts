@@ -1,0 +1,199 @@
+// LoopControl (src/kernel/loop-control.ts) on the real /dev/loop-control. Devices touched: only
+// high indexes this file adds itself (removed in afterEach, bounded EBUSY retry) and, for
+// getFree, nothing at all (the index is only looked at).
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { LoopControl, LOOP_CONTROL_PATH } from '../../src/kernel/loop-control.js';
+import { isSysError, native, type SysError } from '../../src/kernel/native.js';
+import { REF_LOSETUP } from '../helpers/env.js';
+import { makeTempDir, removeTree } from '../helpers/tmp.js';
+import { distSkipReason, DIST_KERNEL, kernelSkipReason, makeImage, MiB, OwnedIndexes, runNode, skipTitle, sysBacking } from './support.js';
+
+const reason = kernelSkipReason('kernel/loop-control');
+
+function sysErr(fn: () => unknown): SysError {
+  try {
+    fn();
+  } catch (e) {
+    if (isSysError(e)) return e;
+    throw e;
+  }
+  throw new Error('expected a SysError, but the call succeeded');
+}
+
+describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
+  let dir: string;
+  let owned: OwnedIndexes;
+  let ctls: LoopControl[] = [];
+  const openCtl = () => {
+    const c = LoopControl.open();
+    ctls.push(c);
+    return c;
+  };
+
+  beforeAll(() => {
+    dir = makeTempDir('loopfs-ctl');
+  });
+  afterAll(() => {
+    if (dir) removeTree(dir);
+  });
+  afterEach(async () => {
+    for (const c of ctls.splice(0)) c.close();
+    await owned?.cleanup();
+  });
+
+  it('opens /dev/loop-control by default; a missing path throws ENOENT', () => {
+    expect(LOOP_CONTROL_PATH).toBe('/dev/loop-control');
+    const c = openCtl();
+    expect(c.path).toBe('/dev/loop-control');
+    const e = sysErr(() => LoopControl.open(path.join(dir, 'no-such-control')));
+    expect(e.code).toBe('ENOENT');
+    expect(e.syscall).toBe('open');
+  });
+
+  it('getFree() returns the index of an existing, unbound device', () => {
+    const c = openCtl();
+    // a device of a concurrent suite can get bound between the ioctl and our look; ask again then
+    for (let attempt = 0; ; attempt++) {
+      const i = c.getFree();
+      expect(Number.isInteger(i) && i >= 0).toBe(true);
+      expect(fs.existsSync(`/sys/block/loop${i}`)).toBe(true);
+      if (sysBacking(i) !== null && attempt < 5) continue;
+      expect(sysBacking(i)).toBeNull();
+      break;
+    }
+  });
+
+  it('add()/remove() of an unused high index; EEXIST and ENODEV on repeats', () => {
+    owned = new OwnedIndexes();
+    // find an unused index ourselves, then let the code under test create it
+    const probe = owned.add();
+    owned.removeNow(probe);
+    const c = openCtl();
+    expect(c.add(probe)).toBe(probe);
+    owned.indexes.add(probe); // ours now: cleanup removes it if the test fails below
+    expect(fs.existsSync(`/sys/block/loop${probe}`)).toBe(true);
+    expect(fs.readFileSync(`/sys/block/loop${probe}/dev`, 'utf8').trim()).toBe(`7:${probe}`);
+    expect(sysBacking(probe)).toBeNull();
+    expect(sysErr(() => c.add(probe)).code).toBe('EEXIST');
+
+    expect(c.remove(probe)).toBe(probe);
+    owned.indexes.delete(probe);
+    expect(fs.existsSync(`/sys/block/loop${probe}`)).toBe(false);
+    const e = sysErr(() => c.remove(probe));
+    expect(e.code).toBe('ENODEV');
+    expect(e.description).toBe('No such device');
+  });
+
+  it('remove() of a bound device fails with EBUSY and leaves the binding alone', () => {
+    owned = new OwnedIndexes();
+    const idx = owned.add();
+    const file = makeImage(path.join(dir, 'bound.img'), MiB);
+    execFileSync(REF_LOSETUP, [`/dev/loop${idx}`, file]);
+    const c = openCtl();
+    const e = sysErr(() => c.remove(idx));
+    expect(e.code).toBe('EBUSY');
+    expect(e.errno).toBe(16);
+    expect(e.description).toBe('Device or resource busy');
+    expect(sysBacking(idx)).toBe(file);
+  });
+
+  it('remove() of an unbound device that someone holds open fails with EBUSY', () => {
+    owned = new OwnedIndexes();
+    const idx = owned.add();
+    const fd = fs.openSync(`/dev/loop${idx}`, 'r');
+    try {
+      const c = openCtl();
+      expect(sysErr(() => c.remove(idx)).code).toBe('EBUSY');
+    } finally {
+      fs.closeSync(fd);
+    }
+  });
+
+  it('lock() excludes a second open file description; unlock() releases it', () => {
+    const a = openCtl();
+    const n = native();
+    const C = n.constants;
+    const fd2 = n.open('/dev/loop-control', C.O_RDWR);
+    try {
+      a.lock();
+      const e = sysErr(() => n.flock(fd2, C.LOCK_EX | C.LOCK_NB));
+      expect(e.code).toBe('EAGAIN');
+      expect(sysErr(() => n.flock(fd2, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
+      a.unlock();
+      n.flock(fd2, C.LOCK_EX | C.LOCK_NB); // free now
+      n.flock(fd2, C.LOCK_UN);
+      // and a second LoopControl object can take it once the first released it
+      const b = openCtl();
+      a.lock();
+      a.unlock();
+      b.lock();
+      expect(sysErr(() => n.flock(fd2, C.LOCK_EX | C.LOCK_NB)).code).toBe('EAGAIN');
+      b.unlock();
+    } finally {
+      n.close(fd2);
+    }
+  });
+
+  it('close() drops the lock and is idempotent', () => {
+    const n = native();
+    const C = n.constants;
+    const a = LoopControl.open();
+    const fd2 = n.open('/dev/loop-control', C.O_RDWR);
+    try {
+      a.lock();
+      a.close();
+      a.close();
+      n.flock(fd2, C.LOCK_EX | C.LOCK_NB);
+      n.flock(fd2, C.LOCK_UN);
+      expect(sysErr(() => a.getFree()).code).toBe('EBADF');
+    } finally {
+      n.close(fd2);
+    }
+  });
+
+  const noDist = distSkipReason();
+  it.skipIf(noDist !== undefined)(
+    `serialises two LoopControl objects in two processes${noDist ? ` [SKIPPED: ${noDist}]` : ''}`,
+    async () => {
+      const a = openCtl();
+      a.lock();
+      const script = `
+        const { LoopControl } = await import(${JSON.stringify(`${DIST_KERNEL}/loop-control.js`)});
+        const c = LoopControl.open();
+        process.stdout.write('opened\\n');
+        c.lock();
+        process.stdout.write('locked ' + Date.now() + '\\n');
+        c.unlock();
+        c.close();
+      `;
+      let opened = false;
+      let lockedEarly = false;
+      let released = 0;
+      const child = runNode(script, [], {
+        onStdout: (s) => {
+          if (s.includes('opened')) opened = true;
+          if (s.includes('locked') && released === 0) lockedEarly = true;
+        },
+      });
+      try {
+        // wait for the child to be blocked in flock(), then keep it waiting a while
+        const t0 = Date.now();
+        while (!opened && Date.now() - t0 < 20_000) await new Promise((r) => setTimeout(r, 20));
+        expect(opened).toBe(true);
+        await new Promise((r) => setTimeout(r, 500));
+        expect(lockedEarly).toBe(false);
+      } finally {
+        released = Date.now();
+        a.unlock();
+      }
+      const r = await child;
+      expect(r.code, r.stderr).toBe(0);
+      expect(lockedEarly).toBe(false);
+      const at = Number(/locked (\d+)/.exec(r.stdout)?.[1]);
+      expect(at).toBeGreaterThanOrEqual(released - 50); // clocks are the same machine's
+    },
+  );
+});
