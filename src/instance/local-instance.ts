@@ -243,6 +243,23 @@ export class LocalInstance implements LoopScope {
     });
   }
 
+  /**
+   * Reserve devices until `pool` of them are idle (for activation). Stops quietly at a
+   * limit: a pool is a convenience, the limits are not. Caller holds the instance lock.
+   */
+  ensurePool(pool: number): number[] {
+    const reserved: number[] = [];
+    while (this.idleMinors(this.state()).length < pool) {
+      try {
+        reserved.push(this.reserve(null));
+      } catch (e) {
+        if (e instanceof QuotaError) break;
+        throw e;
+      }
+    }
+    return reserved;
+  }
+
   /** `losetup -f FILE`: bind an idle held device, or reserve a new one and bind it. */
   allocate(req: AttachRequest): Allocated {
     return this.withLock(() => {

@@ -79,7 +79,9 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
     expect(sysBacking(probe)).toBeNull();
     expect(sysErr(() => c.add(probe)).code).toBe('EEXIST');
 
-    expect(c.remove(probe)).toBe(probe);
+    // the ioctl's return value: the index on kernels before 5.15 (loop_lookup()), 0 since
+    // (loop_control_remove()); LoopControl.remove() passes it through
+    expect([probe, 0]).toContain(c.remove(probe));
     owned.indexes.delete(probe);
     expect(fs.existsSync(`/sys/block/loop${probe}`)).toBe(false);
     const e = sysErr(() => c.remove(probe));
@@ -148,7 +150,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
       a.close();
       n.flock(fd2, C.LOCK_EX | C.LOCK_NB);
       n.flock(fd2, C.LOCK_UN);
-      expect(sysErr(() => a.getFree()).code).toBe('EBADF');
+      expect(() => a.getFree()).toThrow(); // fd -1: the addon's argument check
     } finally {
       n.close(fd2);
     }
