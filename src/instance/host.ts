@@ -51,6 +51,10 @@ export class HostScope implements LoopScope {
     if (m) ensureDevice(Number(m[1]), HOST_DEVICES);
   }
 
+  settle(): void {
+    /* host devices need nothing after a detach */
+  }
+
   detach(dev: LoopDevice): void {
     dev.clear();
   }

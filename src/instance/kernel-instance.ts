@@ -65,6 +65,10 @@ export class KernelInstance implements LoopScope {
     /* the instance's loop-control creates devices on demand */
   }
 
+  settle(): void {
+    /* the kernel instance manages its own devices */
+  }
+
   detach(dev: LoopDevice): void {
     dev.clear();
   }

@@ -280,8 +280,8 @@ export class LocalInstance implements LoopScope {
       this.reserve((minor) => {
         const dev = new LoopDevice(hostNode(minor));
         const r = attach(dev, req);
-        dev.close();
-        bound = { device: this.device(minor), ...r };
+        // the open host node keeps an autoclear device bound until the caller is done
+        bound = { device: this.device(minor), holder: dev, ...r };
       });
       this.publishPartitions(this.minorOf(bound!.device), req);
       return bound!;
@@ -460,6 +460,15 @@ export class LocalInstance implements LoopScope {
   detach(dev: LoopDevice): void {
     dev.clear();
     dev.close();
+    this.settle(dev);
+  }
+
+  /**
+   * A device of ours was just detached (or autoclear is about to free it): keep it idle
+   * in the pool, or give it back to the system. Never fails the caller: what cannot be
+   * settled now (still open somewhere) is left marked for gc.
+   */
+  settle(dev: LoopDevice): void {
     const minor = dev.index();
     if (minor === null) return;
     try {

@@ -26,6 +26,8 @@ export interface LoopScope {
   ensureDevice(path: string): void;
   /** LOOP_CLR_FD, then whatever the scope does with a device that is no longer bound. */
   detach(dev: LoopDevice): void;
+  /** After a device was cleared by other means (autoclear): the scope's part of detach. */
+  settle(dev: LoopDevice): void;
   /** Whether a device named by the user belongs to this scope. */
   contains(dev: LoopDevice): boolean;
   /** The loop-control path the scope allocates through, if any (for error reporting). */

@@ -119,7 +119,14 @@ export function findFree(dir: DeviceDir = HOST_DEVICES): LoopDevice {
 }
 
 export interface Allocated extends AttachResult {
+  /** The device, named as the scope names it; open when it was bound through this name. */
   device: LoopDevice;
+  /**
+   * When the device was bound through another node (an instance binds through the host
+   * node before publishing its own), that node, still open: an autoclear device stays
+   * bound only while some fd is open, so the caller closes this when done with it.
+   */
+  holder?: LoopDevice;
 }
 
 /**

@@ -3,7 +3,8 @@
  * prints. The kernel work goes through the scope (host or instance) and the typed
  * kernel layer; this module only decides what to say.
  */
-import { existsSync, accessSync, constants as fsConstants, realpathSync, statSync } from 'node:fs';
+import { existsSync, accessSync, constants as fsConstants, statSync } from 'node:fs';
+import { canonicalize } from '../canonicalize.js';
 import { attach, AttachError } from '../../kernel/attach.js';
 import { NoFreeDeviceError } from '../../kernel/allocate.js';
 import { toSysError } from '../../kernel/errors.js';
@@ -89,14 +90,6 @@ class FileMatcher {
   }
 }
 
-/** util-linux canonicalize_path(): realpath, or the path unchanged when that fails. */
-export function canonicalize(path: string): string {
-  try {
-    return realpathSync.native(path);
-  } catch {
-    return path;
-  }
-}
 
 function selectedDevices(ctx: ActionContext): LoopDevice[] {
   const { plan, scope } = ctx;
@@ -302,7 +295,9 @@ function create(ctx: ActionContext): number {
       device = new LoopDevice(devicePath);
       attach(device, request);
     } else {
-      device = scope.allocate(request).device;
+      const allocated = scope.allocate(request);
+      allocated.holder?.close();
+      device = allocated.device;
     }
   } catch (e) {
     if (e instanceof NoFreeDeviceError) {

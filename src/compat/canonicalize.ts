@@ -1,0 +1,10 @@
+import { realpathSync } from 'node:fs';
+
+/** util-linux canonicalize_path(): realpath, or the path unchanged when that fails. */
+export function canonicalize(path: string): string {
+  try {
+    return realpathSync.native(path);
+  } catch {
+    return path;
+  }
+}
