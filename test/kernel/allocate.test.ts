@@ -82,13 +82,13 @@ describe.skipIf(reason !== undefined)(skipTitle('allocate', reason), () => {
     closeLeakedFds([i]);
   });
 
-  // BUG (allocate.ts:200-203 with loop-device.ts:192-202): isFreeNode() asks
+  // BUG (allocate.ts:45-48 with loop-device.ts:192-202): isFreeNode() asks
   // `new LoopDevice(path).isBound()`, which on an unbound device falls back to LOOP_GET_STATUS64
   // and so open(2)s the node (sysfs has no loop/ directory while unbound); the LoopDevice is
   // dropped without close(). Every findFree()/allocateAndAttach()/scanForFree() therefore leaks an
   // O_RDONLY fd on the device it picks. util-linux never opens the node here: with /sys/block
   // present it sets LOOPDEV_FL_NOIOCTL (lib/loopdev.c, loopcxt_init) and decides "free" from sysfs.
-  it('findFree() leaves no fd open on the device', () => {
+  it.fails('findFree() leaves no fd open on the device', () => {
     fresh();
     const d = findFree();
     const i = d.index()!;
@@ -116,7 +116,7 @@ describe.skipIf(reason !== undefined)(skipTitle('allocate', reason), () => {
   // Consequence of the fd leak above for a long-lived process (the broker, or any caller that
   // allocates and later detaches): its own LOOP_CLR_FD never completes, because the kernel defers
   // the clear to the last close and the leaked fd is never closed.
-  it('a device allocated and then detached by the same process becomes free', async () => {
+  it.fails('a device allocated and then detached by the same process becomes free', async () => {
     fresh();
     const file = makeImage(path.join(work, 'alloc-detach.img'), MiB);
     const r = allocateAndAttach({ file, flags: 0 });
@@ -131,7 +131,7 @@ describe.skipIf(reason !== undefined)(skipTitle('allocate', reason), () => {
   // LOOP_CLR_FD, but the fd isFreeNode() leaked keeps the device bound to our file (autoclear set)
   // for as long as the process lives: "every other error is final and leaves nothing bound" does
   // not hold.
-  it('a failed allocateAndAttach() (block size 1000) leaves nothing bound', async () => {
+  it.fails('a failed allocateAndAttach() (block size 1000) leaves nothing bound', async () => {
     fresh();
     const file = makeImage(path.join(work, 'alloc-bs1000.img'), MiB);
     let err: unknown;
@@ -277,7 +277,7 @@ describe.skipIf(reason !== undefined)(skipTitle('allocate', reason), () => {
     // skipped, and the scan ends in NoFreeDeviceError. util-linux decides from sysfs alone
     // (LOOPDEV_FL_NOIOCTL): `setpriv --reuid 65534 losetup -f` prints /dev/loopN on this machine,
     // while `bin/losetup -f` as the same user says "cannot find an unused loop device: Permission denied".
-    it.skipIf(distSkipReason() !== undefined)('an unprivileged scan finds the free node from sysfs, as util-linux does', async () => {
+    it.fails.skipIf(distSkipReason() !== undefined)('an unprivileged scan finds the free node from sysfs, as util-linux does', async () => {
       setup();
       mknodLoop(nodes, 'loop0', boundIdx);
       mknodLoop(nodes, 'loop1', freeIdx); // root-owned 0600: uid 65534 cannot open it
