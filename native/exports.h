@@ -2,6 +2,7 @@
 #pragma once
 
 #include <napi.h>
+#include <sys/stat.h>
 
 namespace loopfs {
 
@@ -11,5 +12,8 @@ void RegisterFsAt(Napi::Env env, Napi::Object exports);      // fs_at.cc
 void RegisterLoopControl(Napi::Env env, Napi::Object exports); // loop_control.cc
 void RegisterLoop(Napi::Env env, Napi::Object exports);      // loop.cc
 void RegisterBlk(Napi::Env env, Napi::Object exports);       // blk.cc
+
+// struct stat as the JS NativeStat object (fs.cc); shared by fstat and lstatat.
+Napi::Object StatObject(Napi::Env env, const struct stat& st);
 
 } // namespace loopfs

@@ -90,21 +90,7 @@ Napi::Value Lstatat(const Napi::CallbackInfo& info) {
     const int err = errno;
     ThrowAtError(info.Env(), err, "fstatat", dirfd, name);
   }
-  Napi::Env env = info.Env();
-  Napi::Object o = Napi::Object::New(env);
-  o.Set("dev", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_dev)));
-  o.Set("ino", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_ino)));
-  o.Set("mode", Napi::Number::New(env, st.st_mode));
-  o.Set("nlink", Napi::Number::New(env, static_cast<double>(st.st_nlink)));
-  o.Set("uid", Napi::Number::New(env, st.st_uid));
-  o.Set("gid", Napi::Number::New(env, st.st_gid));
-  o.Set("rdev", Napi::BigInt::New(env, static_cast<uint64_t>(st.st_rdev)));
-  o.Set("size", Napi::BigInt::New(env, static_cast<int64_t>(st.st_size)));
-  o.Set("devMajor", Napi::Number::New(env, major(st.st_dev)));
-  o.Set("devMinor", Napi::Number::New(env, minor(st.st_dev)));
-  o.Set("rdevMajor", Napi::Number::New(env, major(st.st_rdev)));
-  o.Set("rdevMinor", Napi::Number::New(env, minor(st.st_rdev)));
-  return o;
+  return StatObject(info.Env(), st);
 }
 
 } // namespace
