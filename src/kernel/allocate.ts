@@ -44,7 +44,12 @@ function nodePath(dir: DeviceDir, index: number): string {
 /** A device is free when it is a loop device that is not bound to a file. */
 function isFreeNode(path: string): boolean {
   assertLoopDevice(path);
-  return !new LoopDevice(path).isBound();
+  const dev = new LoopDevice(path);
+  try {
+    return !dev.isBound();
+  } finally {
+    dev.close(); // only opened without sysfs; an fd left here would keep the device busy
+  }
 }
 
 /**
@@ -143,12 +148,18 @@ export function allocateAndAttach(req: AttachRequest, dir: DeviceDir = HOST_DEVI
         ctl.lock();
         device = freeFromControl(ctl, dir);
       }
+      const fromControl = device !== null;
       device ??= scanForFree(dir);
-      const result = attach(device, { ...req, freshDevice: ctl !== null });
+      const result = attach(device, { ...req, freshDevice: fromControl });
       return { device, ...result };
     } catch (e) {
       device?.close();
-      const retryable = e instanceof AttachError && hasCode(e, 'EBUSY', 'EAGAIN');
+      // EBUSY/EAGAIN: taken under our feet; ENXIO/ENODEV/ENOENT: removed under our feet
+      // (LOOP_CTL_REMOVE by another process); a scan that found nothing after
+      // loop-control worked: the device GET_FREE named was taken, it will create another
+      const retryable =
+        (e instanceof AttachError && hasCode(e, 'EBUSY', 'EAGAIN', 'ENXIO', 'ENODEV', 'ENOENT') && !e.fileError) ||
+        (e instanceof NoFreeDeviceError && ctl !== null);
       if (!retryable || attempt >= MAX_TRIES) throw e;
     } finally {
       ctl?.close(); // closing the fd drops the flock

@@ -37,6 +37,8 @@ export class AttachError extends Error {
   constructor(
     readonly cause: SysError,
     readonly deviceOpenFailed: boolean,
+    /** The backing file could not be opened: no other device would do better. */
+    readonly fileError = false,
   ) {
     super(cause.message);
     this.name = 'AttachError';
@@ -61,11 +63,11 @@ export function attach(dev: LoopDevice, req: AttachRequest): AttachResult {
     fileFd = n.open(req.file, (readOnly ? c.O_RDONLY : c.O_RDWR) | extra);
   } catch (e) {
     // a read-only filesystem or a file we may only read still gives a read-only device
-    if (readOnly || !hasCode(e, 'EROFS', 'EACCES')) throw new AttachError(toSysError(e), false);
+    if (readOnly || !hasCode(e, 'EROFS', 'EACCES')) throw new AttachError(toSysError(e), false, true);
     try {
       fileFd = n.open(req.file, c.O_RDONLY | extra);
     } catch (e2) {
-      throw new AttachError(toSysError(e2), false);
+      throw new AttachError(toSysError(e2), false, true);
     }
     readOnly = true;
   }
@@ -88,16 +90,17 @@ export function attach(dev: LoopDevice, req: AttachRequest): AttachResult {
     checkSize(dev, fileFd, req);
     return { readOnly };
   } catch (e) {
-    const err = e instanceof AttachError ? e : new AttachError(toSysError(e), !deviceOpened);
-    // EBUSY means the device is somebody else's: never clear it
-    if (deviceOpened && err.code !== 'EBUSY') {
+    // EBUSY means the device is somebody else's: never clear it. Clearing takes effect
+    // at the last close, so our fd goes too: the device is free when attach() returns.
+    if (deviceOpened && !hasCode(e, 'EBUSY') && !(e instanceof AttachError && e.code === 'EBUSY')) {
       try {
         dev.clear();
       } catch {
         /* the original error is the one to report */
       }
     }
-    throw err;
+    dev.close();
+    throw e instanceof AttachError ? e : new AttachError(toSysError(e), !deviceOpened);
   } finally {
     n.close(fileFd);
   }

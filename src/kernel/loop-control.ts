@@ -30,7 +30,8 @@ export class LoopControl {
 
   /**
    * Remove device `index`. EBUSY while it is bound or open by anyone, which is why a
-   * successful remove proves that no process still holds the device.
+   * successful remove proves that no process still holds the device. (The ioctl's
+   * return value is the index on old kernels and 0 since 5.15: do not rely on it.)
    */
   remove(index: number): number {
     return native().ctlRemove(this.fd, index);

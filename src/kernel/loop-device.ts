@@ -65,9 +65,20 @@ export class LoopDevice {
   sysfs(): SysfsLoop | null {
     if (this.sysfsCache === undefined) {
       const d = this.devno();
-      this.sysfsCache = d ? SysfsLoop.forDevno(d[0], d[1]) : null;
+      const sys = d ? SysfsLoop.forDevno(d[0], d[1]) : null;
+      this.sysfsCache = sys && existsSync(sys.dir) ? sys : null;
     }
     return this.sysfsCache;
+  }
+
+  /**
+   * util-linux reads attributes with ioctls only when the device has no sysfs directory
+   * ("no sysfs" mode): with sysfs, a missing attribute means "unbound", and opening the
+   * node to ask again would cost an fd, fail for unprivileged users (0600 nodes), and
+   * keep a detached device busy. Only the ids (dev/ino) need the ioctl either way.
+   */
+  private get ioctlFallback(): boolean {
+    return this.sysfs() === null;
   }
 
   /** Open (or reopen in another mode) the device node; returns the fd. */
@@ -115,7 +126,9 @@ export class LoopDevice {
    */
   configure(cfg: LoopConfig): 'configure' | 'set-fd' {
     const n = native();
-    const fd = this.open(this.mode ?? 'rw');
+    // the open mode decides the binding's mode: an fd left read-only by an earlier
+    // query would silently give a read-only device
+    const fd = this.open((cfg.flags ?? 0) & n.constants.LO_FLAGS_READ_ONLY ? 'r' : 'rw');
     const info: LoopInfo64Input = {
       offset: cfg.offset ?? 0n,
       sizelimit: cfg.sizelimit ?? 0n,
@@ -152,16 +165,19 @@ export class LoopDevice {
 
   /** LOOP_SET_CAPACITY: re-read the backing file size. */
   setCapacity(): void {
+    this.info = null;
     native().loopSetCapacity(this.open(this.mode ?? 'r'));
   }
 
   /** LOOP_SET_DIRECT_IO. */
   setDirectIo(on: boolean): void {
+    this.info = null;
     native().loopSetDirectIo(this.open(this.mode ?? 'r'), on);
   }
 
   /** LOOP_SET_BLOCK_SIZE, retrying while the kernel says EAGAIN. */
   setBlockSize(size: number): void {
+    this.info = null;
     const fd = this.open(this.mode ?? 'r');
     this.retryEagain(() => native().loopSetBlockSize(fd, size), EAGAIN_RETRIES);
   }
@@ -191,7 +207,7 @@ export class LoopDevice {
   /** Whether sysfs says the device is bound to a file; falls back to the ioctl. */
   isBound(): boolean {
     const sys = this.sysfs();
-    if (sys && sys.offset() !== null) return true;
+    if (sys) return sys.offset() !== null;
     try {
       this.status();
       return true;
@@ -208,8 +224,8 @@ export class LoopDevice {
    * ioctl fallback marks a possibly truncated name with '*' as util-linux does.
    */
   backingFile(): string | null {
-    const s = this.sysfs()?.backingFile();
-    if (s != null) return s;
+    const sys = this.sysfs();
+    if (sys) return sys.backingFile();
     const info = this.tryStatus();
     if (!info) return null;
     const name = Buffer.from(info.fileName);
@@ -218,19 +234,19 @@ export class LoopDevice {
     return cString(name);
   }
   offset(): bigint | null {
-    return this.sysfs()?.offset() ?? this.tryStatus()?.offset ?? null;
+    return this.ioctlFallback ? (this.tryStatus()?.offset ?? null) : this.sysfs()!.offset();
   }
   sizelimit(): bigint | null {
-    return this.sysfs()?.sizelimit() ?? this.tryStatus()?.sizelimit ?? null;
+    return this.ioctlFallback ? (this.tryStatus()?.sizelimit ?? null) : this.sysfs()!.sizelimit();
   }
   autoclear(): boolean {
-    return this.sysfs()?.autoclear() ?? this.flagFromStatus(native().constants.LO_FLAGS_AUTOCLEAR);
+    return this.ioctlFallback ? this.flagFromStatus(native().constants.LO_FLAGS_AUTOCLEAR) : !!this.sysfs()!.autoclear();
   }
   readOnly(): boolean {
-    return this.sysfs()?.readOnly() ?? this.flagFromStatus(native().constants.LO_FLAGS_READ_ONLY);
+    return this.ioctlFallback ? this.flagFromStatus(native().constants.LO_FLAGS_READ_ONLY) : !!this.sysfs()!.readOnly();
   }
   directIo(): boolean {
-    return this.sysfs()?.dio() ?? this.flagFromStatus(native().constants.LO_FLAGS_DIRECT_IO);
+    return this.ioctlFallback ? this.flagFromStatus(native().constants.LO_FLAGS_DIRECT_IO) : !!this.sysfs()!.dio();
   }
   /**
    * sysfs `loop/partscan`; without it (an unbound device) util-linux answers whether the

@@ -90,6 +90,109 @@ export interface NativeConstants {
   S_IFLNK: number;
   S_IFSOCK: number;
   LOOP_MAJOR: number;
+  // Sockets (native/socket.cc)
+  SHUT_RD: number;
+  SHUT_WR: number;
+  SHUT_RDWR: number;
+  /** Most fds one SCM_RIGHTS message can carry (253). */
+  SCM_MAX_FD: number;
+  // The new mount API (native/mount_api.cc)
+  AT_EMPTY_PATH: number;
+  AT_RECURSIVE: number;
+  AT_SYMLINK_NOFOLLOW: number;
+  FSOPEN_CLOEXEC: number;
+  FSMOUNT_CLOEXEC: number;
+  OPEN_TREE_CLONE: number;
+  OPEN_TREE_CLOEXEC: number;
+  MOVE_MOUNT_F_SYMLINKS: number;
+  MOVE_MOUNT_F_AUTOMOUNTS: number;
+  MOVE_MOUNT_F_EMPTY_PATH: number;
+  MOVE_MOUNT_T_SYMLINKS: number;
+  MOVE_MOUNT_T_AUTOMOUNTS: number;
+  MOVE_MOUNT_T_EMPTY_PATH: number;
+  MOUNT_ATTR_RDONLY: number;
+  MOUNT_ATTR_NOSUID: number;
+  MOUNT_ATTR_NODEV: number;
+  MOUNT_ATTR_NOEXEC: number;
+  MOUNT_ATTR__ATIME: number;
+  MOUNT_ATTR_RELATIME: number;
+  MOUNT_ATTR_NOATIME: number;
+  MOUNT_ATTR_STRICTATIME: number;
+  MOUNT_ATTR_NODIRATIME: number;
+  MOUNT_ATTR_IDMAP: number;
+  MOUNT_ATTR_NOSYMFOLLOW: number;
+  /** Propagation values for mountSetattr's `propagation`. */
+  MS_PRIVATE: number;
+  MS_SLAVE: number;
+  MS_SHARED: number;
+  MS_UNBINDABLE: number;
+  // Namespaces (native/ns.cc)
+  CLONE_NEWNS: number;
+  CLONE_NEWUSER: number;
+  CLONE_NEWPID: number;
+  CLONE_NEWNET: number;
+  CLONE_NEWUTS: number;
+  CLONE_NEWIPC: number;
+  CLONE_NEWCGROUP: number;
+  PIDFD_NONBLOCK: number;
+}
+
+/**
+ * One datagram from {@link NativeAddon.recvMsg}. Exactly one shape, whatever happened:
+ *  - a whole message: `data` (1..maxBytes bytes), `fds` (owned by the caller, close-on-exec);
+ *  - `truncated` (MSG_TRUNC: longer than maxBytes, the rest is lost) or `ctrlTruncated`
+ *    (MSG_CTRUNC: more than maxFds fds): every fd that arrived is already closed and `fds` is
+ *    []; `data` holds what fit. Treat either as a protocol violation;
+ *  - `eof`: the peer closed or shut down its end and nothing is left to read; `data` is empty.
+ */
+export interface RecvMsgResult {
+  data: Buffer;
+  fds: number[];
+  truncated: boolean;
+  ctrlTruncated: boolean;
+  eof: boolean;
+}
+
+/** SO_PEERCRED, translated into our namespaces (pid 0 / uid 65534 when not visible/mapped). */
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
+
+/**
+ * A uv_poll_t on node's event loop (native/fdwatch.cc), from {@link NativeAddon.watchFd}.
+ * While open it keeps itself (and, unless unref()'d, the process) alive; close() releases both.
+ */
+export interface FdWatcher {
+  readonly fd: number;
+  /** True once close() ran (or the environment is shutting down). */
+  readonly closed: boolean;
+  /** Stops watching. Idempotent; safe inside the callback. Call it before closing the fd. */
+  close(): void;
+  /** Keep the process alive while this watcher is open (the default). */
+  ref(): this;
+  /** Do not keep the process alive for this watcher. */
+  unref(): this;
+}
+
+/** struct mount_attr for {@link NativeAddon.mountSetattr}; omitted fields are 0. */
+export interface MountAttrInput {
+  attrSet?: number; // MOUNT_ATTR_*
+  attrClr?: number; // MOUNT_ATTR_*
+  propagation?: number; // MS_PRIVATE | MS_SLAVE | MS_SHARED | MS_UNBINDABLE
+  usernsFd?: number; // with MOUNT_ATTR_IDMAP in attrSet
+}
+
+/**
+ * What fsconfig*() and fsmount() throw: a SysError plus the filesystem context's log, e.g.
+ * ["e /dev/loop3: Can't lookup blockdev"] ("e"rror, "w"arning, "i"nfo lines; possibly empty).
+ * The log is also appended to `message`.
+ */
+export interface FsContextError extends SysError {
+  details: string[];
+  /** The fsconfig key being set (not for FSCONFIG_CMD_CREATE or fsmount). */
+  key?: string;
 }
 
 export interface NativeAddon {
@@ -160,6 +263,90 @@ export interface NativeAddon {
   fchmodat(dirfd: number, name: string, mode: number): void;
   /** fstatat(2) with AT_SYMLINK_NOFOLLOW. */
   lstatat(dirfd: number, name: string): NativeStat;
+
+  // Unix SOCK_SEQPACKET sockets for the broker (native/socket.cc). Every fd is close-on-exec.
+  /**
+   * socket + bind + listen: a non-blocking listening socket at `path` whose file has exactly
+   * `mode` (set before bind, so never wider, then re-applied past the umask). EADDRINUSE when
+   * `path` exists (unlink a stale socket first); ENAMETOOLONG beyond 107 bytes.
+   */
+  seqpacketListen(path: string, backlog: number, mode: number): number;
+  /** socket + connect: a *blocking* socket connected to `path` (ECONNREFUSED: nobody listens). */
+  seqpacketConnect(path: string): number;
+  /** accept4(NONBLOCK|CLOEXEC): the next connection, or null when none is pending. */
+  seqpacketAccept(listenFd: number): number | null;
+  /** socketpair(AF_UNIX, SOCK_SEQPACKET): a connected pair, non-blocking when asked. */
+  socketPair(nonblock?: boolean): [number, number];
+  /**
+   * sendmsg(MSG_NOSIGNAL): one datagram (1 byte at least: an empty one would read as eof),
+   * with `fds` (at most SCM_MAX_FD) as SCM_RIGHTS when non-empty. Returns data.length.
+   * Throws code 'EAGAIN' when a non-blocking socket is full, EPIPE when the peer is gone,
+   * EMSGSIZE above the socket buffer size. The fds stay open on our side.
+   */
+  sendMsg(fd: number, data: Uint8Array, fds: number[]): number;
+  /**
+   * recvmsg(MSG_CMSG_CLOEXEC): the next datagram, or null when none is waiting (non-blocking
+   * socket; a blocking one waits). maxBytes 1..2^26, maxFds 0..253. See {@link RecvMsgResult}:
+   * on truncation every received fd is closed before this returns.
+   */
+  recvMsg(fd: number, maxBytes: number, maxFds: number): RecvMsgResult | null;
+  /** getsockopt(SO_PEERCRED). */
+  peerCred(fd: number): PeerCred;
+  /**
+   * getsockopt(SO_PEERPIDFD) (Linux 6.5+): a pidfd for the process that connected. Older
+   * kernels: pidfd_open(SO_PEERCRED pid), racy against pid reuse once the peer has exited.
+   */
+  peerPidfd(fd: number): number;
+  /** shutdown(2), SHUT_RDWR by default: the peer's recvMsg sees eof. */
+  shutdown(fd: number, how?: number): void;
+
+  /**
+   * Calls `onReadable` (this = the watcher) on node's event loop whenever `fd` is readable or
+   * hung up (level-triggered: drain it or close the watcher). Puts `fd` in O_NONBLOCK mode.
+   * EEXIST when this loop already watches `fd`, EPERM for regular files. An exception thrown
+   * by the callback goes to process 'uncaughtException'. If polling itself fails, the
+   * callback gets that SysError once and the watcher stops firing.
+   */
+  watchFd(fd: number, onReadable: (this: FdWatcher, error?: SysError) => void): FdWatcher;
+
+  // The new mount API (native/mount_api.cc). fds come back close-on-exec. A detached mount
+  // lives while any fd refers to it: close mount fds once attached or sent.
+  /** fsopen(2): a filesystem context ("ext4"); ENODEV (with `fsname`) for an unknown type. */
+  fsopen(fsname: string, flags: number): number;
+  /** fsconfig(FSCONFIG_SET_STRING), e.g. ("source", "/dev/loop3"). Throws {@link FsContextError}. */
+  fsconfigSetString(fsfd: number, key: string, value: string): void;
+  /** fsconfig(FSCONFIG_SET_FLAG), e.g. "ro". Throws {@link FsContextError}. */
+  fsconfigSetFlag(fsfd: number, key: string): void;
+  /** fsconfig(FSCONFIG_CMD_CREATE): opens the source, reads the superblock. Throws {@link FsContextError}. */
+  fsconfigCreate(fsfd: number): void;
+  /** fsmount(2): the detached mount (an fd) of a created context; attrFlags MOUNT_ATTR_*. */
+  fsmount(fsfd: number, flags: number, attrFlags: number): number;
+  /**
+   * move_mount(fromDirfd, fromPath, toDirfd, toPath, flags). Attach a mount fd with
+   * moveMount(mntFd, AT_FDCWD, '/target', MOVE_MOUNT_F_EMPTY_PATH) (fromPath defaults to "",
+   * which needs that flag).
+   */
+  moveMount(fromDirfd: number, toDirfd: number, toPath: string, flags: number, fromPath?: string): void;
+  /** open_tree(2); OPEN_TREE_CLONE (| AT_RECURSIVE) gives a detached copy. */
+  openTree(dirfd: number, path: string, flags: number): number;
+  /** mount_setattr(2); flags AT_EMPTY_PATH (path "" = dirfd), AT_RECURSIVE, AT_SYMLINK_NOFOLLOW. */
+  mountSetattr(dirfd: number, path: string, flags: number, attr: MountAttrInput): void;
+  /**
+   * mount_setattr(mntFd, "", AT_EMPTY_PATH, {MOUNT_ATTR_IDMAP, usernsFd}): ID-map a detached,
+   * not yet attached mount through a user namespace (fd of /proc/PID/ns/user). EPERM for the
+   * initial user namespace and for an already mapped mount; EINVAL for an attached mount or a
+   * filesystem without ID-mapped mount support.
+   */
+  mountSetattrIdmap(mntFd: number, usernsFd: number): void;
+
+  // Processes and namespaces (native/ns.cc).
+  /** pidfd_open(2); flags 0 or PIDFD_NONBLOCK. ESRCH (with `pid`) when there is no such process. */
+  pidfdOpen(pid: number, flags?: number): number;
+  /**
+   * setns(2). Node is multi-threaded, so CLONE_NEWNS and CLONE_NEWUSER always fail with
+   * EINVAL here: never use this to enter a mount namespace (use detached mounts instead).
+   */
+  setns(fd: number, nstype: number): void;
 }
 
 /**

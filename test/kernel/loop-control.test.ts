@@ -9,7 +9,7 @@ import { LoopControl, LOOP_CONTROL_PATH } from '../../src/kernel/loop-control.js
 import { isSysError, native, type SysError } from '../../src/kernel/native.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
-import { distSkipReason, DIST_KERNEL, kernelSkipReason, makeImage, MiB, OwnedIndexes, runNode, skipTitle, sysBacking } from './support.js';
+import { distSkipReason, DIST_KERNEL, kernelSkipReason, makeImage, MiB, OwnedIndexes, runNode, skipTitle, sysBacking, SHARED_MACHINE } from './support.js';
 
 const reason = kernelSkipReason('kernel/loop-control');
 
@@ -23,7 +23,7 @@ function sysErr(fn: () => unknown): SysError {
   throw new Error('expected a SysError, but the call succeeded');
 }
 
-describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
+describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_MACHINE, () => {
   let dir: string;
   let owned: OwnedIndexes;
   let ctls: LoopControl[] = [];
@@ -67,12 +67,21 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
   });
 
   it('add()/remove() of an unused high index; EEXIST and ENODEV on repeats', () => {
-    owned = new OwnedIndexes();
-    // find an unused index ourselves, then let the code under test create it
-    const probe = owned.add();
-    owned.removeNow(probe);
+    owned = new OwnedIndexes().ownBacking(dir);
+    // find an unused index ourselves, then let the code under test create it (another suite may
+    // take the number in between: then try another)
     const c = openCtl();
-    expect(c.add(probe)).toBe(probe);
+    let probe = -1;
+    for (let attempt = 0; probe < 0; attempt++) {
+      const i = owned.add();
+      owned.removeNow(i);
+      try {
+        expect(c.add(i)).toBe(i);
+        probe = i;
+      } catch (e) {
+        if (!isSysError(e) || e.code !== 'EEXIST' || attempt >= 10) throw e;
+      }
+    }
     owned.indexes.add(probe); // ours now: cleanup removes it if the test fails below
     expect(fs.existsSync(`/sys/block/loop${probe}`)).toBe(true);
     expect(fs.readFileSync(`/sys/block/loop${probe}/dev`, 'utf8').trim()).toBe(`7:${probe}`);
@@ -90,7 +99,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
   });
 
   it('remove() of a bound device fails with EBUSY and leaves the binding alone', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     const file = makeImage(path.join(dir, 'bound.img'), MiB);
     execFileSync(REF_LOSETUP, [`/dev/loop${idx}`, file]);
@@ -103,7 +112,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), () => {
   });
 
   it('remove() of an unbound device that someone holds open fails with EBUSY', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     const fd = fs.openSync(`/dev/loop${idx}`, 'r');
     try {

@@ -10,7 +10,7 @@ import { assertLoopDevice, cString, LoopDevice } from '../../src/kernel/loop-dev
 import { isSysError, native, type SysError } from '../../src/kernel/native.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
-import { kernelSkipReason, makeImage, MiB, mknodLoop, OwnedIndexes, readSys, skipTitle, sysBacking, waitIndexUnbound } from './support.js';
+import { kernelSkipReason, makeImage, MiB, mknodLoop, OwnedIndexes, readSys, skipTitle, sysBacking, waitIndexUnbound, NO_RETRY, SHARED_MACHINE } from './support.js';
 
 const reason = kernelSkipReason('kernel/loop-device');
 const n = native();
@@ -35,7 +35,7 @@ describe('cString', () => {
   });
 });
 
-describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), () => {
+describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), SHARED_MACHINE, () => {
   let dir: string;
   let owned: OwnedIndexes;
   let idx: number;
@@ -57,7 +57,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), () => {
     if (dir) removeTree(dir);
   });
   beforeEach(() => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     idx = owned.add();
     node = `/dev/loop${idx}`;
   });
@@ -234,7 +234,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), () => {
 
   // BUG (loop-device.ts:97-100 with :159-161): status() is cached and setDirectIo() does not
   // drop the cache, so status().flags keeps reporting the old LO_FLAGS_DIRECT_IO.
-  it.fails('status() reflects LOOP_SET_DIRECT_IO done through the same object', () => {
+  it('status() reflects LOOP_SET_DIRECT_IO done through the same object', NO_RETRY, () => {
     const file = makeImage(path.join(dir, 'dio-cache.img'), MiB);
     execFileSync(REF_LOSETUP, [node, file]);
     const d = dev();
@@ -297,7 +297,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), () => {
   // LO_FLAGS_READ_ONLY when the loop device was not opened for writing), although no
   // LO_FLAGS_READ_ONLY was asked for. util-linux's loopcxt_setup_device() re-opens the device
   // "to fix read/write mode". attach() is not affected (it reopens first).
-  it.fails('configure() without LO_FLAGS_READ_ONLY gives a writable device even after a read', () => {
+  it('configure() without LO_FLAGS_READ_ONLY gives a writable device even after a read', NO_RETRY, () => {
     const file = makeImage(path.join(dir, 'rw.img'), MiB);
     const d = dev();
     expect(d.isBound()).toBe(false); // opens the device read-only (ioctl fallback)
@@ -311,7 +311,7 @@ describe.skipIf(reason !== undefined)(skipTitle('assertLoopDevice', reason), () 
   let owned: OwnedIndexes;
   beforeAll(() => {
     dir = makeTempDir('loopfs-assert');
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
   });
   afterAll(async () => {
     await owned?.cleanup();

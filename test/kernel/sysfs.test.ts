@@ -8,7 +8,7 @@ import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { loopNamesInSysfs, readdirRaw, SysfsLoop, SYS_BLOCK, sysfsAvailable } from '../../src/kernel/sysfs.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
-import { kernelSkipReason, makeImage, MiB, OwnedIndexes, skipTitle } from './support.js';
+import { kernelSkipReason, makeImage, MiB, OwnedIndexes, skipTitle, SHARED_MACHINE } from './support.js';
 
 const reason = kernelSkipReason('kernel/sysfs');
 
@@ -18,22 +18,44 @@ function losetup(...args: string[]): void {
 
 describe('sysfs: listing', () => {
   const noSys = fs.existsSync(SYS_BLOCK) ? undefined : 'no /sys/block';
-  it.skipIf(noSys !== undefined)('loopNamesInSysfs() is `ls -U /sys/block | grep ^loop`, in kernel order', () => {
-    // two reads back to back; retry once in case a device appeared in between
-    for (let attempt = 0; ; attempt++) {
-      const ours = loopNamesInSysfs();
-      const ls = execFileSync('sh', ['-c', 'ls -U /sys/block | grep ^loop || true'], { encoding: 'utf8' })
-        .split('\n')
-        .filter(Boolean);
-      if (attempt < 1 && ours.length !== ls.length) continue;
+  it.skipIf(noSys !== undefined)('loopNamesInSysfs() is `ls -U /sys/block | grep ^loop`, in kernel order', async () => {
+    // with root, add a dozen devices of our own so that there is an order to get wrong
+    const extra = reason === undefined ? new OwnedIndexes() : undefined;
+    try {
+      for (let k = 0; extra && k < 12; k++) extra.add(400);
+      // other suites add and remove loop devices concurrently: read both again (bounded) while
+      // they differ; an ordering bug would differ every time
+      const lsLoops = () =>
+        execFileSync('sh', ['-c', 'ls -U /sys/block | grep ^loop || true'], { encoding: 'utf8' })
+          .split('\n')
+          .filter(Boolean);
+      let ours: string[] = [];
+      let ls: string[] = [];
+      for (let attempt = 0; attempt < 10; attempt++) {
+        ours = loopNamesInSysfs();
+        ls = lsLoops();
+        if (JSON.stringify(ours) === JSON.stringify(ls)) break;
+      }
       expect(ours).toEqual(ls);
-      break;
+      // kernfs hands out names in hash order: with this many names a numeric or alphabetical
+      // order would mean someone sorted them
+      if (ours.length >= 8) {
+        expect(ours).not.toEqual([...ours].sort((a, b) => Number(a.slice(4)) - Number(b.slice(4))));
+        expect(ours).not.toEqual([...ours].sort());
+      }
+    } finally {
+      await extra?.cleanup();
     }
   });
 
   it.skipIf(noSys !== undefined)('readdirRaw() is `ls -U` (no dot entries, not sorted)', () => {
-    const ours = readdirRaw(SYS_BLOCK);
-    const ls = execFileSync('ls', ['-U', SYS_BLOCK], { encoding: 'utf8' }).split('\n').filter(Boolean);
+    let ours: string[] = [];
+    let ls: string[] = [];
+    for (let attempt = 0; attempt < 10; attempt++) {
+      ours = readdirRaw(SYS_BLOCK);
+      ls = execFileSync('ls', ['-U', SYS_BLOCK], { encoding: 'utf8' }).split('\n').filter(Boolean);
+      if (JSON.stringify(ours) === JSON.stringify(ls)) break;
+    }
     expect(ours).toEqual(ls);
     if (ours.length > 2) {
       const sorted = [...ours].sort();
@@ -62,7 +84,7 @@ describe('sysfs: listing', () => {
   });
 });
 
-describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reason), () => {
+describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reason), SHARED_MACHINE, () => {
   let dir: string;
   let owned: OwnedIndexes;
 
@@ -77,7 +99,7 @@ describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reas
   });
 
   it('reads every attribute of a bound device (file name with spaces)', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     const file = makeImage(path.join(dir, 'disk image with spaces.img'), 8 * MiB);
     losetup('-o', '4096', '--sizelimit', String(2 * MiB), '-r', '-P', '-b', '4096', '--direct-io=on', `/dev/loop${idx}`, file);
@@ -100,7 +122,7 @@ describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reas
   });
 
   it('keeps trailing spaces and UTF-8 in the backing file name', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     const file = makeImage(path.join(dir, 'ünïcødé ends in space '), MiB);
     losetup(`/dev/loop${idx}`, file);
@@ -115,7 +137,7 @@ describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reas
   });
 
   it('shows " (deleted)" after the backing file is unlinked', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     const file = makeImage(path.join(dir, 'to be deleted.img'), MiB);
     losetup(`/dev/loop${idx}`, file);
@@ -126,7 +148,7 @@ describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reas
   });
 
   it('returns null for the loop/ attributes of an unbound device', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     const s = SysfsLoop.forName(`loop${idx}`);
     expect(s.isBound()).toBe(false);
@@ -144,7 +166,7 @@ describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reas
   });
 
   it('returns null for everything when the device does not exist', () => {
-    owned = new OwnedIndexes();
+    owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
     // remove it again right away: we now probe a number that certainly has no device
     owned.removeNow(idx);
