@@ -16,6 +16,10 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterLoopControl(env, exports);
   RegisterLoop(env, exports);
   RegisterBlk(env, exports);
+  RegisterSocket(env, exports);
+  RegisterFdWatch(env, exports);
+  RegisterMountApi(env, exports);
+  RegisterNs(env, exports);
   return exports;
 }
 

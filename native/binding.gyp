@@ -8,11 +8,15 @@
         "blk.cc",
         "constants.cc",
         "errors.cc",
+        "fdwatch.cc",
         "fs.cc",
         "fs_at.cc",
         "loop.cc",
         "loop_control.cc",
-        "loop_info.cc"
+        "loop_info.cc",
+        "mount_api.cc",
+        "ns.cc",
+        "socket.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

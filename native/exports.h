@@ -12,6 +12,10 @@ void RegisterFsAt(Napi::Env env, Napi::Object exports);      // fs_at.cc
 void RegisterLoopControl(Napi::Env env, Napi::Object exports); // loop_control.cc
 void RegisterLoop(Napi::Env env, Napi::Object exports);      // loop.cc
 void RegisterBlk(Napi::Env env, Napi::Object exports);       // blk.cc
+void RegisterSocket(Napi::Env env, Napi::Object exports);    // socket.cc
+void RegisterFdWatch(Napi::Env env, Napi::Object exports);   // fdwatch.cc
+void RegisterMountApi(Napi::Env env, Napi::Object exports);  // mount_api.cc
+void RegisterNs(Napi::Env env, Napi::Object exports);        // ns.cc
 
 // struct stat as the JS NativeStat object (fs.cc); shared by fstat and lstatat.
 Napi::Object StatObject(Napi::Env env, const struct stat& st);
