@@ -16,6 +16,7 @@ import { COLUMNS } from './columns.js';
 import type { LosetupPlan } from './options.js';
 import { LO_FLAGS_READ_ONLY } from './options.js';
 import { deviceLine } from './print-line.js';
+import { FileMatcher, findOverlap } from '../overlap.js';
 import { localeIsUtf8 } from '../locale.js';
 
 export interface ActionContext {
@@ -51,45 +52,6 @@ export function runAction(ctx: ActionContext): number {
 }
 
 // ---------------------------------------------------------------- listing
-
-/**
- * util-linux's loopcxt_is_used(): match by st_dev/st_ino when both the file and the
- * device's ids are known, else by backing-file name (first as given, then
- * canonicalised), then by offset when -o was given.
- */
-class FileMatcher {
-  private readonly st: { dev: bigint; ino: bigint } | null;
-  private canonical: string | null = null;
-
-  constructor(
-    private readonly file: string,
-    private readonly offset: bigint | null,
-  ) {
-    try {
-      const s = statSync(file, { bigint: true });
-      this.st = { dev: s.dev, ino: s.ino };
-    } catch {
-      this.st = null;
-    }
-  }
-
-  matches(dev: LoopDevice): boolean {
-    let found = this.matchesFile(dev, this.canonical ?? this.file);
-    if (!found && this.canonical === null) {
-      this.canonical = canonicalize(this.file);
-      found = this.matchesFile(dev, this.canonical);
-    }
-    if (!found) return false;
-    return this.offset === null || dev.offset() === this.offset;
-  }
-
-  private matchesFile(dev: LoopDevice, name: string): boolean {
-    const ids = this.st ? dev.backingIds() : null;
-    if (this.st && ids) return ids.ino === this.st.ino && ids.dev === this.st.dev;
-    return dev.backingFile() === name;
-  }
-}
-
 
 function selectedDevices(ctx: ActionContext): LoopDevice[] {
   const { plan, scope } = ctx;
@@ -215,24 +177,6 @@ function writable(path: string): boolean {
 
 
 // ---------------------------------------------------------------- setup
-
-type Overlap = { kind: 'none' } | { kind: 'overlap' } | { kind: 'full'; dev: LoopDevice };
-
-/** util-linux loopcxt_find_overlap(): the first device on the same file that overlaps the range. */
-function findOverlap(scope: LoopScope, file: string, offset: bigint, sizelimit: bigint): Overlap {
-  const m = new FileMatcher(file, null);
-  for (const dev of scope.usedDevices()) {
-    if (!m.matches(dev)) continue;
-    const devOffset = dev.offset();
-    const devLimit = dev.sizelimit();
-    if (devOffset === null || devLimit === null) continue; // raced with autoclear
-    if (devLimit === sizelimit && devOffset === offset) return { kind: 'full', dev };
-    if (devLimit !== 0n && offset >= devOffset + devLimit) continue;
-    if (sizelimit !== 0n && offset + sizelimit <= devOffset) continue;
-    return { kind: 'overlap' };
-  }
-  return { kind: 'none' };
-}
 
 function create(ctx: ActionContext): number {
   const { plan, out, scope } = ctx;
