@@ -384,13 +384,10 @@ describe.skipIf(reason !== undefined)(skipTitle('mount.loop under mount(8), real
       expect(devicesFor(img)).toHaveLength(1);
     });
 
-    // KNOWN BUG (src/mount/mount-loop.ts attachImage(), ~line 238): the helper never looks for a
-    // device already bound to the image (libmount's loopcxt_find_overlap), so a second
-    // `mount -t loop` of an image that is mounted read-write elsewhere binds a *second* device and
-    // mounts the same ext4 read-write twice through two block devices (two superblocks on one
-    // image: corruption). Either refusing (32, nothing leaked) or re-using the device as
-    // util-linux does would pass. Remove `.fails` once fixed.
-    it.fails('image already mounted elsewhere: refused, or the same device re-used; never a second device', async () => {
+    // A second `mount -t loop` of an image mounted read-write elsewhere must never bind a second
+    // device (two superblocks on one image: corruption). Like libmount's loopcxt_find_overlap,
+    // mount.loop re-uses the device already bound to the same range; refusing would pass too.
+    it('image already mounted elsewhere: refused, or the same device re-used; never a second device', async () => {
       const img = makeExt4(path.join(dir, 'twice.ext4'), src);
       const a = mnt('a');
       const b = mnt('b');
