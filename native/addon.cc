@@ -13,6 +13,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("strerror", Napi::Function::New(env, Strerror, "strerror"));
   RegisterFs(env, exports);
   RegisterFsAt(env, exports);
+  RegisterReadFiles(env, exports);
   RegisterLoopControl(env, exports);
   RegisterLoop(env, exports);
   RegisterBlk(env, exports);

@@ -11,6 +11,7 @@
         "fdwatch.cc",
         "fs.cc",
         "fs_at.cc",
+        "read_files.cc",
         "loop.cc",
         "loop_control.cc",
         "loop_info.cc",

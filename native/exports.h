@@ -9,6 +9,7 @@ namespace loopfs {
 void RegisterConstants(Napi::Env env, Napi::Object exports); // constants.cc
 void RegisterFs(Napi::Env env, Napi::Object exports);        // fs.cc
 void RegisterFsAt(Napi::Env env, Napi::Object exports);      // fs_at.cc
+void RegisterReadFiles(Napi::Env env, Napi::Object exports); // read_files.cc
 void RegisterLoopControl(Napi::Env env, Napi::Object exports); // loop_control.cc
 void RegisterLoop(Napi::Env env, Napi::Object exports);      // loop.cc
 void RegisterBlk(Napi::Env env, Napi::Object exports);       // blk.cc

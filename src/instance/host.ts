@@ -1,27 +1,29 @@
 /** The host scope: /dev, /dev/loop-control and /sys/block, exactly as util-linux sees them. */
-import { existsSync } from 'node:fs';
 import { allocateAndAttach, ensureDevice, findFree, HOST_DEVICES } from '../kernel/allocate.js';
 import type { AttachRequest } from '../kernel/attach.js';
 import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
-import { loopNamesInSysfs, SYS_BLOCK } from '../kernel/sysfs.js';
+import { LISTING_ATTRS, loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
 import type { LoopScope } from './scope.js';
 
 export class HostScope implements LoopScope {
   readonly controlPath = HOST_DEVICES.controlPath;
 
-  usedDevices(): LoopDevice[] {
+  usedDevices(prefetch: readonly string[] = LISTING_ATTRS): LoopDevice[] {
+    const loops = loopNamesInSysfs().map((name) => SysfsLoop.forName(name));
+    // one native call reads every attribute the listing will show
+    SysfsLoop.prefetch(loops, [...new Set(['loop/backing_file', 'loop/offset', ...prefetch])]);
     const result: LoopDevice[] = [];
-    for (const name of loopNamesInSysfs()) {
-      // only bound devices have loop/backing_file; the node must exist in /dev too
-      if (!existsSync(`${SYS_BLOCK}/${name}/loop/backing_file`)) continue;
-      const dev = new LoopDevice(`/dev/${name}`);
+    for (const sys of loops) {
+      // as util-linux: bound devices only (loop/backing_file and loop/offset exist), and
+      // only when /dev has a loop device node of that name
+      if (sys.backingFile() === null || sys.offset() === null) continue;
+      const path = `/dev/${sys.dir.slice(sys.dir.lastIndexOf('/') + 1)}`;
       try {
-        assertLoopDevice(dev.path);
+        assertLoopDevice(path);
       } catch {
         continue;
       }
-      if (dev.offset() === null) continue; // raced with a detach
-      result.push(dev);
+      result.push(LoopDevice.withSysfs(path, sys));
     }
     return result;
   }

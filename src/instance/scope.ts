@@ -9,8 +9,12 @@ import type { Allocated } from '../kernel/allocate.js';
 import type { LoopDevice } from '../kernel/loop-device.js';
 
 export interface LoopScope {
-  /** Devices bound to a backing file, in listing order. */
-  usedDevices(): LoopDevice[];
+  /**
+   * Devices bound to a backing file, in listing order. `prefetch` names the sysfs
+   * attributes the caller will read (see SysfsLoop.prefetch), so that a listing of
+   * thousands of devices reads them in one batch; scopes may ignore it.
+   */
+  usedDevices(prefetch?: readonly string[]): LoopDevice[];
   /** The node path for a device argument as the user typed it. */
   devicePath(arg: string): string;
   /**
@@ -28,6 +32,11 @@ export interface LoopScope {
   detach(dev: LoopDevice): void;
   /** After a device was cleared by other means (autoclear): the scope's part of detach. */
   settle(dev: LoopDevice): void;
+  /**
+   * LOOP_SET_CAPACITY for a scope that does it on the caller's behalf (a broker);
+   * absent: the caller opens the device itself.
+   */
+  setCapacity?(dev: LoopDevice): void;
   /** Whether a device named by the user belongs to this scope. */
   contains(dev: LoopDevice): boolean;
   /** The loop-control path the scope allocates through, if any (for error reporting). */

@@ -37,6 +37,16 @@ export class LoopDevice {
 
   constructor(readonly path: string) {}
 
+  /**
+   * A device whose sysfs directory is already known (a listing found it by name in
+   * /sys/block, possibly with prefetched attributes): no stat() of the node needed.
+   */
+  static withSysfs(path: string, sys: SysfsLoop): LoopDevice {
+    const dev = new LoopDevice(path);
+    dev.sysfsCache = sys;
+    return dev;
+  }
+
   /** stat() of the node (follows symlinks, as util-linux does). */
   statNode() {
     return statSync(this.path, { bigint: true });
@@ -136,7 +146,7 @@ export class LoopDevice {
       fileName: cfg.fileName,
       cryptName: cfg.cryptName,
     };
-    this.info = null;
+    this.changed();
     try {
       n.loopConfigure(fd, cfg.backingFd, info, cfg.blockSize ?? 0);
       return 'configure';
@@ -152,32 +162,32 @@ export class LoopDevice {
   /** LOOP_SET_STATUS64, retrying while the kernel says EAGAIN. */
   setStatus(info: LoopInfo64Input, retries = EAGAIN_RETRIES): void {
     const fd = this.open(this.mode ?? 'r');
-    this.info = null;
+    this.changed();
     this.retryEagain(() => native().loopSetStatus64(fd, info), retries);
   }
 
   /** LOOP_CLR_FD. If someone else still has the device open, the kernel defers it (autoclear). */
   clear(): void {
     const fd = this.open(this.mode ?? 'r');
-    this.info = null;
+    this.changed();
     native().loopClrFd(fd);
   }
 
   /** LOOP_SET_CAPACITY: re-read the backing file size. */
   setCapacity(): void {
-    this.info = null;
+    this.changed();
     native().loopSetCapacity(this.open(this.mode ?? 'r'));
   }
 
   /** LOOP_SET_DIRECT_IO. */
   setDirectIo(on: boolean): void {
-    this.info = null;
+    this.changed();
     native().loopSetDirectIo(this.open(this.mode ?? 'r'), on);
   }
 
   /** LOOP_SET_BLOCK_SIZE, retrying while the kernel says EAGAIN. */
   setBlockSize(size: number): void {
-    this.info = null;
+    this.changed();
     const fd = this.open(this.mode ?? 'r');
     this.retryEagain(() => native().loopSetBlockSize(fd, size), EAGAIN_RETRIES);
   }
@@ -274,6 +284,12 @@ export class LoopDevice {
   private flagFromStatus(flag: number): boolean {
     const info = this.tryStatus();
     return info ? (info.flags & flag) !== 0 : false;
+  }
+
+  /** Forget cached state after a change made through this object. */
+  private changed(): void {
+    this.info = null;
+    if (this.sysfsCache) this.sysfsCache.forget();
   }
 
   private retryEagain(op: () => void, retries: number): void {

@@ -248,6 +248,11 @@ export interface NativeAddon {
   mknodat(dirfd: number, name: string, mode: number, major: number, minor: number): void;
   /** fchown(2). */
   fchown(fd: number, uid: number, gid: number): void;
+  /**
+   * Read many small files (sysfs attributes) in one call: each of `names` inside each of
+   * `dirs` (result row-major, dirs x names), up to maxBytes each; null when unreadable.
+   */
+  readFiles(dirs: string[], names: string[], maxBytes: number): Array<Buffer | null>;
 
   // Directory-relative calls for instance directories (native/fs_at.cc): a pinned
   // directory fd, and never a followed symlink in the last component.

@@ -7,32 +7,47 @@
  * Every reader returns null when the attribute is missing (device unbound or gone).
  */
 import { opendirSync, readFileSync, statSync } from 'node:fs';
+import { native } from './native.js';
 
 export const SYS_BLOCK = '/sys/block';
 
-function readAttr(path: string): string | null {
+/** sysfs terminates values with one newline; anything else is data (a path may end in spaces). */
+function stripNewline(s: string): string {
+  return s.endsWith('\n') ? s.slice(0, -1) : s;
+}
+
+function readAttrFile(path: string): string | null {
   try {
-    const s = readFileSync(path, 'latin1');
-    // sysfs terminates values with one newline; anything else is data (a path may end in spaces)
-    return s.endsWith('\n') ? s.slice(0, -1) : s;
+    return stripNewline(readFileSync(path, 'latin1'));
   } catch {
     return null;
   }
 }
 
-function readU64(path: string): bigint | null {
-  const s = readAttr(path);
+function parseU64(s: string | null): bigint | null {
   if (s === null) return null;
   const t = s.trim();
   return /^\d+$/.test(t) ? BigInt(t) : null;
 }
 
-function readFlag(path: string): boolean | null {
-  const s = readAttr(path);
+function parseFlag(s: string | null): boolean | null {
   if (s === null) return null;
   const t = s.trim();
   return /^-?\d+$/.test(t) ? Number(t) !== 0 : null;
 }
+
+/** Every attribute a listing shows: prefetched together by {@link SysfsLoop.prefetch}. */
+export const LISTING_ATTRS = [
+  'loop/offset',
+  'loop/sizelimit',
+  'loop/autoclear',
+  'loop/partscan',
+  'loop/dio',
+  'loop/backing_file',
+  'ro',
+  'queue/logical_block_size',
+  'dev',
+];
 
 /** Decode a latin1-read string back into the UTF-8 path the kernel stored. */
 function bytesToPath(s: string): string {
@@ -41,7 +56,41 @@ function bytesToPath(s: string): string {
 
 /** The sysfs directory of one block device, e.g. `/sys/block/loop3` or `/sys/dev/block/7:3`. */
 export class SysfsLoop {
+  /** Attribute values read so far (null: absent), so a listing reads each file once. */
+  private readonly cache = new Map<string, string | null>();
+
   constructor(readonly dir: string) {}
+
+  /**
+   * Read the given attributes of many devices in one native call: a listing of a
+   * thousand devices costs one N-API round trip instead of ~9000 readFileSync calls.
+   * Values are cached on each SysfsLoop until {@link forget}.
+   */
+  static prefetch(loops: SysfsLoop[], attrs: string[] = LISTING_ATTRS): void {
+    if (loops.length === 0 || attrs.length === 0) return;
+    const values = native().readFiles(
+      loops.map((l) => l.dir),
+      attrs,
+      4096 + 64,
+    );
+    let i = 0;
+    for (const l of loops) {
+      for (const a of attrs) {
+        const v = values[i++];
+        l.cache.set(a, v === null ? null : stripNewline(v.toString('latin1')));
+      }
+    }
+  }
+
+  /** Drop cached values (after a change made through this process). */
+  forget(): void {
+    this.cache.clear();
+  }
+
+  private attr(name: string): string | null {
+    if (this.cache.has(name)) return this.cache.get(name)!;
+    return readAttrFile(`${this.dir}/${name}`);
+  }
 
   static forName(name: string): SysfsLoop {
     return new SysfsLoop(`${SYS_BLOCK}/${name}`);
@@ -53,37 +102,37 @@ export class SysfsLoop {
 
   /** Full backing-file path; the kernel appends " (deleted)" for unlinked files. */
   backingFile(): string | null {
-    const s = readAttr(`${this.dir}/loop/backing_file`);
+    const s = this.attr('loop/backing_file');
     return s === null ? null : bytesToPath(s);
   }
   offset(): bigint | null {
-    return readU64(`${this.dir}/loop/offset`);
+    return parseU64(this.attr('loop/offset'));
   }
   sizelimit(): bigint | null {
-    return readU64(`${this.dir}/loop/sizelimit`);
+    return parseU64(this.attr('loop/sizelimit'));
   }
   autoclear(): boolean | null {
-    return readFlag(`${this.dir}/loop/autoclear`);
+    return parseFlag(this.attr('loop/autoclear'));
   }
   partscan(): boolean | null {
-    return readFlag(`${this.dir}/loop/partscan`);
+    return parseFlag(this.attr('loop/partscan'));
   }
   dio(): boolean | null {
-    return readFlag(`${this.dir}/loop/dio`);
+    return parseFlag(this.attr('loop/dio'));
   }
   readOnly(): boolean | null {
-    return readFlag(`${this.dir}/ro`);
+    return parseFlag(this.attr('ro'));
   }
   logicalBlockSize(): bigint | null {
-    return readU64(`${this.dir}/queue/logical_block_size`);
+    return parseU64(this.attr('queue/logical_block_size'));
   }
   /** Size in 512-byte sectors. */
   sizeSectors(): bigint | null {
-    return readU64(`${this.dir}/size`);
+    return parseU64(this.attr('size'));
   }
   /** "MAJ:MIN" from the `dev` attribute. */
   devno(): [number, number] | null {
-    const s = readAttr(`${this.dir}/dev`);
+    const s = this.attr('dev');
     const m = s?.trim().match(/^(\d+):(\d+)$/);
     return m ? [Number(m[1]), Number(m[2])] : null;
   }

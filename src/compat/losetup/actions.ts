@@ -43,7 +43,7 @@ export function runAction(ctx: ActionContext): number {
     case 'show-one':
       return showOne(ctx);
     case 'set-capacity':
-      return ioctlOn(ctx, 'set capacity failed', (d) => d.setCapacity());
+      return ioctlOn(ctx, 'set capacity failed', (d) => (ctx.scope.setCapacity ? ctx.scope.setCapacity(d) : d.setCapacity()));
     case 'set-direct-io':
       return ioctlOn(ctx, 'set direct io failed', (d) => d.setDirectIo(ctx.plan.useDirectIo));
     case 'set-blocksize':
@@ -53,16 +53,19 @@ export function runAction(ctx: ActionContext): number {
 
 // ---------------------------------------------------------------- listing
 
-function selectedDevices(ctx: ActionContext): LoopDevice[] {
+/** The `-a`/`-j` line reads these; a table reads its columns' attributes. */
+const LINE_ATTRS = ['loop/backing_file', 'loop/offset', 'loop/sizelimit'];
+
+function selectedDevices(ctx: ActionContext, attrs: readonly string[]): LoopDevice[] {
   const { plan, scope } = ctx;
-  const devices = scope.usedDevices();
+  const devices = scope.usedDevices(attrs);
   if (plan.file === null) return devices;
   const m = new FileMatcher(plan.file, plan.offsetSet ? plan.offset : null);
   return devices.filter((d) => m.matches(d));
 }
 
 function showAll(ctx: ActionContext): number {
-  for (const dev of selectedDevices(ctx)) {
+  for (const dev of selectedDevices(ctx, LINE_ATTRS)) {
     const line = deviceLine(dev);
     if (line !== null) ctx.out.out(line);
   }
@@ -72,7 +75,7 @@ function showAll(ctx: ActionContext): number {
 function showTable(ctx: ActionContext, single: LoopDevice | null): number {
   const { plan, out } = ctx;
   const cols = plan.columns.map((i) => COLUMNS[i]);
-  const devices = single ? [single] : selectedDevices(ctx);
+  const devices = single ? [single] : selectedDevices(ctx, cols.flatMap((c) => c.attrs));
   const rows = devices.map((d) => cols.map((c) => c.value(d)));
   const mode = plan.json ? 'json' : plan.raw ? 'raw' : 'table';
   out.out(renderTable(cols, rows, { mode, noHeadings: plan.noHeadings, tableName: 'loopdevices', utf8: localeIsUtf8() }));

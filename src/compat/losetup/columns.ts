@@ -8,6 +8,8 @@ import type { ColumnSpec } from '../smartcols.js';
 
 export interface LoopColumn extends ColumnSpec {
   help: string;
+  /** sysfs attributes the value reads (prefetched in one batch for a listing) */
+  attrs: string[];
   /** The cell text, or null for an empty cell (JSON null). */
   value(dev: LoopDevice): string | null;
 }
@@ -21,12 +23,13 @@ function majMin(maj: number, min: number, width: number): string {
 }
 
 export const COLUMNS: readonly LoopColumn[] = [
-  { name: 'NAME', help: 'loop device name', value: (d) => d.path },
-  { name: 'AUTOCLEAR', help: 'autoclear flag set', right: true, json: 'boolean', value: (d) => flag(d.autoclear()) },
-  { name: 'BACK-FILE', help: 'device backing file', value: (d) => d.backingFile() },
+  { name: 'NAME', help: 'loop device name', attrs: [], value: (d) => d.path },
+  { name: 'AUTOCLEAR', help: 'autoclear flag set', attrs: ['loop/autoclear'], right: true, json: 'boolean', value: (d) => flag(d.autoclear()) },
+  { name: 'BACK-FILE', help: 'device backing file', attrs: ['loop/backing_file'], value: (d) => d.backingFile() },
   {
     name: 'BACK-INO',
     help: 'backing file inode number',
+    attrs: [],
     right: true,
     json: 'number',
     value: (d) => {
@@ -37,6 +40,7 @@ export const COLUMNS: readonly LoopColumn[] = [
   {
     name: 'BACK-MAJ:MIN',
     help: 'backing file major:minor device number',
+    attrs: [],
     value: (d) => {
       const ids = d.backingIds();
       return ids && ids.dev ? majMin(major(ids.dev), minor(ids.dev), 8) : null;
@@ -45,23 +49,25 @@ export const COLUMNS: readonly LoopColumn[] = [
   {
     name: 'MAJ:MIN',
     help: 'loop device major:minor number',
+    attrs: [],
     value: (d) => {
       const dn = d.devno();
       return dn && dn[0] === LOOP_MAJOR ? majMin(dn[0], dn[1], 3) : null;
     },
   },
-  { name: 'OFFSET', help: 'offset from the beginning', right: true, json: 'number', value: (d) => num(d.offset()) },
-  { name: 'PARTSCAN', help: 'partscan flag set', right: true, json: 'boolean', value: (d) => flag(d.partscan()) },
-  { name: 'RO', help: 'read-only device', right: true, json: 'boolean', value: (d) => flag(d.readOnly()) },
+  { name: 'OFFSET', help: 'offset from the beginning', attrs: ['loop/offset'], right: true, json: 'number', value: (d) => num(d.offset()) },
+  { name: 'PARTSCAN', help: 'partscan flag set', attrs: ['loop/partscan'], right: true, json: 'boolean', value: (d) => flag(d.partscan()) },
+  { name: 'RO', help: 'read-only device', attrs: ['ro'], right: true, json: 'boolean', value: (d) => flag(d.readOnly()) },
   {
     name: 'SIZELIMIT',
     help: 'size limit of the file in bytes',
+    attrs: ['loop/sizelimit'],
     right: true,
     json: 'number',
     value: (d) => num(d.sizelimit()),
   },
-  { name: 'DIO', help: 'access backing file with direct-io', right: true, json: 'boolean', value: (d) => flag(d.directIo()) },
-  { name: 'LOG-SEC', help: 'logical sector size in bytes', right: true, json: 'number', value: (d) => num(d.logicalBlockSize()) },
+  { name: 'DIO', help: 'access backing file with direct-io', attrs: ['loop/dio'], right: true, json: 'boolean', value: (d) => flag(d.directIo()) },
+  { name: 'LOG-SEC', help: 'logical sector size in bytes', attrs: ['queue/logical_block_size'], right: true, json: 'number', value: (d) => num(d.logicalBlockSize()) },
 ];
 
 /** `-l` without `-O`. */
