@@ -15,6 +15,7 @@
  * never published (a bind that lost a race: no process of the instance can hold it).
  */
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { attach, AttachError, type AttachRequest } from '../kernel/attach.js';
 import { NoFreeDeviceError, type Allocated } from '../kernel/allocate.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
@@ -23,7 +24,7 @@ import { LoopControl } from '../kernel/loop-control.js';
 import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
-import { sleepMs } from '../kernel/sleep.js';
+import { jitterMs, sleepMs } from '../kernel/sleep.js';
 import { limitForUid } from './limits.js';
 import { PinnedDir } from './pinned-dir.js';
 import { Runtime } from './runtime.js';
@@ -34,6 +35,7 @@ import {
   newInstanceId,
   readState,
   STATE_DIR,
+  STATE_FILE,
   STATE_VERSION,
   writeState,
   type InstanceState,
@@ -62,6 +64,9 @@ const nodeName = (minor: number): string => `loop${minor}`;
 /** How long a release waits for a detached device to become unbound before leaving it to gc. */
 const UNBIND_WAIT_MS = 2000;
 
+/** How often allocate() takes a new device after losing one to a foreign tool (EBUSY). */
+const RESERVE_TRIES = 64;
+
 export class LocalInstance implements LoopScope {
   readonly controlPath = null;
   private lockFd = -1;
@@ -85,10 +90,14 @@ export class LocalInstance implements LoopScope {
   }
 
   static open(dir: string, env: NodeJS.ProcessEnv = process.env): LocalInstance {
+    // Absolute from here on: `-f --show` prints DIR/loopN and that name must work again as
+    // an operand (relative operands are looked up inside DIR, as util-linux looks them up in
+    // /dev); claims and the registry record DIR for gc, which runs from any directory.
+    dir = resolvePath(dir);
     const root = PinnedDir.open(dir);
     let stateDir: PinnedDir;
     try {
-      stateDir = root.openSub(STATE_DIR);
+      stateDir = openStateDir(root);
     } catch (e) {
       root.close();
       throw e;
@@ -103,37 +112,57 @@ export class LocalInstance implements LoopScope {
 
   /** Make DIR an instance. DIR is created if missing; it must not be an instance yet. */
   static create(dir: string, opts: CreateOptions, env: NodeJS.ProcessEnv = process.env): LocalInstance {
+    dir = resolvePath(dir); // see open(): the registry must name DIR absolutely
     mkdirSync(dir, { recursive: true, mode: 0o755 });
     const root = PinnedDir.open(dir);
+    let stateDir: PinnedDir;
     try {
-      root.mkdir(STATE_DIR, 0o700);
+      try {
+        root.mkdir(STATE_DIR, 0o700);
+      } catch (e) {
+        // a .loopfs without state.json is what a create or destroy killed half-way leaves
+        // behind: it is taken over below (under its lock), so a SIGKILL never wedges DIR
+        if (!hasCode(e, 'EEXIST')) throw e;
+      }
+      stateDir = openStateDir(root);
     } catch (e) {
       root.close();
-      if (hasCode(e, 'EEXIST')) throw sysError('EEXIST', 'mkdir', `${dir}/${STATE_DIR}`);
       throw e;
     }
-    const stateDir = root.openSub(STATE_DIR);
     const inst = new LocalInstance(dir, root, stateDir, env);
-    const state: InstanceState = {
-      version: STATE_VERSION,
-      id: newInstanceId(),
-      owner: opts.owner,
-      mode: opts.mode,
-      max: opts.max,
-      pool: opts.pool,
-      createdAt: new Date().toISOString(),
-      devices: {},
-    };
-    // registered before the state exists: a crash here leaves a registry entry that gc
-    // drops (no state behind it), never a state that gc cannot find
-    const rt = Runtime.open(env);
     try {
-      rt.register({ id: state.id, dir: inst.dir, uid: opts.owner.uid });
-    } finally {
-      rt.close();
+      // the instance lock serialises concurrent creates of one DIR
+      inst.lock();
+      if (stateDir.lstat(STATE_FILE)) throw sysError('EEXIST', 'mkdir', `${dir}/${STATE_DIR}`);
+      const state: InstanceState = {
+        version: STATE_VERSION,
+        id: newInstanceId(),
+        owner: opts.owner,
+        mode: opts.mode,
+        max: opts.max,
+        pool: opts.pool,
+        createdAt: new Date().toISOString(),
+        devices: {},
+      };
+      // Registered before the state exists: a crash in between leaves a registry entry
+      // that gc drops (no state behind it), never a state that gc cannot find. Both steps
+      // happen under the runtime lock, under which gc decides that an instance vanished
+      // and which claims are orphans: gc never mistakes an instance being created (whose
+      // first devices may already be claimed a moment later) for a vanished one.
+      const rt = Runtime.open(env);
+      try {
+        rt.lock();
+        rt.register({ id: state.id, dir: inst.dir, uid: opts.owner.uid });
+        writeState(stateDir, state);
+      } finally {
+        rt.close();
+      }
+      inst.unlock();
+      return inst;
+    } catch (e) {
+      inst.close();
+      throw e;
     }
-    writeState(stateDir, state);
-    return inst;
   }
 
   close(): void {
@@ -277,12 +306,34 @@ export class LocalInstance implements LoopScope {
         }
       }
       let bound: Allocated | null = null;
-      this.reserve((minor) => {
-        const dev = new LoopDevice(hostNode(minor));
-        const r = attach(dev, req);
-        // the open host node keeps an autoclear device bound until the caller is done
-        bound = { device: this.device(minor), holder: dev, ...r };
-      });
+      for (let attempt = 1; ; attempt++) {
+        try {
+          this.reserve((minor) => {
+            const dev = new LoopDevice(hostNode(minor));
+            try {
+              const r = attach(dev, req);
+              // the open host node keeps an autoclear device bound until the caller is done
+              bound = { device: this.device(minor), holder: dev, ...r };
+            } catch (e) {
+              dev.close();
+              throw e;
+            }
+          });
+          break;
+        } catch (e) {
+          // Lost the free device to a foreign tool between LOOP_CTL_GET_FREE and our bind:
+          // it bound it (EBUSY), removed it (the open fails: ENOENT, ENODEV, ENXIO) or was
+          // tearing it down (ENXIO, also right after our configure: the read-back finds it
+          // unbound). reserve() already gave it back (it was never published); the loser of
+          // a race does not fail the user's command while devices and quota remain — retry,
+          // bounded like the host allocator (allocate.ts). A missing backing file is not.
+          const lost =
+            e instanceof AttachError &&
+            (e.code === 'EBUSY' || e.code === 'ENXIO' || (e.deviceOpenFailed && hasCode(e.cause, 'ENOENT', 'ENODEV')));
+          if (!lost || attempt >= RESERVE_TRIES) throw e;
+          sleepMs(jitterMs(1, 25));
+        }
+      }
       this.publishPartitions(this.minorOf(bound!.device), req);
       return bound!;
     });
@@ -431,6 +482,17 @@ export class LocalInstance implements LoopScope {
     this.root.unlinkQuiet(name);
   }
 
+  /**
+   * Temporaries of state writes that a kill interrupted (writeFileAtomic: write, then
+   * rename). Every state write happens under the instance lock, so with the lock held
+   * any temporary is dead. Caller holds the instance lock. Returns the names removed.
+   */
+  removeTempFiles(): string[] {
+    const removed = this.stateDir.list().filter((n) => n.startsWith('.') && n.endsWith('.tmp'));
+    for (const n of removed) this.stateDir.unlinkQuiet(n);
+    return removed;
+  }
+
   // ---------------------------------------------------------------- partitions
 
   /** Publish `DIR/loopNpM` for each partition the kernel found (set up with --partscan). */
@@ -494,7 +556,19 @@ export class LocalInstance implements LoopScope {
     if (!s.devices[minor]) return;
     s.devices[minor].state = 'removing';
     this.save(s);
-    this.root.unlinkQuiet(nodeName(minor));
+    this.unlinkNodesOf(minor);
+  }
+
+  /**
+   * Every name in DIR that can reach device `minor`: its node, its partitions' nodes, and
+   * the temporary of a node creation that was killed (mknodBlock: created, chowned to the
+   * owner, then renamed). All go before LOOP_CTL_REMOVE: once the index has left, the next
+   * device created with that number may be anybody's, and a node left behind in DIR would
+   * still open it for the instance owner.
+   */
+  private unlinkNodesOf(minor: number): void {
+    const re = new RegExp(`^\\.?loop${minor}(p\\d+)?(\\..*\\.tmp)?$`);
+    for (const name of this.root.list()) if (re.test(name)) this.root.unlinkQuiet(name);
   }
 
   /**
@@ -565,4 +639,21 @@ function readdirSafe(dir: string): string[] {
   } catch {
     return [];
   }
+}
+
+/**
+ * DIR/.loopfs, refusing anything the instance owner could have made: DIR itself may be
+ * the owner's (a container's /dev/loopfs), so they could rename our .loopfs away and put
+ * their own in its place, with a state that lists somebody else's devices. Ours is a
+ * real directory (O_NOFOLLOW), owned by us and writable by nobody else.
+ */
+function openStateDir(root: PinnedDir): PinnedDir {
+  const dir = root.openSub(STATE_DIR);
+  const n = native();
+  const st = n.fstat(dir.fd);
+  if ((st.uid !== 0 && st.uid !== process.geteuid!()) || (st.mode & 0o022) !== 0) {
+    dir.close();
+    throw sysError('EPERM', 'open', dir.path);
+  }
+  return dir;
 }

@@ -6,11 +6,12 @@ import { readFileSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { LoopControl } from '../kernel/loop-control.js';
 import { LoopDevice } from '../kernel/loop-device.js';
+import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, partitionsOf } from './local-instance.js';
 import { PinnedDir } from './pinned-dir.js';
-import { Runtime, type Claim } from './runtime.js';
-import { heldMinors, LOCK_FILE, STATE_DIR, STATE_FILE, type InstanceState } from './state.js';
+import { Runtime, type Claim, type RegistryEntry } from './runtime.js';
+import { heldMinors, LOCK_FILE, STATE_DIR, STATE_FILE, StateError, type InstanceState } from './state.js';
 
 export interface DeviceInfo {
   minor: number;
@@ -138,10 +139,19 @@ export function destroyInstance(dir: string, force: boolean, env: NodeJS.Process
     inst.lock();
     const s = inst.state();
     const mounts = mountsByDevno();
+    // Only "held" devices carry the instance's bindings. A "removing" one was let go
+    // already (detached by the instance, or found bound by a host tool that took it while
+    // idle): whatever is bound to it now is never cleared here, only removed once free.
+    const live = heldMinors(s).filter((m) => s.devices[m].state === 'held');
     if (!force) {
-      for (const minor of heldMinors(s)) {
+      for (const minor of live) {
         const mp = mountpointsOf(minor, mounts);
         if (mp.length > 0) throw new BusyError(`${inst.nodePath(minor)} is mounted on ${mp[0]} (use --force to detach lazily)`);
+        // /proc/self/mountinfo shows only our mount namespace; a mount anywhere else (a
+        // container's) holds the device open exclusively, which an O_EXCL open detects
+        if (claimedExclusively(minor)) {
+          throw new BusyError(`${inst.nodePath(minor)} is in use (mounted in another mount namespace?) (use --force to detach lazily)`);
+        }
       }
     }
     const removed: number[] = [];
@@ -149,7 +159,7 @@ export function destroyInstance(dir: string, force: boolean, env: NodeJS.Process
     for (const minor of heldMinors(s)) {
       const dev = new LoopDevice(`/dev/loop${minor}`);
       try {
-        if (dev.sysfs()?.isBound()) dev.clear();
+        if (live.includes(minor) && dev.sysfs()?.isBound()) dev.clear();
       } catch (e) {
         if (!hasCode(e, 'ENXIO', 'ENOENT', 'ENODEV')) throw e;
       } finally {
@@ -157,26 +167,60 @@ export function destroyInstance(dir: string, force: boolean, env: NodeJS.Process
       }
       (inst.release(minor, 2000) ? removed : deferred).push(minor);
     }
-    // what is left is claimed by this id with no state behind it: gc's orphan handling
-    removeInstanceFiles(inst.dir, s);
+    // What is left is claimed by this id with no state behind it: gc's orphan handling.
+    // Those devices were detached just now (lazily): mark their claims so that gc never
+    // detaches them again — once autoclear frees one, a new binding is somebody else's.
+    if (deferred.length > 0) {
+      const rt = Runtime.open(env);
+      try {
+        rt.lock();
+        for (const minor of deferred) rt.markCleared({ minor, id: s.id, dir: inst.dir, uid: s.owner.uid });
+      } finally {
+        rt.close();
+      }
+    }
+    // Nothing that looks like a device may outlive the instance: a node left by a killed
+    // command (a torn node creation) would keep reaching its minor once that is reused.
+    for (const name of inst.strayEntries()) inst.removeEntry(name);
+    removeInstanceFiles(inst.dir, s, env);
     return { dir: inst.dir, id: s.id, removed, deferred };
   } finally {
     inst.close();
   }
 }
 
-function removeInstanceFiles(dir: string, s: InstanceState, env: NodeJS.ProcessEnv = process.env): void {
+/** Whether somebody holds /dev/loopN with O_EXCL (a mount in any namespace, dm, swap). */
+function claimedExclusively(minor: number): boolean {
+  const n = native();
+  let fd: number;
+  try {
+    fd = n.open(`/dev/loop${minor}`, n.constants.O_RDONLY | n.constants.O_EXCL);
+  } catch (e) {
+    return hasCode(e, 'EBUSY');
+  }
+  n.close(fd);
+  return false;
+}
+
+function removeInstanceFiles(dir: string, s: InstanceState, env: NodeJS.ProcessEnv): void {
   const root = PinnedDir.open(dir);
   try {
     const sd = root.openSub(STATE_DIR);
     try {
+      // state.json first: from here on DIR is no instance, whatever else a crash leaves
+      // (a .loopfs without state is taken over by the next `instance create`)
       sd.unlinkQuiet(STATE_FILE);
       sd.unlinkQuiet(LOCK_FILE);
       for (const n of sd.list()) if (n.endsWith('.tmp')) sd.unlinkQuiet(n);
     } finally {
       sd.close();
     }
-    root.rmdirQuiet(STATE_DIR);
+    try {
+      root.rmdirQuiet(STATE_DIR);
+    } catch (e) {
+      // a process that waited for the instance lock re-created the lock file: harmless
+      if (!hasCode(e, 'ENOTEMPTY', 'EEXIST')) throw e;
+    }
   } finally {
     root.close();
   }
@@ -220,47 +264,102 @@ function removeIndex(minor: number): 'removed' | 'busy' {
 }
 
 /**
+ * What a registry entry's DIR holds now. `gone`: no instance there any more (DIR, its
+ * .loopfs or its state.json missing, or a .loopfs we did not make); `replaced`: an
+ * instance with another id; `unreadable`: a state we cannot read (kept, reported).
+ */
+function entryStatus(entry: RegistryEntry, env: NodeJS.ProcessEnv): 'live' | 'gone' | 'replaced' | 'unreadable' {
+  let inst: LocalInstance;
+  try {
+    inst = LocalInstance.open(entry.dir, env);
+  } catch (e) {
+    if (e instanceof StateError) return 'unreadable';
+    // state.json inside our own .loopfs (0700, ours) that is not a plain file: corruption
+    // only root could cause — left alone rather than taken for a vanished instance
+    const p = (e as { path?: string }).path ?? '';
+    if (p.endsWith(`/${STATE_FILE}`) && !hasCode(e, 'ENOENT')) return 'unreadable';
+    return hasCode(e, 'ENOENT', 'ENOTDIR', 'ELOOP', 'EPERM') ? 'gone' : 'unreadable';
+  }
+  try {
+    return inst.state().id === entry.id ? 'live' : 'replaced';
+  } catch (e) {
+    return e instanceof StateError ? 'unreadable' : 'gone';
+  } finally {
+    inst.close();
+  }
+}
+
+/**
  * Reconcile every instance with the claims and the kernel. Safe to run at any time and
- * repeatedly; after a SIGKILL at any step of reserve/release/create/destroy it leaves
- * every device either held by exactly one instance or returned to the system.
+ * repeatedly, also while instances are created, used and destroyed; after a SIGKILL at
+ * any step of reserve/release/create/destroy it leaves every device either held by
+ * exactly one instance or returned to the system.
  */
 export function gc(env: NodeJS.ProcessEnv = process.env): GcReport {
   const report: GcReport = { instances: 0, fixes: [], pending: [] };
   const rt = Runtime.open(env);
-  const live = new Set<string>();
   try {
     for (const entry of rt.instances()) {
-      let inst: LocalInstance;
+      let inst: LocalInstance | null = null;
       try {
         inst = LocalInstance.open(entry.dir, env);
       } catch {
-        rt.unregister(entry.id);
-        report.fixes.push({ dir: entry.dir, minor: null, action: 'dropped registry entry of a vanished instance' });
-        continue;
+        inst = null;
       }
-      try {
-        inst.lock();
-        if (inst.state().id !== entry.id) {
-          rt.unregister(entry.id);
-          report.fixes.push({ dir: entry.dir, minor: null, action: 'dropped registry entry of a replaced instance' });
-          continue;
+      if (inst) {
+        try {
+          let id: string | null = null;
+          try {
+            inst.lock();
+            id = inst.state().id;
+          } catch {
+            /* destroyed while we waited for its lock (its .loopfs may be gone), or unreadable: decided below */
+          }
+          if (id === entry.id) {
+            report.instances++;
+            reconcileInstance(inst, rt, report);
+            continue;
+          }
+        } finally {
+          inst.close();
         }
-        live.add(entry.id);
-        report.instances++;
-        reconcileInstance(inst, rt, report);
+      }
+      // Not (or no longer) a usable instance. Decided again under the runtime lock, which
+      // `instance create` holds from registering to writing the state: an instance being
+      // created right now is never taken for a vanished one (its claims would be orphans).
+      rt.lock();
+      try {
+        const status = entryStatus(entry, env);
+        if (status === 'gone' || status === 'replaced') {
+          rt.unregister(entry.id);
+          report.fixes.push({
+            dir: entry.dir,
+            minor: null,
+            action: `dropped registry entry of a ${status === 'gone' ? 'vanished' : 'replaced'} instance`,
+          });
+        } else if (status === 'unreadable') {
+          report.pending.push({ dir: entry.dir, minor: null, action: 'instance state cannot be read; left alone' });
+        }
+        // 'live': it became one meanwhile; the next run reconciles it
       } finally {
-        inst.close();
+        rt.unlock();
       }
     }
-    // claims of instances that no longer exist: give the devices back to the system
+    // Claims of instances that no longer exist: give the devices back to the system. The
+    // registry is read again under the lock: an instance registered since the loop above
+    // (and already claiming devices) is not an orphan.
     rt.lock();
+    const registered = new Set(rt.instances().map((e) => e.id));
     for (const c of rt.claims()) {
-      if (live.has(c.id)) continue;
+      if (registered.has(c.id)) continue;
       settleOrphan(c, rt, report);
     }
     for (const junk of rt.junkClaims()) {
       rt.removeClaimFile(junk);
       report.fixes.push({ dir: null, minor: null, action: `removed unreadable claim ${junk}` });
+    }
+    for (const tmp of rt.removeTempFiles()) {
+      report.fixes.push({ dir: null, minor: null, action: `removed leftover ${tmp}` });
     }
   } finally {
     rt.close();
@@ -268,14 +367,24 @@ export function gc(env: NodeJS.ProcessEnv = process.env): GcReport {
   return report;
 }
 
+/**
+ * A claim whose instance is gone: nothing records who may still use the device, so it is
+ * detached once (lazily: the kernel frees it at the last close) and then removed; until
+ * LOOP_CTL_REMOVE succeeds the claim stays, so no other instance can take the device.
+ * Only once: after that detach the device may be freed and bound again by anybody, and
+ * that binding is not the vanished instance's. Caller holds the runtime lock.
+ */
 function settleOrphan(c: Claim, rt: Runtime, report: GcReport): void {
-  const dev = new LoopDevice(`/dev/loop${c.minor}`);
-  try {
-    if (dev.sysfs()?.isBound()) dev.clear();
-  } catch {
-    /* gone meanwhile */
-  } finally {
-    dev.close();
+  if (!c.cleared) {
+    const dev = new LoopDevice(`/dev/loop${c.minor}`);
+    try {
+      if (dev.sysfs()?.isBound()) dev.clear();
+    } catch {
+      /* gone meanwhile */
+    } finally {
+      dev.close();
+    }
+    rt.markCleared(c);
   }
   if (removeIndex(c.minor) === 'removed') {
     rt.release(c.minor, c.id);
@@ -293,37 +402,33 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
   rt.unlock();
   const claimed = new Set(ours.map((c) => c.minor));
 
-  // claimed but not recorded: a crash between claiming and recording
+  // Claimed but not recorded: a crash between claiming and recording (reserve), or
+  // between forgetting and dropping the claim (release after its successful REMOVE, a
+  // bind that failed). Such a device was never published, or has left already: no
+  // process of the instance can hold it. reserve() binds only after recording, so a
+  // binding on it now is somebody else's (a host tool that took the free device): it is
+  // never adopted — that would hand a stranger's device to the instance owner.
   for (const minor of claimed) {
     if (s.devices[minor]) continue;
-    if (SysfsLoop.forName(`loop${minor}`).isBound()) {
-      inst.adopt(minor);
-      fix(minor, 'adopted bound device that was claimed but not recorded');
-    } else {
-      if (removeIndex(minor) === 'removed') {
-        rt.lock();
-        rt.release(minor, s.id);
-        rt.unlock();
-        fix(minor, 'freed unbound device that was claimed but not recorded');
-      } else {
-        inst.adopt(minor);
-        fix(minor, 'adopted busy device that was claimed but not recorded');
-      }
-    }
+    const bound = SysfsLoop.forName(`loop${minor}`).isBound();
+    // unbound: give back what reserve() took (busy: somebody else just opened it — theirs)
+    if (!bound) removeIndex(minor);
+    rt.lock();
+    rt.release(minor, s.id);
+    rt.unlock();
+    fix(minor, bound ? 'dropped claim of a device bound outside the instance (never published)' : 'freed device that was claimed but not recorded');
   }
 
   const current = inst.state();
   for (const minor of heldMinors(current)) {
     const claim = rt.claimOf(minor);
     if (!claim || claim.id !== current.id) {
-      // recorded without our claim: only possible by tampering; the claim is the truth
-      if (!claim && rt.claim({ minor, id: current.id, dir: inst.dir, uid: current.owner.uid })) {
-        fix(minor, 'restored missing claim');
-      } else {
-        inst.forget(minor);
-        fix(minor, 'forgot device claimed by another instance');
-        continue;
-      }
+      // Recorded without our claim: our own steps never do this (claims come first and go
+      // last); a reboot that emptied /run, a restored backup or tampering can. The claim is
+      // the truth: re-claiming could hand the owner a device somebody else uses now.
+      inst.forget(minor);
+      fix(minor, claim ? 'forgot device claimed by another instance' : 'forgot device recorded without a claim');
+      continue;
     }
     const entry = inst.state().devices[minor];
     const exists = SysfsLoop.forName(`loop${minor}`).devno() !== null;
@@ -339,6 +444,7 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
     inst.removeEntry(stray);
     fix(null, `removed stray ${stray}`);
   }
+  for (const tmp of inst.removeTempFiles()) fix(null, `removed leftover ${tmp}`);
 
   const after = inst.state();
   const idle = heldMinors(after).filter(

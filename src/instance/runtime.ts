@@ -23,6 +23,11 @@ export interface Claim {
   id: string;
   dir: string;
   uid: number;
+  /**
+   * Set once the device of a vanished instance has been detached for it (destroy --force,
+   * gc): from then on a binding on this minor is not the instance's, and is never cleared.
+   */
+  cleared?: boolean;
 }
 
 export interface RegistryEntry {
@@ -74,7 +79,7 @@ export class Runtime {
 
   // ---------------------------------------------------------------- claims
 
-  /** Claim a minor for an instance; false when another claim exists already. */
+  /** Claim a minor for an instance; false when another claim exists already. Caller holds the lock. */
   claim(c: Claim): boolean {
     try {
       this.claimsDir.createExclusive(`loop${c.minor}`, `${JSON.stringify(c)}\n`);
@@ -89,6 +94,13 @@ export class Runtime {
   release(minor: number, id: string): void {
     const c = this.claimOf(minor);
     if (c && c.id === id) this.claimsDir.unlinkQuiet(`loop${minor}`);
+  }
+
+  /** Record that the claim's device was detached for its vanished instance (see Claim). */
+  markCleared(c: Claim): void {
+    const cur = this.claimOf(c.minor);
+    if (!cur || cur.id !== c.id || cur.cleared) return;
+    this.claimsDir.writeFileAtomic(`loop${c.minor}`, `${JSON.stringify({ ...cur, cleared: true })}\n`);
   }
 
   claimOf(minor: number): Claim | null {
@@ -122,12 +134,30 @@ export class Runtime {
     this.claimsDir.unlinkQuiet(name);
   }
 
+  /**
+   * Temporaries of claim and registry writes that a kill interrupted (createExclusive,
+   * writeFileAtomic). Claims and registry entries are written under the runtime lock, so
+   * with the lock held any temporary is dead. Caller holds the lock. Returns the names.
+   */
+  removeTempFiles(): string[] {
+    const removed: string[] = [];
+    for (const dir of [this.claimsDir, this.instancesDir]) {
+      for (const n of dir.list()) {
+        if (!n.startsWith('.') || !n.endsWith('.tmp')) continue;
+        dir.unlinkQuiet(n);
+        removed.push(n);
+      }
+    }
+    return removed;
+  }
+
   countClaimsOfUid(uid: number): number {
     return this.claims().filter((c) => c.uid === uid).length;
   }
 
   // ---------------------------------------------------------------- registry
 
+  /** Caller holds the lock (see LocalInstance.create and gc). */
   register(e: RegistryEntry): void {
     this.instancesDir.writeFileAtomic(`${e.id}.json`, `${JSON.stringify(e)}\n`);
   }

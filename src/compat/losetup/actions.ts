@@ -9,6 +9,7 @@ import { attach, AttachError } from '../../kernel/attach.js';
 import { NoFreeDeviceError } from '../../kernel/allocate.js';
 import { toSysError } from '../../kernel/errors.js';
 import { LoopDevice } from '../../kernel/loop-device.js';
+import { QuotaError } from '../../instance/local-instance.js';
 import type { LoopScope } from '../../instance/scope.js';
 import type { Output } from '../output.js';
 import { renderTable } from '../smartcols.js';
@@ -158,6 +159,10 @@ function findFree(ctx: ActionContext): number {
     ctx.out.out(`${dev.path}\n`);
     return 0;
   } catch (e) {
+    if (e instanceof QuotaError) {
+      ctx.out.warnx(e.message); // the limit's own words, not a strerror
+      return 1;
+    }
     let description: string;
     const control = ctx.scope.controlPath;
     // util-linux reports EACCES when loop-control exists but is not writable for us

@@ -261,8 +261,10 @@ export function parseLosetup(args: string[], ctx: ParseContext): LosetupPlan {
 
   const operands = g.operands();
   let i = 0;
-  // argc counts argv[0]: "losetup" alone is argc 1; util-linux tests argc, so do we
-  const argc = args.length + 1;
+  // argc counts argv[0]: "losetup" alone is argc 1; util-linux tests argc, so do we.
+  // Our own --instance DIR is not util-linux's: `losetup --instance D -J` must behave as
+  // `losetup -J` does, so its argv elements do not count.
+  const argc = args.length + 1 - instanceArgCount(args);
 
   if (argc === 1) {
     act = 'show';
@@ -345,4 +347,24 @@ export function prescanInstance(args: string[], env?: NodeJS.ProcessEnv): string
     if (item.opt === OPT_INSTANCE) dir = item.arg ?? null;
   }
   return dir;
+}
+
+/**
+ * How many argv elements --instance takes ("--instance=D" is one, "--instance D" two;
+ * getopt accepts any unambiguous prefix, and no other long option starts with "i").
+ */
+function instanceArgCount(args: string[]): number {
+  let n = 0;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--') break;
+    const m = /^--(i[a-z-]*)(=.*)?$/.exec(a);
+    if (!m || !'instance'.startsWith(m[1])) continue;
+    if (m[2] !== undefined) n += 1;
+    else {
+      n += Math.min(2, args.length - i);
+      i++;
+    }
+  }
+  return n;
 }
