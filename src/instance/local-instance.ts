@@ -398,12 +398,14 @@ export class LocalInstance implements LoopScope {
    * index above every existing device is added instead.
    */
   private claimFreeMinor(rt: Runtime, s: InstanceState): number {
+    // A fresh index above every existing device, created with LOOP_CTL_ADD, rather than
+    // LOOP_CTL_GET_FREE's lowest unbound one: host tools allocate from the bottom, so
+    // they reach an instance's idle device only when every lower one is busy, and giving
+    // the device back (LOOP_CTL_REMOVE) never removes a device the host had before.
     const ctl = LoopControl.open();
     try {
       ctl.lock();
-      const free = ctl.getFree();
-      if (rt.claim({ minor: free, id: s.id, dir: this.dir, uid: s.owner.uid })) return free;
-      let next = Math.max(free, ...loopNamesInSysfs().map((n) => Number(n.slice(4))).filter(Number.isInteger)) + 1;
+      let next = Math.max(-1, ...loopNamesInSysfs().map((n) => Number(n.slice(4))).filter(Number.isInteger)) + 1;
       for (let tries = 0; tries < 64; tries++, next++) {
         try {
           ctl.add(next);
@@ -412,6 +414,8 @@ export class LocalInstance implements LoopScope {
           throw e;
         }
         if (rt.claim({ minor: next, id: s.id, dir: this.dir, uid: s.owner.uid })) return next;
+        // a stale claim names this index: the device we just made is nobody's, undo it
+        this.removeQuietly(next);
       }
       throw new NoFreeDeviceError(sysError('ENOSPC', 'ioctl(LOOP_CTL_ADD)'));
     } finally {
@@ -577,25 +581,32 @@ export class LocalInstance implements LoopScope {
    * Caller holds the instance lock. Returns whether the device left the instance.
    */
   release(minor: number, waitMs = 0): boolean {
-    this.markRemoving(minor);
-    const deadline = Date.now() + waitMs;
+    // loop-control first: inside an activated container /dev there is none, and the
+    // device must then stay held (idle) rather than be stranded half-released
+    let ctl: LoopControl;
+    try {
+      ctl = LoopControl.open();
+    } catch {
+      return false;
+    }
     let removed = false;
-    for (;;) {
-      try {
-        const ctl = LoopControl.open();
+    try {
+      this.markRemoving(minor);
+      const deadline = Date.now() + waitMs;
+      for (;;) {
         try {
           ctl.remove(minor);
-        } finally {
-          ctl.close();
+          removed = true;
+        } catch (e) {
+          // ENODEV/ENXIO: the index is gone already (a previous attempt got this far)
+          if (hasCode(e, 'ENODEV', 'ENXIO')) removed = true;
+          else if (!hasCode(e, 'EBUSY')) throw e;
         }
-        removed = true;
-      } catch (e) {
-        // ENODEV/ENXIO: the index is gone already (a previous attempt got this far)
-        if (hasCode(e, 'ENODEV', 'ENXIO')) removed = true;
-        else if (!hasCode(e, 'EBUSY')) throw e;
+        if (removed || Date.now() >= deadline) break;
+        sleepMs(20);
       }
-      if (removed || Date.now() >= deadline) break;
-      sleepMs(20);
+    } finally {
+      ctl.close();
     }
     if (!removed) return false;
     const s = this.state();

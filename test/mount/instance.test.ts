@@ -322,13 +322,9 @@ describe.skipIf(reason !== undefined)(skipTitle('mount.loop in a loopfs instance
     expect(devicesFor(img)).toEqual([]);
   });
 
-  // KNOWN BUG (src/instance/local-instance.ts, settleDetached() → release(): markRemoving() runs
-  // before LoopControl.open(), which fails with ENOENT in an activated /dev; settle() swallows
-  // it). After a failed mount with at least `pool` other idle devices (pool size 0: always), the
-  // helper's undo() settles the device by *releasing* it, which cannot work without
-  // loop-control: the device is left "removing", its node unlinked, its runtime claim kept,
-  // until a host-side `loopfs instance gc`. Required: back in the pool, or really gone.
-  // Remove `.fails` once fixed.
+  // After a failed mount in an activated /dev (no loop-control there) the helper's undo()
+  // settles the device; releasing it needs loop-control, so it must stay in the pool (held,
+  // node published) rather than be stranded "removing" with its claim kept.
   poolTest(
     'a failed mount in an activated /dev, instance pool size 0: the device is not left "removing" and claimed',
     async () => {
@@ -349,7 +345,6 @@ describe.skipIf(reason !== undefined)(skipTitle('mount.loop in a loopfs instance
       else expect({ st, claimed }, state).toEqual({ st: 'gone', claimed: false });
     },
     () => small,
-    it.fails,
   );
 
   it('mount.loop --instance DIR by hand (host /dev, instance not activated): the device is reserved in DIR', async () => {
