@@ -502,17 +502,40 @@ export class LocalInstance implements LoopScope {
   /** Publish `DIR/loopNpM` for each partition the kernel found (set up with --partscan). */
   private publishPartitions(minor: number, req: AttachRequest): void {
     if (!(req.flags & native().constants.LO_FLAGS_PARTSCAN)) return;
+    this.syncPartitions(minor);
+  }
+
+  /**
+   * Make `DIR/loopNpM` match the partitions the kernel has for loopN now: found by the
+   * kernel's scan at attach time (--partscan), or added later with BLKPG (`partx -a`,
+   * `addpart`; also how partitions appear on kernels built without partition parsers).
+   * Returns the names added and removed. Caller holds the instance lock.
+   */
+  syncPartitions(minor: number): { added: string[]; removed: string[] } {
     const s = this.state();
-    const names: string[] = [];
-    for (const part of partitionsOf(minor)) {
+    const entry = s.devices[minor];
+    if (!entry || entry.state !== 'held') return { added: [], removed: [] };
+    const current = partitionsOf(minor);
+    const c = native().constants;
+    const added: string[] = [];
+    for (const part of current) {
+      const st = this.root.lstat(part.name);
+      const ok = st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === part.major && st.rdevMinor === part.minor;
+      if (ok) continue;
       this.root.unlinkQuiet(part.name);
       this.root.mknodBlock(part.name, part.major, part.minor, s.owner.uid, s.owner.gid, s.mode);
-      names.push(part.name);
+      added.push(part.name);
     }
-    if (names.length > 0) {
-      s.devices[minor] = { ...s.devices[minor], partitions: names };
+    const names = new Set(current.map((p) => p.name));
+    const removed = (entry.partitions ?? []).filter((n) => !names.has(n));
+    for (const n of removed) this.root.unlinkQuiet(n);
+    const list = [...names];
+    if (added.length || removed.length || (entry.partitions ?? []).length !== list.length) {
+      if (list.length) entry.partitions = list;
+      else delete entry.partitions;
       this.save(s);
     }
+    return { added, removed };
   }
 
   private unpublishPartitions(minor: number, s: InstanceState): void {

@@ -438,6 +438,9 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
       continue;
     }
     if (inst.republish(minor)) fix(minor, 'restored missing device node');
+    const parts = inst.syncPartitions(minor);
+    for (const n of parts.added) fix(minor, `published partition ${n}`);
+    for (const n of parts.removed) fix(minor, `removed stale partition node ${n}`);
   }
 
   for (const stray of inst.strayEntries()) {
