@@ -9,9 +9,12 @@ export class HostScope implements LoopScope {
   readonly controlPath = HOST_DEVICES.controlPath;
 
   usedDevices(prefetch: readonly string[] = LISTING_ATTRS): LoopDevice[] {
-    const loops = loopNamesInSysfs().map((name) => SysfsLoop.forName(name));
-    // one native call reads every attribute the listing will show
-    SysfsLoop.prefetch(loops, [...new Set(['loop/backing_file', 'loop/offset', ...prefetch])]);
+    const all = loopNamesInSysfs().map((name) => SysfsLoop.forName(name));
+    // one native call tells which devices are bound (most of a big pool is idle), a
+    // second one reads every attribute the listing will show, for those only
+    SysfsLoop.prefetch(all, ['loop/offset']);
+    const loops = all.filter((l) => l.offset() !== null);
+    SysfsLoop.prefetch(loops, [...new Set(['loop/backing_file', ...prefetch])].filter((a) => a !== 'loop/offset'));
     const result: LoopDevice[] = [];
     for (const sys of loops) {
       // as util-linux: bound devices only (loop/backing_file and loop/offset exist), and
