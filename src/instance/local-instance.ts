@@ -293,11 +293,14 @@ export class LocalInstance implements LoopScope {
   allocate(req: AttachRequest): Allocated {
     return this.withLock(() => {
       for (const minor of this.idleMinors(this.state())) {
-        const dev = this.device(minor);
+        // bind through the host node, never through DIR/loopN: the instance owner may
+        // swap that name for a symlink to another tenant's device between our lstat()
+        // check and the open
+        const dev = new LoopDevice(hostNode(minor));
         try {
           const r = attach(dev, req);
           this.publishPartitions(minor, req);
-          return { device: dev, ...r };
+          return { device: this.device(minor), holder: dev, ...r };
         } catch (e) {
           dev.close();
           if (!(e instanceof AttachError) || e.code !== 'EBUSY') throw e;

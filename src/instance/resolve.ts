@@ -5,6 +5,7 @@
  */
 import { existsSync, lstatSync } from 'node:fs';
 import { native, type NativeStatfs } from '../kernel/native.js';
+import { BrokerScope, BrokerUnavailableError } from './broker-scope.js';
 import { HostScope } from './host.js';
 import { KernelInstance, LOOPFS_SUPER_MAGIC } from './kernel-instance.js';
 import { LocalInstance } from './local-instance.js';
@@ -28,6 +29,11 @@ export class InstanceError extends Error {
 /**
  * What kind of instance DIR is, or null when it is none. `statfs` is injectable so the
  * kernel-loopfs detection can be tested on kernels that lack the filesystem.
+ *
+ * A served instance is a local instance with a broker socket in it. Whoever can read its
+ * state (root: DIR/.loopfs is root's, mode 0700) manages it directly, as 'local', under
+ * the same locks the broker takes; everybody else — the instance owner, also as root of a
+ * user namespace — finds only the socket and goes through the broker.
  */
 export function detectKind(dir: string, statfs: (p: string) => NativeStatfs = (p) => native().statfs(p)): InstanceKind | null {
   try {
@@ -52,7 +58,12 @@ export function openScope(dir: string, env: NodeJS.ProcessEnv, statfs?: (p: stri
     case 'local':
       return LocalInstance.open(dir, env);
     case 'broker':
-      throw new InstanceError(dir, 'instance is served by a loopfs broker, which this version cannot use yet');
+      try {
+        return BrokerScope.connect(dir);
+      } catch (e) {
+        if (e instanceof BrokerUnavailableError) throw new InstanceError(dir, e.reason);
+        throw e;
+      }
     default:
       throw new InstanceError(dir, 'not a loop device instance');
   }

@@ -11,8 +11,18 @@ import { native } from './native.js';
 import { sleepMs } from './sleep.js';
 
 export interface AttachRequest {
-  /** Path to open: the caller canonicalises it (realpath) as util-linux does. */
+  /**
+   * Path to open: the caller canonicalises it (realpath) as util-linux does. With
+   * `fileFd` nothing is opened and this is only the name recorded in lo_file_name.
+   */
   file: string;
+  /**
+   * An already open backing file (the broker binds the fd a client passed with
+   * SCM_RIGHTS, so the client's own permissions decided what it could open). Used as
+   * is and never closed here; no read-only fallback and no O_DIRECT re-open: the
+   * caller sets LO_FLAGS_READ_ONLY when the fd is not open for writing.
+   */
+  fileFd?: number;
   offset?: bigint;
   sizelimit?: bigint;
   /** LO_FLAGS_READ_ONLY | LO_FLAGS_PARTSCAN | LO_FLAGS_DIRECT_IO | LO_FLAGS_AUTOCLEAR */
@@ -58,18 +68,23 @@ export function attach(dev: LoopDevice, req: AttachRequest): AttachResult {
   let readOnly = (flags & c.LO_FLAGS_READ_ONLY) !== 0;
   const extra = flags & c.LO_FLAGS_DIRECT_IO ? c.O_DIRECT : 0;
 
+  const ownFd = req.fileFd === undefined;
   let fileFd: number;
-  try {
-    fileFd = n.open(req.file, (readOnly ? c.O_RDONLY : c.O_RDWR) | extra);
-  } catch (e) {
-    // a read-only filesystem or a file we may only read still gives a read-only device
-    if (readOnly || !hasCode(e, 'EROFS', 'EACCES')) throw new AttachError(toSysError(e), false, true);
+  if (ownFd) {
     try {
-      fileFd = n.open(req.file, c.O_RDONLY | extra);
-    } catch (e2) {
-      throw new AttachError(toSysError(e2), false, true);
+      fileFd = n.open(req.file, (readOnly ? c.O_RDONLY : c.O_RDWR) | extra);
+    } catch (e) {
+      // a read-only filesystem or a file we may only read still gives a read-only device
+      if (readOnly || !hasCode(e, 'EROFS', 'EACCES')) throw new AttachError(toSysError(e), false, true);
+      try {
+        fileFd = n.open(req.file, c.O_RDONLY | extra);
+      } catch (e2) {
+        throw new AttachError(toSysError(e2), false, true);
+      }
+      readOnly = true;
     }
-    readOnly = true;
+  } else {
+    fileFd = req.fileFd!;
   }
   flags = readOnly ? flags | c.LO_FLAGS_READ_ONLY : flags & ~c.LO_FLAGS_READ_ONLY;
 
@@ -102,7 +117,7 @@ export function attach(dev: LoopDevice, req: AttachRequest): AttachResult {
     dev.close();
     throw e instanceof AttachError ? e : new AttachError(toSysError(e), !deviceOpened);
   } finally {
-    n.close(fileFd);
+    if (ownFd) n.close(fileFd);
   }
 }
 

@@ -37,6 +37,8 @@ import {
 } from '../compat/mount-options.js';
 import { strtosize } from '../compat/strtosize.js';
 import { QuotaError } from '../instance/local-instance.js';
+import { BrokerScope, type BrokerMount } from '../instance/broker-scope.js';
+import { MOUNT_ATTRS, type MountAttrName } from '../broker/protocol.js';
 import { InstanceError, resolveScope } from '../instance/resolve.js';
 import type { LoopScope } from '../instance/scope.js';
 import { versionLine } from '../compat/losetup/help.js';
@@ -280,7 +282,7 @@ function attachImage(r: Request, ls: LoopSetup, scope: LoopScope, out: Output): 
   // (tmpfs), and the device then simply stays buffered
   if (ls.directIo === null) {
     try {
-      a.device.setDirectIo(true);
+      a.open[0].setDirectIo(true); // the fd we bound through (the host node for an instance)
     } catch {
       /* buffered I/O it is */
     }
@@ -378,6 +380,8 @@ export async function mountLoop({ argv0, args, env = process.env }: MountLoopInv
       return 0;
     }
 
+    if (scope instanceof BrokerScope) return mountThroughBroker(r, ls, type, scope, isLoopDevice, out);
+
     attached = isLoopDevice ? useDevice(r, scope, out) : attachImage(r, ls, scope, out);
     if (r.verbose) out.out(`${out.prog}: ${attached.device.path} is ${r.spec}\n`);
 
@@ -423,4 +427,84 @@ function undo(a: Attached, scope: LoopScope): void {
   }
   for (const d of a.open) d.close();
   if (a.ours) scope.settle(a.device);
+}
+
+// ---------------------------------------------------------------- brokered instances
+
+/** Options that only mount(8) and fstab care about: nothing to do for them here. */
+const USERSPACE_ONLY = new Set(['rw', 'exec', 'suid', 'dev', 'atime', 'diratime', 'symfollow', 'nofail', '_netdev', 'user', 'users', 'nouser', 'owner', 'group', 'async']);
+
+/**
+ * The instance is served by a loopfs broker (we may not mount(2) at all, e.g. as root of
+ * a user namespace): the broker attaches the image through its own fd and hands back a
+ * detached nosuid,nodev mount, ID-mapped to our user namespace, which we attach to DIR with
+ * move_mount. The device is attached with autoclear and held by our connection until the
+ * mount holds it: it frees itself at umount, and if we die before that, when the
+ * connection closes. No utab entry is written (there is no libmount here); umount(8)
+ * needs none.
+ */
+function mountThroughBroker(r: Request, ls: LoopSetup, type: string | null, scope: BrokerScope, isLoopDevice: boolean, out: Output): number {
+  let readOnly = ls.readOnly;
+  const attrs: MountAttrName[] = [];
+  for (const o of ls.passOn) {
+    if (o.name === 'ro' && o.value === null) readOnly = true;
+    else if ((MOUNT_ATTRS as readonly string[]).includes(o.name) && o.value === null) attrs.push(o.name as MountAttrName);
+    else if (o.name === 'suid' || o.name === 'dev') {
+      if (!r.sloppy) fail(out, r.dir, `option '${o.name}' is refused by the loopfs broker (its mounts are always nosuid,nodev)`, MOUNT_EX_USAGE);
+    } else if (!USERSPACE_ONLY.has(o.name) && !r.sloppy) {
+      fail(out, r.dir, `option '${o.name}' cannot be passed through the loopfs broker`, MOUNT_EX_USAGE);
+    }
+  }
+  if (r.namespace) fail(out, r.dir, 'mounting into another namespace (-N) is not supported through the loopfs broker', MOUNT_EX_USAGE);
+
+  let device: LoopDevice;
+  let attachedHere = false;
+  if (isLoopDevice) {
+    try {
+      scope.checkDevice(r.spec);
+    } catch {
+      fail(out, r.dir, `${r.spec} is not a loop device of this instance`);
+    }
+    device = new LoopDevice(r.spec);
+  } else {
+    if (ls.explicitDevice) fail(out, r.dir, 'loop=DEVICE is not supported through the loopfs broker', MOUNT_EX_USAGE);
+    const request = { file: canonicalize(r.spec), offset: ls.offset, sizelimit: ls.sizelimit, flags: flagsFor(ls) };
+    try {
+      const a = scope.allocate(request);
+      device = a.device;
+      readOnly ||= a.readOnly;
+      attachedHere = true;
+    } catch (e) {
+      if (e instanceof QuotaError) fail(out, r.dir, e.message);
+      fail(out, r.dir, `failed to setup loop device for ${r.spec}`);
+    }
+  }
+  if (r.verbose) out.out(`${out.prog}: ${device.path} is ${r.spec}\n`);
+
+  const undo = () => {
+    if (!attachedHere) return;
+    try {
+      scope.detach(device);
+    } catch {
+      /* autoclear frees it when our connection closes */
+    }
+  };
+  let m: BrokerMount;
+  try {
+    m = scope.mount(device, { fstype: type, readOnly, attrs });
+  } catch (e) {
+    undo();
+    fail(out, r.dir, e instanceof Error ? e.message : String(e));
+  }
+  const n = native();
+  try {
+    n.moveMount(m.fd, n.constants.AT_FDCWD, r.dir, n.constants.MOVE_MOUNT_F_EMPTY_PATH);
+  } catch (e) {
+    n.close(m.fd); // the detached mount goes away with its last fd
+    undo();
+    fail(out, r.dir, `cannot attach the mount: ${isSysError(e) ? e.description : String(e)}`);
+  }
+  n.close(m.fd);
+  if (r.verbose) out.out(`${out.prog}: mounted ${device.path} (${m.fstype}${m.readOnly ? ', ro' : ''}${m.idmapped ? ', idmapped' : ''}) on ${r.dir}\n`);
+  return 0;
 }

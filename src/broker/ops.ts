@@ -1,0 +1,638 @@
+/**
+ * What the broker does for a client, on one instance: the kernel and instance work behind
+ * each protocol op. Runs in the instance's worker thread (worker.ts), never on the event
+ * loop that serves the sockets: instance locks, fsyncs and LOOP_CTL_REMOVE's bounded
+ * waits are all blocking. One worker per instance serialises the ops of that instance.
+ *
+ * Rules that hold for every op here:
+ *  - devices are named by minor and always reached through the host node `/dev/loopN`
+ *    (devtmpfs, root's), never through `DIR/loopN`, which the instance owner may be able to
+ *    swap for a symlink to somebody else's device;
+ *  - a minor is the caller's only when the instance holds it and has published its node
+ *    (LocalInstance.contains): a device of another instance, or of nobody, is ENODEV;
+ *  - limits (--max, per-uid) are LocalInstance's: allocate/findFree enforce them.
+ */
+import { readFileSync, readlinkSync, readSync } from 'node:fs';
+import { NoFreeDeviceError } from '../kernel/allocate.js';
+import { AttachError } from '../kernel/attach.js';
+import { LOOP_MAJOR } from '../kernel/devnum.js';
+import { hasCode, isSysError, toSysError } from '../kernel/errors.js';
+import { LoopDevice } from '../kernel/loop-device.js';
+import { native } from '../kernel/native.js';
+import { SysfsLoop } from '../kernel/sysfs.js';
+import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
+import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, GetFreeReply, ListReply, MountAttrName, MountRequest } from './protocol.js';
+
+/** Filesystems the broker mounts unless `loopfs serve --allow-fs` says otherwise. */
+export const DEFAULT_ALLOWED_FS = ['ext4', 'squashfs', 'erofs', 'iso9660', 'vfat'];
+
+export interface OpsConfig {
+  /** Absolute instance directory. */
+  dir: string;
+  /** The instance id recorded when serving started: a DIR that now holds another instance is refused. */
+  id: string;
+  allowFs: string[];
+  env: Record<string, string | undefined>;
+}
+
+/** A failure with the protocol's error fields. */
+export class OpError extends Error {
+  constructor(
+    readonly code: string,
+    message: string,
+    readonly kind: ErrorKind,
+  ) {
+    super(message);
+    this.name = 'OpError';
+  }
+}
+
+/** Any thrown value as an error reply body. */
+export function toErrorBody(e: unknown): ErrorBody {
+  if (e instanceof OpError) return { code: e.code, message: e.message, kind: e.kind };
+  if (e instanceof QuotaError) return { code: 'EDQUOT', message: e.message, kind: 'quota' };
+  if (e instanceof NotInInstanceError) return { code: 'ENODEV', message: e.message, kind: 'device' };
+  if (e instanceof NoFreeDeviceError) return { code: e.cause.code || 'ENOSPC', message: e.message, kind: 'nofree' };
+  if (e instanceof AttachError) return { code: e.code, message: e.cause.description, kind: e.fileError ? 'file' : 'device' };
+  if (isSysError(e)) return { code: e.code, message: e.description ?? e.message, kind: 'device' };
+  return { code: 'EIO', message: e instanceof Error ? e.message : String(e), kind: 'internal' };
+}
+
+/** A device named by minor: the host node, with the device number known without a stat. */
+class MinorDevice extends LoopDevice {
+  constructor(readonly minorNumber: number) {
+    super(`/dev/loop${minorNumber}`);
+  }
+  override devno(): [number, number] {
+    return [LOOP_MAJOR, this.minorNumber];
+  }
+}
+
+const sysfsOf = (minor: number) => SysfsLoop.forName(`loop${minor}`);
+const isBound = (minor: number) => sysfsOf(minor).isBound();
+
+/** The peer a mount is for: who connected (SO_PEERCRED pid) and a pidfd for that process. */
+export interface MountPeer {
+  pid: number;
+  pidfd: number;
+}
+
+export interface AttachOutcome {
+  minor: number;
+  readOnly: boolean;
+  /** For autoclear devices: an fd on /dev/loopN the connection keeps until it closes. */
+  holderFd: number | null;
+}
+
+export interface MountOutcome {
+  fd: number;
+  fstype: string;
+  readOnly: boolean;
+  idmapped: boolean;
+}
+
+const O_ACCMODE = 3;
+const O_PATH = 0o10000000;
+
+export class InstanceOps {
+  /** Session devices whose detach the kernel deferred (still open: mounted): released once free. */
+  private readonly deferred = new Set<number>();
+  /**
+   * Autoclear devices whose connection ended while something else (a mount) still held them:
+   * settled by the pool policy once autoclear has freed them (at umount), as a detach would.
+   */
+  private readonly settleWhenFree = new Set<number>();
+  /** Released devices that LOOP_CTL_REMOVE found busy (left "removing"): removal retried. */
+  private readonly removing = new Set<number>();
+
+  /** A minor just handed to a client is in use again: no pending settling applies to it. */
+  private reused(minor: number): number {
+    this.deferred.delete(minor);
+    this.settleWhenFree.delete(minor);
+    return minor;
+  }
+
+  constructor(private readonly cfg: OpsConfig) {}
+
+  /** The instance, checked to be the one we serve. Close it when done. */
+  private open(): LocalInstance {
+    let inst: LocalInstance;
+    try {
+      inst = LocalInstance.open(this.cfg.dir, this.cfg.env);
+    } catch (e) {
+      throw new OpError('ENOENT', `${this.cfg.dir}: the instance no longer exists (${toErrorBody(e).message})`, 'internal');
+    }
+    let id: string | null = null;
+    try {
+      id = inst.state().id;
+    } catch {
+      /* unreadable: refused below */
+    }
+    if (id !== this.cfg.id) {
+      inst.close();
+      throw new OpError('ENOENT', `${this.cfg.dir}: the instance was destroyed or replaced`, 'internal');
+    }
+    return inst;
+  }
+
+  private with<T>(fn: (inst: LocalInstance) => T): T {
+    const inst = this.open();
+    try {
+      return fn(inst);
+    } finally {
+      inst.close();
+    }
+  }
+
+  private member(inst: LocalInstance, minor: number): MinorDevice {
+    const dev = new MinorDevice(minor);
+    if (!inst.contains(dev)) throw new OpError('ENODEV', `loop${minor}: not a device of this instance`, 'device');
+    return dev;
+  }
+
+  // ---------------------------------------------------------------- list
+
+  /** Held devices with util-linux's fields: bound ones in /sys/block order, then idle ones. */
+  list(): ListReply {
+    return this.with((inst) => {
+      // bound ones: held, published and bound, in /sys/block order (one state read)
+      const bound = inst.usedDevices().map((d) => minorOfPath(d.path));
+      const seen = new Set(bound);
+      const devices: DeviceEntry[] = bound.map((m) => describe(m));
+      // then the idle ones ("removing" ones and unpublished nodes are not the client's)
+      const s = inst.state();
+      const idle = Object.keys(s.devices)
+        .map(Number)
+        .filter((m) => !seen.has(m) && s.devices[m].state === 'held')
+        .sort((a, b) => a - b);
+      for (const minor of idle) if (inst.contains(new MinorDevice(minor))) devices.push(describe(minor));
+      return { devices };
+    });
+  }
+
+  // ---------------------------------------------------------------- get-free
+
+  getFree(): GetFreeReply {
+    return this.with((inst) => {
+      const dev = inst.findFree();
+      return { minor: this.reused(minorOfPath(dev.path)) };
+    });
+  }
+
+  // ---------------------------------------------------------------- attach
+
+  /**
+   * Bind a device of the instance to the client's file. The fd decides: a regular file or
+   * a loop device of this very instance (a loop on a loop); never a directory, socket,
+   * FIFO, character device, another block device, or a device of another instance.
+   * Opened read-only (O_RDONLY in fdinfo), it gives a read-only device.
+   */
+  attach(fileFd: number, req: AttachRequestMsg): AttachOutcome {
+    const n = native();
+    const c = n.constants;
+    const accmode = checkBackingFd(fileFd);
+    return this.with((inst) => {
+      const st = n.fstat(fileFd);
+      const type = st.mode & c.S_IFMT;
+      if (type === c.S_IFBLK) {
+        if (st.rdevMajor !== LOOP_MAJOR || !inst.contains(new MinorDevice(st.rdevMinor))) {
+          throw new OpError('EPERM', 'the backing file is a block device that is not a loop device of this instance', 'file');
+        }
+      } else if (type !== c.S_IFREG) {
+        throw new OpError('EINVAL', `the backing file is ${fileTypeName(type)}, not a regular file`, 'file');
+      }
+      const readOnly = req.readOnly === true || accmode === c.O_RDONLY;
+      const flags =
+        (readOnly ? c.LO_FLAGS_READ_ONLY : 0) |
+        (req.partscan ? c.LO_FLAGS_PARTSCAN : 0) |
+        (req.directIo ? c.LO_FLAGS_DIRECT_IO : 0) |
+        (req.autoclear ? c.LO_FLAGS_AUTOCLEAR : 0);
+      const a = inst.allocate({
+        file: backingName(fileFd, req.name),
+        fileFd,
+        offset: req.offset === undefined ? 0n : BigInt(req.offset),
+        sizelimit: req.sizelimit === undefined ? 0n : BigInt(req.sizelimit),
+        flags,
+        blockSize: req.blockSize ?? 0,
+      });
+      const minor = this.reused(minorOfPath(a.device.path));
+      let holderFd: number | null = null;
+      try {
+        // An autoclear device is cleared at its last close: hold it (for the connection)
+        // before letting go of the fds that bound it.
+        if (req.autoclear) holderFd = n.open(`/dev/loop${minor}`, c.O_RDONLY);
+      } finally {
+        a.holder?.close();
+        a.device.close();
+      }
+      return { minor, readOnly: a.readOnly, holderFd };
+    });
+  }
+
+  // ---------------------------------------------------------------- detach, set-capacity
+
+  /**
+   * LOOP_CLR_FD, then the instance's pool policy; a deferred clear (device open: mounted) is
+   * settled later. `autoclearHeld`: the broker just closed holder fds of this autoclear
+   * device, so the kernel may have cleared it already (ENXIO is then success).
+   */
+  detach(minor: number, autoclearHeld = false): void {
+    this.with((inst) => {
+      const dev = this.member(inst, minor);
+      try {
+        dev.clear();
+      } catch (e) {
+        if (!(autoclearHeld && hasCode(e, 'ENXIO'))) throw e;
+      } finally {
+        dev.close();
+      }
+      this.settleOrDefer(inst, minor, false);
+    });
+  }
+
+  setCapacity(minor: number): void {
+    this.with((inst) => {
+      const dev = this.member(inst, minor);
+      try {
+        dev.setCapacity();
+      } finally {
+        dev.close();
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- sessions
+
+  /**
+   * A connection closed. `sessions`: devices to detach and give back to the system;
+   * `released`: autoclear devices whose holder fd was just closed (cleared by the kernel if
+   * nothing else holds them): settled by the pool policy. Never throws.
+   */
+  endSession(sessions: number[], released: number[]): void {
+    let inst: LocalInstance;
+    try {
+      inst = this.open();
+    } catch {
+      return; // the instance is gone: gc settles its devices
+    }
+    try {
+      for (const minor of sessions) {
+        try {
+          const dev = this.member(inst, minor);
+          try {
+            if (isBound(minor)) dev.clear();
+          } catch (e) {
+            if (!hasCode(e, 'ENXIO')) throw e;
+          } finally {
+            dev.close();
+          }
+          this.settleOrDefer(inst, minor, true);
+        } catch {
+          /* not ours any more (released already) */
+        }
+      }
+      for (const minor of released) {
+        if (sessions.includes(minor)) continue;
+        try {
+          const dev = this.member(inst, minor);
+          if (isBound(minor)) this.settleWhenFree.add(minor);
+          else this.settle(inst, dev);
+        } catch {
+          /* gone meanwhile */
+        }
+      }
+    } finally {
+      inst.close();
+    }
+  }
+
+  /** Give back a just-detached device now if it is free, else once it is (retryDeferred). */
+  private settleOrDefer(inst: LocalInstance, minor: number, release: boolean): void {
+    if (isBound(minor)) {
+      // the kernel deferred the clear (a mount or another opener holds the device)
+      (release ? this.deferred : this.settleWhenFree).add(minor);
+      return;
+    }
+    this.deferred.delete(minor);
+    this.settleWhenFree.delete(minor);
+    if (release) {
+      this.release(inst, minor, 2000);
+    } else {
+      this.settle(inst, new MinorDevice(minor));
+    }
+  }
+
+  /** The pool policy for an unbound device; a release that found it busy is retried later. */
+  private settle(inst: LocalInstance, dev: MinorDevice): void {
+    inst.settle(dev);
+    if (inst.state().devices[dev.minorNumber]?.state === 'removing') this.removing.add(dev.minorNumber);
+  }
+
+  /** LocalInstance.release under the instance lock; a busy device is retried later. */
+  private release(inst: LocalInstance, minor: number, waitMs: number): void {
+    inst.lock();
+    try {
+      if (inst.release(minor, waitMs) || !inst.state().devices[minor]) this.removing.delete(minor);
+      else this.removing.add(minor);
+    } finally {
+      inst.unlock();
+    }
+  }
+
+  /** Devices waiting for their deferred clear, for autoclear, or for their removal. */
+  pending(): number[] {
+    return [...this.deferred, ...this.settleWhenFree, ...this.removing];
+  }
+
+  /** Called periodically while devices are deferred: release or settle those that became free. */
+  retryDeferred(): void {
+    if (this.deferred.size === 0 && this.settleWhenFree.size === 0 && this.removing.size === 0) return;
+    let inst: LocalInstance;
+    try {
+      inst = this.open();
+    } catch {
+      this.deferred.clear();
+      this.settleWhenFree.clear();
+      this.removing.clear();
+      return;
+    }
+    try {
+      for (const minor of [...this.removing]) {
+        try {
+          this.release(inst, minor, 0);
+        } catch {
+          /* next round */
+        }
+      }
+      for (const minor of [...this.settleWhenFree]) {
+        try {
+          const dev = this.member(inst, minor);
+          if (isBound(minor)) continue;
+          this.settleWhenFree.delete(minor);
+          this.settle(inst, dev);
+        } catch {
+          this.settleWhenFree.delete(minor);
+        }
+      }
+      for (const minor of [...this.deferred]) {
+        try {
+          this.member(inst, minor);
+        } catch {
+          this.deferred.delete(minor);
+          continue;
+        }
+        if (isBound(minor)) continue;
+        try {
+          this.settleOrDefer(inst, minor, true);
+        } catch {
+          /* busy for a moment (udev probing): next round */
+        }
+      }
+    } finally {
+      inst.close();
+    }
+  }
+
+  // ---------------------------------------------------------------- mount
+
+  /**
+   * A detached mount of a bound device of the instance: fsopen/fsconfig(source=/dev/loopN)/
+   * CMD_CREATE/fsmount with nosuid,nodev forced, ID-mapped to the caller's user namespace
+   * when it has one. Returns the mount fd: the caller sends it and closes it at once (an
+   * open mount fd keeps the mount, and so the device, busy).
+   */
+  mount(minor: number, req: MountRequest, peer: MountPeer): MountOutcome {
+    const n = native();
+    const c = n.constants;
+    return this.with((inst) => {
+      this.member(inst, minor);
+      // Opening the device pins its binding: from now until we close it, a LOOP_CLR_FD is
+      // deferred and LOOP_CTL_REMOVE fails, so the device cannot change hands between the
+      // checks below and the mount. The checks are repeated on the pinned device.
+      const devFd = n.open(`/dev/loop${minor}`, c.O_RDONLY);
+      try {
+        const st = n.fstat(devFd);
+        if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
+          throw new OpError('ENODEV', `/dev/loop${minor} is not loop device ${minor}`, 'internal');
+        }
+        this.member(inst, minor);
+        if (!isBound(minor)) throw new OpError('ENXIO', `loop${minor}: not bound to a file`, 'device');
+        const readOnly = req.readOnly === true || sysfsOf(minor).readOnly() === true;
+        const fstype = req.fstype ?? probeFilesystem(devFd);
+        if (fstype === null) {
+          throw new OpError('EINVAL', `loop${minor}: cannot tell the filesystem type (name it with -t loop.TYPE)`, 'mount');
+        }
+        if (!this.cfg.allowFs.includes(fstype)) {
+          throw new OpError('EPERM', `filesystem type ${fstype} is not allowed by this broker (allowed: ${this.cfg.allowFs.join(', ') || 'none'})`, 'mount');
+        }
+        const mntFd = createMount(`/dev/loop${minor}`, fstype, readOnly, req.attrs ?? []);
+        try {
+          const idmapped = idmapToPeer(mntFd, peer);
+          return { fd: mntFd, fstype, readOnly, idmapped };
+        } catch (e) {
+          n.close(mntFd);
+          throw e;
+        }
+      } finally {
+        n.close(devFd);
+      }
+    });
+  }
+}
+
+// ---------------------------------------------------------------- helpers
+
+function minorOfPath(path: string): number {
+  const m = /loop(\d+)$/.exec(path);
+  if (!m) throw new OpError('EIO', `unexpected device path ${path}`, 'internal');
+  return Number(m[1]);
+}
+
+/** One held device as `losetup -l` describes it (sysfs first, LOOP_GET_STATUS64 for the ids). */
+function describe(minor: number): DeviceEntry {
+  const sys = sysfsOf(minor);
+  const backingFile = sys.backingFile();
+  const entry: DeviceEntry = {
+    minor,
+    bound: backingFile !== null,
+    backingFile,
+    offset: null,
+    sizelimit: null,
+    autoclear: false,
+    readOnly: false,
+    directIo: false,
+    partscan: sys.partscan() ?? true,
+    logSec: sys.logicalBlockSize()?.toString() ?? null,
+    backingDev: null,
+    backingIno: null,
+  };
+  if (backingFile === null) return entry;
+  entry.offset = sys.offset()?.toString() ?? null;
+  entry.sizelimit = sys.sizelimit()?.toString() ?? null;
+  entry.autoclear = sys.autoclear() === true;
+  entry.readOnly = sys.readOnly() === true;
+  entry.directIo = sys.dio() === true;
+  const dev = new LoopDevice(`/dev/loop${minor}`);
+  try {
+    const ids = dev.backingIds();
+    if (ids) {
+      entry.backingDev = ids.dev.toString();
+      entry.backingIno = ids.ino.toString();
+    }
+  } finally {
+    dev.close();
+  }
+  return entry;
+}
+
+/** Access mode of a received fd (O_RDONLY/O_RDWR), refusing O_PATH and write-only fds. */
+function checkBackingFd(fd: number): number {
+  const c = native().constants;
+  let flags: number;
+  try {
+    const m = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8'));
+    flags = m ? parseInt(m[1], 8) : NaN;
+  } catch (e) {
+    throw toSysError(e);
+  }
+  if (!Number.isInteger(flags)) throw new OpError('EIO', 'cannot read the access mode of the backing file', 'internal');
+  if (flags & O_PATH) throw new OpError('EBADF', 'the backing file was opened with O_PATH', 'file');
+  const acc = flags & O_ACCMODE;
+  if (acc !== c.O_RDONLY && acc !== c.O_RDWR) throw new OpError('EBADF', 'the backing file is not open for reading', 'file');
+  return acc;
+}
+
+function fileTypeName(type: number): string {
+  const c = native().constants;
+  if (type === c.S_IFDIR) return 'a directory';
+  if (type === c.S_IFSOCK) return 'a socket';
+  if (type === c.S_IFCHR) return 'a character device';
+  if (type === 0o010000) return 'a FIFO';
+  return 'not a regular file';
+}
+
+/** The name recorded in lo_file_name: the file as the broker sees it, else the client's name. */
+function backingName(fd: number, name: string | undefined): string {
+  try {
+    return readlinkSync(`/proc/self/fd/${fd}`);
+  } catch {
+    return name ?? '';
+  }
+}
+
+/**
+ * The filesystem on a device, from its superblock magic, for the types the broker may
+ * mount. Done here (a few reads) rather than with blkid: no process per mount, and only
+ * types that could be allowed are recognised at all. ext2/ext3 are mounted by ext4.
+ */
+export function probeFilesystem(fd: number): string | null {
+  const buf = Buffer.alloc(64 * 1024);
+  let len: number;
+  try {
+    len = readSync(fd, buf, 0, buf.length, 0);
+  } catch {
+    return null;
+  }
+  const at = (off: number, bytes: number) => (off + bytes <= len ? buf.subarray(off, off + bytes) : null);
+  if (at(0, 4)?.toString('latin1') === 'hsqs') return 'squashfs';
+  if (at(1024, 4)?.readUInt32LE(0) === 0xe0f5e1e2) return 'erofs';
+  if (at(1024 + 56, 2)?.readUInt16LE(0) === 0xef53) return 'ext4';
+  if (at(32769, 5)?.toString('latin1') === 'CD001') return 'iso9660';
+  const sig = at(510, 2);
+  if (sig && sig[0] === 0x55 && sig[1] === 0xaa) {
+    if (at(54, 3)?.toString('latin1') === 'FAT' || at(82, 3)?.toString('latin1') === 'FAT') return 'vfat';
+  }
+  return null;
+}
+
+const ATIME = (c: ReturnType<typeof native>['constants']) => ({
+  noatime: c.MOUNT_ATTR_NOATIME,
+  relatime: c.MOUNT_ATTR_RELATIME,
+  strictatime: c.MOUNT_ATTR_STRICTATIME,
+});
+
+function createMount(source: string, fstype: string, readOnly: boolean, attrs: MountAttrName[]): number {
+  const n = native();
+  const c = n.constants;
+  let flags = c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV | (readOnly ? c.MOUNT_ATTR_RDONLY : 0);
+  let atime: number | null = null;
+  for (const a of attrs) {
+    if (a === 'noexec') flags |= c.MOUNT_ATTR_NOEXEC;
+    else if (a === 'nodiratime') flags |= c.MOUNT_ATTR_NODIRATIME;
+    else if (a === 'nosymfollow') flags |= c.MOUNT_ATTR_NOSYMFOLLOW;
+    else if (a === 'noatime' || a === 'relatime' || a === 'strictatime') atime = ATIME(c)[a];
+  }
+  if (atime !== null) flags = (flags & ~c.MOUNT_ATTR__ATIME) | atime;
+  const fsfd = n.fsopen(fstype, c.FSOPEN_CLOEXEC);
+  try {
+    n.fsconfigSetString(fsfd, 'source', source);
+    if (readOnly) n.fsconfigSetFlag(fsfd, 'ro');
+    n.fsconfigCreate(fsfd);
+    return n.fsmount(fsfd, c.FSMOUNT_CLOEXEC, flags);
+  } catch (e) {
+    if (isSysError(e)) {
+      const details = (e as { details?: string[] }).details ?? [];
+      const why = details.length ? ` (${details.join('; ')})` : '';
+      throw new OpError(e.code, `${source}: cannot mount ${fstype}: ${e.description}${why}`, 'mount');
+    }
+    throw e;
+  } finally {
+    n.close(fsfd);
+  }
+}
+
+/** inode of a namespace file, identifying the namespace. */
+function nsIno(fd: number): bigint {
+  return native().fstat(fd).ino;
+}
+
+let ownUserNs: bigint | null = null;
+
+/**
+ * ID-map the mount to the peer's user namespace, if it is not ours. The namespace comes
+ * from /proc/PID/ns/user of the SO_PEERCRED pid; the pidfd proves afterwards that PID
+ * still named the process that connected when we opened it (a pid is reused only after
+ * its process is reaped, and fdinfo of a pidfd says `Pid: -1` from then on). Returns
+ * whether the mount is ID-mapped; a filesystem without ID-mapped mount support (EINVAL)
+ * is mounted unmapped: its files then show as the overflow id inside the namespace.
+ */
+function idmapToPeer(mntFd: number, peer: MountPeer): boolean {
+  const n = native();
+  if (peer.pid <= 0) return false;
+  let nsFd: number;
+  try {
+    nsFd = n.open(`/proc/${peer.pid}/ns/user`, n.constants.O_RDONLY);
+  } catch {
+    throw new OpError('ESRCH', 'the connecting process has exited', 'mount');
+  }
+  try {
+    if (pidOfPidfd(peer.pidfd) !== peer.pid) throw new OpError('ESRCH', 'the connecting process has exited', 'mount');
+    if (ownUserNs === null) {
+      const self = n.open('/proc/self/ns/user', n.constants.O_RDONLY);
+      try {
+        ownUserNs = nsIno(self);
+      } finally {
+        n.close(self);
+      }
+    }
+    if (nsIno(nsFd) === ownUserNs) return false;
+    try {
+      n.mountSetattrIdmap(mntFd, nsFd);
+      return true;
+    } catch (e) {
+      if (hasCode(e, 'EINVAL')) return false;
+      throw e;
+    }
+  } finally {
+    n.close(nsFd);
+  }
+}
+
+function pidOfPidfd(pidfd: number): number {
+  try {
+    const m = /^Pid:\s+(-?\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'));
+    return m ? Number(m[1]) : -1;
+  } catch {
+    return -1;
+  }
+}

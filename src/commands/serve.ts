@@ -1,0 +1,91 @@
+import { Args, Flags } from '@oclif/core';
+import { LoopfsCommand } from '../cli/base-command.js';
+import { BrokerServer, registeredInstanceDirs, ServeError, type ServedInstance } from '../broker/server.js';
+import { DEFAULT_ALLOWED_FS } from '../broker/ops.js';
+
+export default class Serve extends LoopfsCommand {
+  static summary = 'Serve instances to unprivileged clients (the loopfs broker).';
+  static description =
+    'Runs as root until SIGTERM or SIGINT. For every instance DIR it listens on DIR/loop-control, a SOCK_SEQPACKET ' +
+    'socket owned by the instance owner (mode 0600), through which losetup and mount.loop of that user (also as ' +
+    'root of a user namespace) get devices of the instance, attach them to files they opened themselves, and receive ' +
+    'nosuid,nodev mounts of allowed filesystems, ID-mapped to their user namespace. Devices a client marks ' +
+    'session-scoped are detached and released when its connection ends. Prints "ready" once every socket listens.';
+  static examples = [
+    '<%= config.bin %> serve /run/loopfs/ct1 /run/loopfs/ct2',
+    '<%= config.bin %> serve --all --allow-fs ext4,erofs',
+  ];
+  static strict = false;
+  static enableJsonFlag = false;
+  static args = { dir: Args.string({ required: false, description: 'instance directories to serve' }) };
+  static flags = {
+    all: Flags.boolean({ description: 'serve every registered instance (loopfs instance ls)' }),
+    'allow-fs': Flags.string({
+      description: `comma-separated filesystem types the broker mounts (default: ${DEFAULT_ALLOWED_FS.join(',')}; "" for none)`,
+    }),
+    'max-connections': Flags.integer({ min: 1, default: 256, description: 'connections per instance' }),
+    verbose: Flags.boolean({ char: 'v', description: 'log every request' }),
+  };
+
+  async run(): Promise<ServedInstance[]> {
+    const { argv, flags } = await this.parse(Serve);
+    const dirs = (argv as string[]).slice();
+    if (dirs.length === 0 && !flags.all) this.fail('serve: no instance given (name instance directories, or --all)');
+    if (process.geteuid?.() !== 0) this.fail('serve: must run as root');
+    const allowFs = flags['allow-fs'] === undefined ? DEFAULT_ALLOWED_FS : parseFsList(flags['allow-fs']);
+    if (allowFs === null) this.fail(`serve: invalid --allow-fs '${flags['allow-fs']}': expected filesystem type names separated by commas`);
+
+    let server: BrokerServer;
+    try {
+      server = BrokerServer.start({ dirs, allowFs, maxConnections: flags['max-connections'], verbose: flags.verbose });
+    } catch (e) {
+      if (e instanceof ServeError) this.fail(e.message);
+      throw e;
+    }
+    if (flags.all) {
+      // registered instances that cannot be served (gone, unsafe) are reported, not fatal
+      const r = await server.sync([...dirs, ...registeredInstanceDirs()]);
+      for (const f of r.failed) process.stderr.write(`loopfs serve: cannot serve ${f}\n`);
+    }
+    for (const i of server.instances) this.log(`serving ${i.dir} (instance ${i.id}, owner ${i.owner.uid}:${i.owner.gid}) on ${i.socket}`);
+    this.log('ready');
+
+    // SIGHUP (systemctl reload): with --all, serve the instances registered now
+    let syncing: Promise<void> = Promise.resolve();
+    const onHup = () => {
+      if (!flags.all) {
+        process.stderr.write('loopfs serve: SIGHUP: nothing to reload without --all\n');
+        return;
+      }
+      syncing = syncing.then(async () => {
+        const r = await server.sync([...(argv as string[]), ...registeredInstanceDirs()]);
+        for (const d of r.added) process.stderr.write(`loopfs serve: now serving ${d}\n`);
+        for (const d of r.removed) process.stderr.write(`loopfs serve: no longer serving ${d}\n`);
+        for (const f of r.failed) process.stderr.write(`loopfs serve: cannot serve ${f}\n`);
+      });
+    };
+    process.on('SIGHUP', onHup);
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string) => {
+        process.stderr.write(`loopfs serve: ${sig}: stopping\n`);
+        process.off('SIGINT', onInt);
+        process.off('SIGTERM', onTerm);
+        resolve();
+      };
+      const onInt = () => stop('SIGINT');
+      const onTerm = () => stop('SIGTERM');
+      process.on('SIGINT', onInt);
+      process.on('SIGTERM', onTerm);
+    });
+    process.off('SIGHUP', onHup);
+    await syncing;
+    await server.stop();
+    return server.instances;
+  }
+}
+
+function parseFsList(v: string): string[] | null {
+  if (v.trim() === '') return [];
+  const list = v.split(',').map((s) => s.trim());
+  return list.every((s) => /^[a-z0-9][a-z0-9_.-]{0,31}$/.test(s)) ? [...new Set(list)] : null;
+}
