@@ -20,7 +20,7 @@ import { AttachError, type AttachRequest } from '../kernel/attach.js';
 import { NoFreeDeviceError, type Allocated } from '../kernel/allocate.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError, sysError, toSysError, type SysError } from '../kernel/errors.js';
-import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { LoopDevice } from '../kernel/loop-device.js';
 import { native, type LoopInfo64 } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import {
@@ -36,7 +36,7 @@ import {
   type Op,
 } from '../broker/protocol.js';
 import { QuotaError } from './local-instance.js';
-import type { LoopScope } from './scope.js';
+import { checkMember, devicePathIn, type LoopScope } from './scope.js';
 
 export const BROKER_SOCKET = 'loop-control';
 
@@ -259,13 +259,11 @@ export class BrokerScope implements LoopScope {
   }
 
   devicePath(arg: string): string {
-    return arg.startsWith('/') ? arg : `${this.dir}/${arg}`;
+    return devicePathIn(this.dir, arg);
   }
 
   checkDevice(arg: string): void {
-    const path = this.devicePath(arg);
-    assertLoopDevice(path);
-    if (!this.contains(new LoopDevice(path))) throw sysError('ENODEV', 'stat', path);
+    checkMember(this, arg);
   }
 
   contains(dev: LoopDevice): boolean {

@@ -6,10 +6,9 @@
  */
 import { allocateAndAttach, findFree, type DeviceDir } from '../kernel/allocate.js';
 import type { AttachRequest } from '../kernel/attach.js';
-import { sysError } from '../kernel/errors.js';
-import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { LoopDevice } from '../kernel/loop-device.js';
 import { readdirRaw } from '../kernel/sysfs.js';
-import type { LoopScope } from './scope.js';
+import { checkMember, devicePathIn, type LoopScope } from './scope.js';
 
 export const LOOPFS_SUPER_MAGIC = 0x6c6f6f71;
 
@@ -35,13 +34,11 @@ export class KernelInstance implements LoopScope {
   }
 
   devicePath(arg: string): string {
-    return arg.startsWith('/') ? arg : `${this.dir}/${arg}`;
+    return devicePathIn(this.dir, arg);
   }
 
   checkDevice(arg: string): void {
-    const path = this.devicePath(arg);
-    assertLoopDevice(path);
-    if (!this.contains(new LoopDevice(path))) throw sysError('ENODEV', 'stat', path);
+    checkMember(this, arg);
   }
 
   /** A device is the instance's when one of the instance's own nodes has its number. */

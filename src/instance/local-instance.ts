@@ -21,14 +21,14 @@ import { NoFreeDeviceError, type Allocated } from '../kernel/allocate.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, sysError } from '../kernel/errors.js';
 import { LoopControl } from '../kernel/loop-control.js';
-import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
 import { jitterMs, sleepMs } from '../kernel/sleep.js';
 import { limitForUid } from './limits.js';
 import { PinnedDir } from './pinned-dir.js';
 import { Runtime } from './runtime.js';
-import type { LoopScope } from './scope.js';
+import { checkMember, devicePathIn, type LoopScope } from './scope.js';
 import {
   heldMinors,
   LOCK_FILE,
@@ -235,14 +235,12 @@ export class LocalInstance implements LoopScope {
 
   /** A relative device name is looked up in the instance directory, not /dev. */
   devicePath(arg: string): string {
-    return arg.startsWith('/') ? arg : `${this.dir}/${arg}`;
+    return devicePathIn(this.dir, arg);
   }
 
   /** Names resolve inside the instance; a device of anybody else does not exist here. */
   checkDevice(arg: string): void {
-    const path = this.devicePath(arg);
-    assertLoopDevice(path);
-    if (!this.contains(new LoopDevice(path))) throw sysError('ENODEV', 'stat', path);
+    checkMember(this, arg);
   }
 
   contains(dev: LoopDevice): boolean {
@@ -428,12 +426,7 @@ export class LocalInstance implements LoopScope {
 
   private removeQuietly(minor: number): void {
     try {
-      const ctl = LoopControl.open();
-      try {
-        ctl.remove(minor);
-      } finally {
-        ctl.close();
-      }
+      LoopControl.removeIndex(minor);
     } catch {
       /* still bound by whoever won the race, or busy: it is not ours either way */
     }

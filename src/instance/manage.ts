@@ -247,21 +247,7 @@ export interface GcReport {
   pending: GcFix[];
 }
 
-function removeIndex(minor: number): 'removed' | 'busy' {
-  try {
-    const ctl = LoopControl.open();
-    try {
-      ctl.remove(minor);
-    } finally {
-      ctl.close();
-    }
-    return 'removed';
-  } catch (e) {
-    if (hasCode(e, 'ENODEV', 'ENXIO')) return 'removed';
-    if (hasCode(e, 'EBUSY')) return 'busy';
-    throw e;
-  }
-}
+const removeIndex = (minor: number): 'removed' | 'busy' => LoopControl.removeIndex(minor);
 
 /**
  * What a registry entry's DIR holds now. `gone`: no instance there any more (DIR, its

@@ -6,7 +6,8 @@
  */
 import type { AttachRequest } from '../kernel/attach.js';
 import type { Allocated } from '../kernel/allocate.js';
-import type { LoopDevice } from '../kernel/loop-device.js';
+import { sysError } from '../kernel/errors.js';
+import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
 
 export interface LoopScope {
   /**
@@ -41,4 +42,19 @@ export interface LoopScope {
   contains(dev: LoopDevice): boolean;
   /** The loop-control path the scope allocates through, if any (for error reporting). */
   readonly controlPath: string | null;
+}
+
+/** In an instance a relative device name is looked up in the instance directory, not /dev. */
+export function devicePathIn(dir: string, arg: string): string {
+  return arg.startsWith('/') ? arg : `${dir}/${arg}`;
+}
+
+/**
+ * The device check of every instance scope: a loop device (util-linux's is_loopdev)
+ * that belongs to the scope; anybody else's device does not exist here (ENODEV).
+ */
+export function checkMember(scope: LoopScope, arg: string): void {
+  const path = scope.devicePath(arg);
+  assertLoopDevice(path);
+  if (!scope.contains(new LoopDevice(path))) throw sysError('ENODEV', 'stat', path);
 }

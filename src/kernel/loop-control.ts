@@ -2,6 +2,7 @@
  * The loop-control character device (`/dev/loop-control`): allocates, adds and
  * removes loop device indexes.
  */
+import { hasCode } from './errors.js';
 import { native } from './native.js';
 
 export const LOOP_CONTROL_PATH = '/dev/loop-control';
@@ -35,6 +36,24 @@ export class LoopControl {
    */
   remove(index: number): number {
     return native().ctlRemove(this.fd, index);
+  }
+
+  /**
+   * Open loop-control, remove `index`, close: 'removed' when it is gone (also when it was
+   * gone already: ENODEV/ENXIO), 'busy' while bound or held open (EBUSY). Other errors throw.
+   */
+  static removeIndex(index: number, path: string = LOOP_CONTROL_PATH): 'removed' | 'busy' {
+    const ctl = LoopControl.open(path);
+    try {
+      ctl.remove(index);
+      return 'removed';
+    } catch (e) {
+      if (hasCode(e, 'ENODEV', 'ENXIO')) return 'removed';
+      if (hasCode(e, 'EBUSY')) return 'busy';
+      throw e;
+    } finally {
+      ctl.close();
+    }
   }
 
   /**
