@@ -22,11 +22,11 @@ function code(opt: string | number): number {
 
 export class ExclusiveChecker {
   private readonly groups: number[][];
-  private readonly longopts: LongOption[];
+  private readonly longopts: readonly LongOption[];
   /** Per group: the first option of that group seen so far (0 = none), like excl_st[]. */
   private readonly seen: number[];
 
-  constructor(groups: ExclGroup[], longopts: LongOption[]) {
+  constructor(groups: ExclGroup[], longopts: readonly LongOption[]) {
     // A 0 entry terminates a row in C; anything after it is invisible.
     this.groups = groups.map((g) => {
       const row = g.map(code);

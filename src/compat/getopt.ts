@@ -65,7 +65,7 @@ export class Getopt {
   private readonly argv: Arg[];
   private readonly argv0: Buffer;
   private readonly shortopts: string;
-  private readonly longopts: LongOption[];
+  private readonly longopts: readonly LongOption[];
   private readonly longNames: Buffer[];
   private readonly ordering: Ordering;
   private readonly printErrors: boolean;
@@ -91,7 +91,7 @@ export class Getopt {
     argv0: string,
     args: string[],
     shortopts: string,
-    longopts: LongOption[],
+    longopts: readonly LongOption[],
     env?: { POSIXLY_CORRECT?: string },
   ) {
     this.argv0 = Buffer.from(argv0, 'utf8');

@@ -5,49 +5,15 @@ import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { ExclusiveChecker, type ExclGroup } from '../../src/compat/exclusive.js';
 import { Getopt, type LongOption } from '../../src/compat/getopt.js';
+import {
+  OPT_OUTPUT_ALL,
+  OPT_RAW,
+  SHORTOPTS,
+  UTIL_LINUX_LONGOPTS as LONGOPTS,
+  EXCL,
+} from '../../src/compat/losetup/options.js';
 
 const LOSETUP = '/usr/sbin/losetup';
-const SHORTOPTS = 'ab:c:d:Dfhj:JlLno:O:PrvV';
-const OPT_SIZELIMIT = 128;
-const OPT_SHOW = 129;
-const OPT_RAW = 130;
-const OPT_DIO = 131;
-const OPT_OUTPUT_ALL = 132;
-
-const LONGOPTS: LongOption[] = [
-  { name: 'all', has: 'none', val: 'a' },
-  { name: 'set-capacity', has: 'required', val: 'c' },
-  { name: 'detach', has: 'required', val: 'd' },
-  { name: 'detach-all', has: 'none', val: 'D' },
-  { name: 'find', has: 'none', val: 'f' },
-  { name: 'nooverlap', has: 'none', val: 'L' },
-  { name: 'help', has: 'none', val: 'h' },
-  { name: 'associated', has: 'required', val: 'j' },
-  { name: 'json', has: 'none', val: 'J' },
-  { name: 'list', has: 'none', val: 'l' },
-  { name: 'sector-size', has: 'required', val: 'b' },
-  { name: 'noheadings', has: 'none', val: 'n' },
-  { name: 'offset', has: 'required', val: 'o' },
-  { name: 'output', has: 'required', val: 'O' },
-  { name: 'output-all', has: 'none', val: OPT_OUTPUT_ALL },
-  { name: 'sizelimit', has: 'required', val: OPT_SIZELIMIT },
-  { name: 'partscan', has: 'none', val: 'P' },
-  { name: 'read-only', has: 'none', val: 'r' },
-  { name: 'direct-io', has: 'optional', val: OPT_DIO },
-  { name: 'raw', has: 'none', val: OPT_RAW },
-  { name: 'show', has: 'none', val: OPT_SHOW },
-  { name: 'verbose', has: 'none', val: 'v' },
-  { name: 'version', has: 'none', val: 'V' },
-];
-
-// As in losetup.c ("rows and cols in ASCII order" — except the third row, which is not).
-const EXCL: ExclGroup[] = [
-  ['D', 'a', 'c', 'd', 'f', 'j'],
-  ['D', 'c', 'd', 'f', 'l'],
-  ['D', 'c', 'd', 'f', 'O'],
-  ['J', OPT_RAW],
-];
-
 const MSG1 = 'mutually exclusive arguments: --detach-all --all --set-capacity --detach --find --associated';
 const MSG2 = 'mutually exclusive arguments: --detach-all --set-capacity --detach --find --list';
 const MSG4 = 'mutually exclusive arguments: --json --raw';

@@ -10,42 +10,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { Getopt, type GetoptItem, type LongOption } from '../../src/compat/getopt.js';
+import {
+  OPT_DIO,
+  OPT_OUTPUT_ALL,
+  OPT_SHOW,
+  OPT_SIZELIMIT,
+  SHORTOPTS,
+  UTIL_LINUX_LONGOPTS,
+} from '../../src/compat/losetup/options.js';
+
+// losetup 2.38.1's table, in source order (the order matters for ambiguity messages)
+const LONGOPTS: LongOption[] = [...UTIL_LINUX_LONGOPTS];
 
 const LOSETUP = '/usr/sbin/losetup';
-const SHORTOPTS = 'ab:c:d:Dfhj:JlLno:O:PrvV';
-const OPT_SIZELIMIT = 128;
-const OPT_SHOW = 129;
-const OPT_RAW = 130;
-const OPT_DIO = 131;
-const OPT_OUTPUT_ALL = 132;
-
-// losetup 2.38.1's table, in source order (the order matters for ambiguity messages).
-const LONGOPTS: LongOption[] = [
-  { name: 'all', has: 'none', val: 'a' },
-  { name: 'set-capacity', has: 'required', val: 'c' },
-  { name: 'detach', has: 'required', val: 'd' },
-  { name: 'detach-all', has: 'none', val: 'D' },
-  { name: 'find', has: 'none', val: 'f' },
-  { name: 'nooverlap', has: 'none', val: 'L' },
-  { name: 'help', has: 'none', val: 'h' },
-  { name: 'associated', has: 'required', val: 'j' },
-  { name: 'json', has: 'none', val: 'J' },
-  { name: 'list', has: 'none', val: 'l' },
-  { name: 'sector-size', has: 'required', val: 'b' },
-  { name: 'noheadings', has: 'none', val: 'n' },
-  { name: 'offset', has: 'required', val: 'o' },
-  { name: 'output', has: 'required', val: 'O' },
-  { name: 'output-all', has: 'none', val: OPT_OUTPUT_ALL },
-  { name: 'sizelimit', has: 'required', val: OPT_SIZELIMIT },
-  { name: 'partscan', has: 'none', val: 'P' },
-  { name: 'read-only', has: 'none', val: 'r' },
-  { name: 'direct-io', has: 'optional', val: OPT_DIO },
-  { name: 'raw', has: 'none', val: OPT_RAW },
-  { name: 'show', has: 'none', val: OPT_SHOW },
-  { name: 'verbose', has: 'none', val: 'v' },
-  { name: 'version', has: 'none', val: 'V' },
-];
-
 const A0 = '/usr/sbin/losetup';
 
 function parse(

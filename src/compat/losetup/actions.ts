@@ -15,7 +15,7 @@ import type { Output } from '../output.js';
 import { renderTable } from '../smartcols.js';
 import { COLUMNS } from './columns.js';
 import type { LosetupPlan } from './options.js';
-import { LO_FLAGS_READ_ONLY } from './options.js';
+import { LO_FLAGS_AUTOCLEAR, LO_FLAGS_READ_ONLY } from './options.js';
 import { deviceLine } from './print-line.js';
 import { FileMatcher, findOverlap } from '../overlap.js';
 import { localeIsUtf8 } from '../locale.js';
@@ -206,7 +206,7 @@ function create(ctx: ActionContext): number {
       if (info && info.encryptType !== 0) out.errx(`${file}: overlapping encrypted loop device exists`);
       try {
         if (!info) throw new Error('no status');
-        o.dev.setStatus({ ...info, flags: info.flags & ~AUTOCLEAR });
+        o.dev.setStatus({ ...info, flags: info.flags & ~LO_FLAGS_AUTOCLEAR });
       } catch {
         out.errx(`${file}: failed to re-use loop device`);
       }
@@ -266,8 +266,6 @@ function create(ctx: ActionContext): number {
   finishCreate(ctx, device);
   return 0;
 }
-
-const AUTOCLEAR = 4;
 
 /** After a successful setup: --show, then the size warnings. */
 function finishCreate(ctx: ActionContext, dev: LoopDevice): void {

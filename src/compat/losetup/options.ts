@@ -9,7 +9,7 @@ import { Getopt, type LongOption } from '../getopt.js';
 import type { Output } from '../output.js';
 import { Exit } from '../output.js';
 import { parseSwitch, strtosize } from '../strtosize.js';
-import { DEFAULT_COLUMNS, parseColumnList, UnknownColumn } from './columns.js';
+import { COLUMNS, DEFAULT_COLUMNS, parseColumnList, UnknownColumn } from './columns.js';
 import { usage, versionLine } from './help.js';
 
 /** LO_FLAGS values (linux/loop.h); kept here so option parsing needs no native code. */
@@ -28,18 +28,25 @@ export type Action =
   | 'set-direct-io'
   | 'set-blocksize';
 
+/** LO_FLAGS_AUTOCLEAR, for the -L re-use path (which clears it, as util-linux does). */
+export const LO_FLAGS_AUTOCLEAR = 4;
+
 /** Long-only option ids, numbered after CHAR_MAX like util-linux's enum. */
-const OPT_SIZELIMIT = 128;
-const OPT_SHOW = 129;
-const OPT_RAW = 130;
-const OPT_DIO = 131;
-const OPT_OUTPUT_ALL = 132;
+export const OPT_SIZELIMIT = 128;
+export const OPT_SHOW = 129;
+export const OPT_RAW = 130;
+export const OPT_DIO = 131;
+export const OPT_OUTPUT_ALL = 132;
 /** loopfs extension: no short option, so util-linux's option letters stay untouched. */
 const OPT_INSTANCE = 133;
 
-const SHORTOPTS = 'ab:c:d:Dfhj:JlLno:O:PrvV';
+export const SHORTOPTS = 'ab:c:d:Dfhj:JlLno:O:PrvV';
 
-export const LONGOPTS: LongOption[] = [
+/**
+ * util-linux 2.38.1's table, in source order (the order shows in getopt's ambiguity
+ * messages). The compat tests check it against the real binary.
+ */
+export const UTIL_LINUX_LONGOPTS: readonly LongOption[] = [
   { name: 'all', has: 'none', val: 'a' },
   { name: 'set-capacity', has: 'required', val: 'c' },
   { name: 'detach', has: 'required', val: 'd' },
@@ -63,11 +70,13 @@ export const LONGOPTS: LongOption[] = [
   { name: 'show', has: 'none', val: OPT_SHOW },
   { name: 'verbose', has: 'none', val: 'v' },
   { name: 'version', has: 'none', val: 'V' },
-  { name: 'instance', has: 'required', val: OPT_INSTANCE },
 ];
 
+/** Ours: util-linux's, plus --instance at the end. */
+export const LONGOPTS: LongOption[] = [...UTIL_LINUX_LONGOPTS, { name: 'instance', has: 'required', val: OPT_INSTANCE }];
+
 /** util-linux's groups, in its (ASCII) order; the third one is never enforced, on purpose. */
-const EXCL: ExclGroup[] = [
+export const EXCL: ExclGroup[] = [
   ['D', 'a', 'c', 'd', 'f', 'j'],
   ['D', 'c', 'd', 'f', 'l'],
   ['D', 'c', 'd', 'f', 'O'],
@@ -327,9 +336,9 @@ export function parseLosetup(args: string[], ctx: ParseContext): LosetupPlan {
 }
 
 /** --output-all: every column in table order. */
-const DEFAULT_ALL = Array.from({ length: 12 }, (_, i) => i);
+const DEFAULT_ALL = COLUMNS.map((_, i) => i);
 
-export function tryHelp(out: Output): never {
+function tryHelp(out: Output): never {
   out.errRaw(`Try '${out.prog} --help' for more information.\n`);
   throw new Exit(1);
 }
