@@ -4,7 +4,7 @@
  * itself so that callers can flush and clean up.
  */
 import { basename } from 'node:path';
-import { isSysError, toSysError } from '../../kernel/errors.js';
+import { isSysError } from '../../kernel/errors.js';
 import { QuotaError } from '../../instance/local-instance.js';
 import { InstanceError, resolveScope } from '../../instance/resolve.js';
 import type { LoopScope } from '../../instance/scope.js';
@@ -22,12 +22,8 @@ export interface LosetupInvocation {
 export function losetup({ argv0, args, env = process.env }: LosetupInvocation): number {
   const out = new Output(basename(argv0));
   try {
-    let scope: LoopScope;
-    try {
-      scope = resolveScope(prescanInstance(args, env), env);
-    } catch (e) {
-      return reportScopeError(out, e);
-    }
+    // an unusable instance is reported like any other failure: one line, status 1
+    const scope: LoopScope = resolveScope(prescanInstance(args, env), env);
     const plan = parseLosetup(args, { argv0, out, env, checkDevice: (arg) => scope.checkDevice(arg) });
     return runAction({ plan, scope, out });
   } catch (e) {
@@ -38,19 +34,9 @@ export function losetup({ argv0, args, env = process.env }: LosetupInvocation): 
   }
 }
 
-/** An unusable instance: one util-linux style line, status 1. */
-function reportScopeError(out: Output, e: unknown): number {
-  if (e instanceof InstanceError) out.warnx(e.message);
-  else {
-    const se = toSysError(e);
-    out.warn(se.path ?? 'instance', se.description);
-  }
-  return 1;
-}
-
 /**
- * Anything not anticipated by an action (a quota refusal, a state file that cannot be
- * written): still one line and status 1, never a stack trace. LOOPFS_DEBUG=1 shows it.
+ * Anything not anticipated by an action (an unusable instance, a quota refusal, a state
+ * file that cannot be written): still one line and status 1, never a stack trace. LOOPFS_DEBUG=1 shows it.
  */
 function reportUnexpected(out: Output, e: unknown, env: NodeJS.ProcessEnv): number {
   if (env.LOOPFS_DEBUG) out.errRaw(`${(e as Error)?.stack ?? String(e)}\n`);
