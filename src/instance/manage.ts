@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { LoopControl } from '../kernel/loop-control.js';
+import { sleepMs } from '../kernel/sleep.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
@@ -372,7 +373,15 @@ function settleOrphan(c: Claim, rt: Runtime, report: GcReport): void {
     }
     rt.markCleared(c);
   }
-  if (removeIndex(c.minor) === 'removed') {
+  // LOOP_CLR_FD completes at the last close, which a process that was just SIGKILLed may
+  // not have reached yet: while the device is unbound but still open, wait a little
+  // (bounded) instead of reporting it busy until the next gc
+  let outcome = removeIndex(c.minor);
+  for (let waited = 0; outcome === 'busy' && waited < 2000 && !SysfsLoop.forName(`loop${c.minor}`).isBound(); waited += 50) {
+    sleepMs(50);
+    outcome = removeIndex(c.minor);
+  }
+  if (outcome === 'removed') {
     rt.release(c.minor, c.id);
     report.fixes.push({ dir: c.dir, minor: c.minor, action: 'removed device of a vanished instance' });
   } else {
