@@ -111,6 +111,15 @@ describe.skipIf(reason)(skipTitle('instance resolution with real devices', reaso
     }
     expect(sb.bound()).toEqual([]);
     expect(fs.readdirSync(plain)).toEqual([]);
+    // -h, -V and usage errors never need the instance: they behave exactly as without it
+    const help = await sb.losetup(['--instance', missing, '-h']);
+    expect([help.exitCode, text(help.stderr)]).toEqual([0, '']);
+    expect(text(help.stdout)).toMatch(/^\nUsage:\n losetup \[options\]/);
+    const version = await sb.losetup(['--instance', missing, '-V']);
+    expect([version.exitCode, text(version.stdout), text(version.stderr)]).toEqual([0, 'losetup from util-linux 2.38.1 (loopfs 0.1.0)\n', '']);
+    const usage = await sb.losetup(['--instance', missing, '--bogus']);
+    expect([usage.exitCode, text(usage.stdout)]).toEqual([1, '']);
+    expect(text(usage.stderr)).toMatch(/unrecognized option '--bogus'\nTry 'losetup --help' for more information\.\n$/);
   });
 
   it.skipIf(unshareReason)('/dev/loopfs is the default instance when it is one (private mount namespace)', async () => {

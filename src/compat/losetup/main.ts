@@ -22,10 +22,14 @@ export interface LosetupInvocation {
 export function losetup({ argv0, args, env = process.env }: LosetupInvocation): number {
   const out = new Output(basename(argv0));
   try {
-    // an unusable instance is reported like any other failure: one line, status 1
-    const scope: LoopScope = resolveScope(prescanInstance(args, env), env);
-    const plan = parseLosetup(args, { argv0, out, env, checkDevice: (arg) => scope.checkDevice(arg) });
-    return runAction({ plan, scope, out });
+    // The instance is resolved only when something needs it, so that -h, -V and usage
+    // errors behave as util-linux's do even when the instance is unusable (or a broker
+    // that would be connected to for nothing). An unusable instance is reported like any
+    // other failure: one line, status 1.
+    let scope: LoopScope | undefined;
+    const instance = (): LoopScope => (scope ??= resolveScope(prescanInstance(args, env), env));
+    const plan = parseLosetup(args, { argv0, out, env, checkDevice: (arg) => instance().checkDevice(arg) });
+    return runAction({ plan, scope: instance(), out });
   } catch (e) {
     if (e instanceof Exit) return e.status;
     return reportUnexpected(out, e, env);
