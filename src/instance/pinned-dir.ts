@@ -7,9 +7,9 @@
  * symlink can neither redirect a state write nor hand a chown/chmod to another file.
  */
 import { fsyncSync, linkSync, opendirSync, readSync, writeSync } from 'node:fs';
-import { randomBytes } from 'node:crypto';
 import { hasCode } from '../kernel/errors.js';
 import { native, type NativeStat } from '../kernel/native.js';
+import { tempNameFor } from './random.js';
 
 export class PinnedDir {
   private constructor(
@@ -90,7 +90,7 @@ export class PinnedDir {
   writeFileAtomic(name: string, content: string, mode = 0o644): void {
     const n = native();
     const c = n.constants;
-    const tmp = `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    const tmp = tempNameFor(name);
     const fd = n.openat(this.fd, tmp, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, mode);
     try {
       const data = Buffer.from(content, 'utf8');
@@ -115,7 +115,7 @@ export class PinnedDir {
   /** Create a file exclusively with content (used for claims): EEXIST when it exists. */
   createExclusive(name: string, content: string, mode = 0o644): void {
     // write under a private name first, then link(): the claim appears complete or not at all
-    const tmp = `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    const tmp = tempNameFor(name);
     this.writeFileAtomic(tmp, content, mode);
     try {
       linkAt(this, tmp, name);
@@ -163,7 +163,7 @@ export class PinnedDir {
   mknodBlock(name: string, maj: number, min: number, uid: number, gid: number, mode: number): void {
     const n = native();
     const c = n.constants;
-    const tmp = `.${name}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`;
+    const tmp = tempNameFor(name);
     n.mknodat(this.fd, tmp, c.S_IFBLK | (mode & 0o777), maj, min);
     try {
       n.fchownat(this.fd, tmp, uid, gid);

@@ -8,7 +8,7 @@
  * and forgotten *before* its claim is dropped, so that after a crash at any point the
  * claims are a superset of what states say, and `gc` can settle every difference.
  */
-import { randomBytes } from 'node:crypto';
+import { randomHex } from './random.js';
 import type { PinnedDir } from './pinned-dir.js';
 
 export const STATE_DIR = '.loopfs';
@@ -41,7 +41,7 @@ export interface InstanceState {
 }
 
 export function newInstanceId(): string {
-  return randomBytes(8).toString('hex');
+  return randomHex(8);
 }
 
 export class StateError extends Error {
