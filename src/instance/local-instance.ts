@@ -254,7 +254,7 @@ export class LocalInstance implements LoopScope {
   }
 
   /** The published node is ours: a block device with the right numbers (lstat, no symlink). */
-  private isPublished(minor: number): boolean {
+  isPublished(minor: number): boolean {
     const st = this.root.lstat(nodeName(minor));
     const c = native().constants;
     return !!st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === LOOP_MAJOR && st.rdevMinor === minor;

@@ -121,6 +121,12 @@ export function listInstances(env: NodeJS.ProcessEnv = process.env): ListedInsta
 
 export class BusyError extends Error {}
 
+/**
+ * Called as a long operation advances (`step` names what is counted): the commands draw
+ * a progress indicator on a terminal. Lower layers never print.
+ */
+export type ProgressFn = (step: string, done: number, total: number) => void;
+
 export interface DestroyResult {
   dir: string;
   id: string;
@@ -134,7 +140,12 @@ export interface DestroyResult {
  * mounted unless `force`, which detaches lazily (the kernel sets autoclear and frees the
  * device at its last close) and leaves its removal to gc.
  */
-export function destroyInstance(dir: string, force: boolean, env: NodeJS.ProcessEnv = process.env): DestroyResult {
+export function destroyInstance(
+  dir: string,
+  force: boolean,
+  env: NodeJS.ProcessEnv = process.env,
+  progress?: ProgressFn,
+): DestroyResult {
   const inst = LocalInstance.open(dir, env);
   try {
     inst.lock();
@@ -157,7 +168,9 @@ export function destroyInstance(dir: string, force: boolean, env: NodeJS.Process
     }
     const removed: number[] = [];
     const deferred: number[] = [];
-    for (const minor of heldMinors(s)) {
+    const all = heldMinors(s);
+    for (const [i, minor] of all.entries()) {
+      progress?.('devices', i, all.length);
       const dev = new LoopDevice(`/dev/loop${minor}`);
       try {
         if (live.includes(minor) && dev.sysfs()?.isBound()) dev.clear();
@@ -168,6 +181,7 @@ export function destroyInstance(dir: string, force: boolean, env: NodeJS.Process
       }
       (inst.release(minor, 2000) ? removed : deferred).push(minor);
     }
+    progress?.('devices', all.length, all.length);
     // What is left is claimed by this id with no state behind it: gc's orphan handling.
     // Those devices were detached just now (lazily): mark their claims so that gc never
     // detaches them again — once autoclear frees one, a new binding is somebody else's.
@@ -282,11 +296,13 @@ function entryStatus(entry: RegistryEntry, env: NodeJS.ProcessEnv): 'live' | 'go
  * any step of reserve/release/create/destroy it leaves every device either held by
  * exactly one instance or returned to the system.
  */
-export function gc(env: NodeJS.ProcessEnv = process.env): GcReport {
+export function gc(env: NodeJS.ProcessEnv = process.env, progress?: ProgressFn): GcReport {
   const report: GcReport = { instances: 0, fixes: [], pending: [] };
   const rt = Runtime.open(env);
   try {
-    for (const entry of rt.instances()) {
+    const entries = rt.instances();
+    for (const [i, entry] of entries.entries()) {
+      progress?.('instances', i, entries.length);
       let inst: LocalInstance | null = null;
       try {
         inst = LocalInstance.open(entry.dir, env);
@@ -335,12 +351,15 @@ export function gc(env: NodeJS.ProcessEnv = process.env): GcReport {
     // Claims of instances that no longer exist: give the devices back to the system. The
     // registry is read again under the lock: an instance registered since the loop above
     // (and already claiming devices) is not an orphan.
+    progress?.('instances', entries.length, entries.length);
     rt.lock();
     const registered = new Set(rt.instances().map((e) => e.id));
-    for (const c of rt.claims()) {
-      if (registered.has(c.id)) continue;
+    const orphans = rt.claims().filter((c) => !registered.has(c.id));
+    for (const [i, c] of orphans.entries()) {
+      progress?.('devices of vanished instances', i, orphans.length);
       settleOrphan(c, rt, report);
     }
+    progress?.('devices of vanished instances', orphans.length, orphans.length);
     for (const junk of rt.junkClaims()) {
       rt.removeClaimFile(junk);
       report.fixes.push({ dir: null, minor: null, action: `removed unreadable claim ${junk}` });
@@ -450,5 +469,90 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
   );
   for (const minor of idle.slice(after.pool)) {
     if (inst.release(minor)) fix(minor, 'released idle device above the pool size');
+  }
+}
+
+// ---------------------------------------------------------------- gc preview (doctor)
+
+/** Something gc would settle (or, for `unreadable-instance`, leave alone and report). */
+export type LeftoverKind =
+  | 'vanished-instance' // registry entry of an instance that is gone or replaced
+  | 'unreadable-instance' // a state gc cannot read: kept, needs a human
+  | 'orphan-device' // claim of an instance that no longer exists: its device goes back
+  | 'junk-claim' // a claim file that does not parse
+  | 'unrecorded-claim' // claimed by a live instance, not in its state (a crash while reserving)
+  | 'unclaimed-device' // in a state without its claim (another instance's, or none)
+  | 'half-released' // marked "removing", or recorded but gone from the kernel
+  | 'missing-node' // a held device whose DIR/loopN is missing or wrong
+  | 'stray-node'; // a loopN-like name in DIR that is no held device's node
+
+export interface Leftover {
+  kind: LeftoverKind;
+  dir: string | null;
+  id: string | null;
+  minor: number | null;
+  /** For devices: whether a file is bound to it now. */
+  bound?: boolean;
+  /** For stray nodes: the name in DIR. */
+  name?: string;
+}
+
+/**
+ * What gc would find now, without changing anything and without waiting for locks: the
+ * same rules as gc (entryStatus; reconcileInstance's claim/state/node checks; orphaned
+ * claims), read-only. A diagnosis, not a transaction: a command in flight may show as a
+ * leftover for a moment, which is why `loopfs doctor` names gc as the fix instead of
+ * settling anything itself.
+ */
+export function gcPreview(env: NodeJS.ProcessEnv = process.env): Leftover[] {
+  const out: Leftover[] = [];
+  const bound = (minor: number) => SysfsLoop.forName(`loop${minor}`).isBound();
+  const rt = Runtime.open(env);
+  try {
+    const claims = rt.claims();
+    // ids whose claims are not orphans: live instances, and unreadable ones (gc keeps them)
+    const kept = new Set<string>();
+    for (const entry of rt.instances()) {
+      const status = entryStatus(entry, env);
+      const at = { dir: entry.dir, id: entry.id, minor: null };
+      if (status === 'gone' || status === 'replaced') {
+        out.push({ kind: 'vanished-instance', ...at });
+        continue;
+      }
+      kept.add(entry.id);
+      if (status === 'unreadable') out.push({ kind: 'unreadable-instance', ...at });
+      else inspectInstance(entry, claims, env, out);
+    }
+    for (const c of claims) {
+      if (!kept.has(c.id)) out.push({ kind: 'orphan-device', dir: c.dir, id: c.id, minor: c.minor, bound: bound(c.minor) });
+    }
+    for (const junk of rt.junkClaims()) out.push({ kind: 'junk-claim', dir: null, id: null, minor: Number(junk.slice(4)) });
+  } finally {
+    rt.close();
+  }
+  return out;
+}
+
+function inspectInstance(entry: RegistryEntry, claims: Claim[], env: NodeJS.ProcessEnv, out: Leftover[]): void {
+  let inst: LocalInstance;
+  try {
+    inst = LocalInstance.open(entry.dir, env);
+  } catch {
+    return; // destroyed since entryStatus looked
+  }
+  try {
+    const s = inst.state();
+    const add = (kind: LeftoverKind, minor: number | null) =>
+      out.push({ kind, dir: inst.dir, id: s.id, minor, ...(minor === null ? {} : { bound: SysfsLoop.forName(`loop${minor}`).isBound() }) });
+    for (const c of claims) if (c.id === s.id && !s.devices[c.minor]) add('unrecorded-claim', c.minor);
+    for (const minor of heldMinors(s)) {
+      const claim = claims.find((c) => c.minor === minor);
+      if (!claim || claim.id !== s.id) add('unclaimed-device', minor);
+      else if (s.devices[minor].state === 'removing' || SysfsLoop.forName(`loop${minor}`).devno() === null) add('half-released', minor);
+      else if (!inst.isPublished(minor)) add('missing-node', minor);
+    }
+    for (const name of inst.strayEntries()) out.push({ kind: 'stray-node', dir: inst.dir, id: s.id, minor: null, name });
+  } finally {
+    inst.close();
   }
 }

@@ -1,5 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { LoopfsCommand } from '../../cli/base-command.js';
+import { Progress } from '../../cli/progress.js';
 import { LocalInstance } from '../../instance/local-instance.js';
 import { BusyError, destroyInstance, type DestroyResult } from '../../instance/manage.js';
 
@@ -16,12 +17,15 @@ export default class InstanceDestroy extends LoopfsCommand {
     const { args, flags } = await this.parse(InstanceDestroy);
     if (!LocalInstance.isInstance(args.dir)) this.fail(`${args.dir}: not a loop device instance`);
     let result: DestroyResult;
+    const progress = new Progress('destroy'); // stderr, on a terminal only
     try {
-      result = destroyInstance(args.dir, flags.force);
+      result = destroyInstance(args.dir, flags.force, process.env, progress.callback);
     } catch (e) {
+      progress.end();
       if (e instanceof BusyError) this.fail(`${args.dir}: ${e.message}`);
       throw e;
     }
+    progress.end();
     this.log(
       `destroyed instance ${result.id}: ${result.removed.length} device(s) removed` +
         (result.deferred.length ? `, ${result.deferred.length} still in use (autoclear; gc removes them later)` : ''),
