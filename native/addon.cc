@@ -21,6 +21,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterFdWatch(env, exports);
   RegisterMountApi(env, exports);
   RegisterNs(env, exports);
+  RegisterSeccomp(env, exports);
   return exports;
 }
 

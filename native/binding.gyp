@@ -17,6 +17,7 @@
         "loop_info.cc",
         "mount_api.cc",
         "ns.cc",
+        "seccomp.cc",
         "socket.cc"
       ],
       "include_dirs": [

@@ -77,6 +77,14 @@ inline constexpr Ioctl kBlkSszGet = LOOPFS_IOCTL(BLKSSZGET);
 inline constexpr Ioctl kBlkRaGet = LOOPFS_IOCTL(BLKRAGET);
 inline constexpr Ioctl kBlkRaSet = LOOPFS_IOCTL(BLKRASET);
 
+// A seccomp listener fd (seccomp.cc). <linux/seccomp.h> is included here, not beside the
+// loop headers above, so only files that need the notification structs pull it in.
+#ifdef LOOPFS_WANT_SECCOMP_IOCTLS
+inline constexpr Ioctl kSeccompNotifRecv = LOOPFS_IOCTL(SECCOMP_IOCTL_NOTIF_RECV);
+inline constexpr Ioctl kSeccompNotifSend = LOOPFS_IOCTL(SECCOMP_IOCTL_NOTIF_SEND);
+inline constexpr Ioctl kSeccompNotifIdValid = LOOPFS_IOCTL(SECCOMP_IOCTL_NOTIF_ID_VALID);
+#endif
+
 #undef LOOPFS_IOCTL
 
 } // namespace loopfs

@@ -551,7 +551,8 @@ const ATIME = (c: ReturnType<typeof native>['constants']) => ({
   strictatime: c.MOUNT_ATTR_STRICTATIME,
 });
 
-function createMount(source: string, fstype: string, readOnly: boolean, attrs: MountAttrName[]): number {
+/** The detached nosuid,nodev mount (an fd) of source; shared with `loopfs run` (src/intercept/perform.ts). */
+export function createMount(source: string, fstype: string, readOnly: boolean, attrs: MountAttrName[]): number {
   const n = native();
   const c = n.constants;
   let flags = c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV | (readOnly ? c.MOUNT_ATTR_RDONLY : 0);

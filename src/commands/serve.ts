@@ -84,7 +84,7 @@ export default class Serve extends LoopfsCommand {
   }
 }
 
-function parseFsList(v: string): string[] | null {
+export function parseFsList(v: string): string[] | null {
   if (v.trim() === '') return [];
   const list = v.split(',').map((s) => s.trim());
   return list.every((s) => /^[a-z0-9][a-z0-9_.-]{0,31}$/.test(s)) ? [...new Set(list)] : null;

@@ -352,6 +352,53 @@ export interface NativeAddon {
    * EINVAL here: never use this to enter a mount namespace (use detached mounts instead).
    */
   setns(fd: number, nstype: number): void;
+
+  // Seccomp user notification for `loopfs run` (native/seccomp.cc).
+  /**
+   * fork; in the child NO_NEW_PRIVS, a filter that traps mount(2) (SECCOMP_RET_USER_NOTIF)
+   * and answers ENOSYS to the new mount API, then execve(file, argv, envp) in `cwd`.
+   * Returns after the exec with the child's pid and the filter's listener fd (close-on-exec).
+   * A failed step throws with that step as `syscall` (execve: ENOENT/EACCES with `path`).
+   */
+  seccompSpawn(file: string, argv: string[], envp: string[], cwd?: string | null): { pid: number; listenerFd: number };
+  /** seccomp(SECCOMP_GET_NOTIF_SIZES): the kernel's struct sizes. */
+  seccompNotifSizes(): { notif: number; resp: number; data: number };
+  /**
+   * SECCOMP_IOCTL_NOTIF_RECV: the next notification, or null when it vanished (its process
+   * was killed) or all targets are gone. Call only when the listener polls readable.
+   */
+  seccompNotifRecv(listenerFd: number): SeccompNotif | null;
+  /** SECCOMP_IOCTL_NOTIF_SEND; error 0 or -errno; flags SECCOMP_USER_NOTIF_FLAG_CONTINUE (1) or 0. False: target gone. */
+  seccompNotifSend(listenerFd: number, id: bigint, error: number, val: number, flags: number): boolean;
+  /** SECCOMP_IOCTL_NOTIF_ID_VALID: the target is still blocked in that very syscall. */
+  seccompNotifIdValid(listenerFd: number, id: bigint): boolean;
+  /** stat(2) (following symlinks) of path inside a target's user+mount namespaces, root and cwd (forked child). */
+  nsStat(target: TargetFds, path: string): NativeStat;
+  /** move_mount(mntFd → path) inside a target's user+mount namespaces, root and cwd (forked child). */
+  nsMoveMount(target: TargetFds, mntFd: number, path: string): void;
+  /** prctl(PR_SET_CHILD_SUBREAPER, 1). */
+  setChildSubreaper(): void;
+  /** waitpid(pid, WNOHANG?|__WALL): null when still running (noHang) or no such child. */
+  waitPid(pid: number, noHang: boolean): { pid: number; code: number | null; signal: number | null } | null;
+}
+
+/** One seccomp notification: a trapped syscall of thread `pid` (in our PID namespace). */
+export interface SeccompNotif {
+  id: bigint;
+  pid: number;
+  flags: number;
+  nr: number;
+  arch: number;
+  ip: bigint;
+  args: bigint[];
+}
+
+/** fds of a trapped process's view: /proc/TID/ns/user (omit: stay), ns/mnt, root and cwd (O_PATH). */
+export interface TargetFds {
+  usernsFd?: number | null;
+  mntnsFd: number;
+  rootFd: number;
+  cwdFd: number;
 }
 
 /**

@@ -1,0 +1,548 @@
+// Seccomp user notification for `loopfs run` (src/intercept/): start a command under a
+// filter that traps mount(2), receive and answer its notifications, and act inside the
+// trapped process's namespaces.
+//
+// Node cannot run code between fork and exec, and node's process is multi-threaded, so
+// the three things that need a single-threaded process happen in a forked child here:
+//  - seccompSpawn: the child sets NO_NEW_PRIVS, installs the filter with
+//    SECCOMP_FILTER_FLAG_NEW_LISTENER, hands the listener fd to us over a socketpair
+//    (SCM_RIGHTS), and execs the command;
+//  - nsStat / nsMoveMount: the child joins the target's user and mount namespaces
+//    (setns refuses CLONE_NEWNS and CLONE_NEWUSER in a multi-threaded process), takes
+//    the target's root and cwd (fds on /proc/TID/root and /proc/TID/cwd), and resolves a
+//    path or attaches a detached mount there, with no more privilege than the target's
+//    user namespace gives.
+// A forked child of a multi-threaded process may only make async-signal-safe calls: the
+// children below use raw syscalls and memory prepared before fork, nothing else, and end
+// with _exit. They report through a pipe/socket, and the parent reaps them at once
+// (waitpid on that pid only: libuv reaps only the processes it started).
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <fcntl.h>
+
+#include <cerrno>
+#include <cstddef>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#define LOOPFS_WANT_SECCOMP_IOCTLS
+#include "args.h"
+#include "errors.h"
+#include "exports.h"
+#include "ioctls.h"
+#include "mount_api.h"
+
+#ifndef SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV
+#define SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (1UL << 5)
+#endif
+#ifndef PR_SET_CHILD_SUBREAPER
+#define PR_SET_CHILD_SUBREAPER 36
+#endif
+
+namespace loopfs {
+
+namespace {
+
+// ------------------------------------------------------------------ the filter
+
+#if defined(__x86_64__)
+#define LOOPFS_SECCOMP_SUPPORTED 1
+constexpr uint32_t kNativeArch = AUDIT_ARCH_X86_64;
+constexpr uint32_t kX32Bit = 0x40000000u; // __X32_SYSCALL_BIT
+constexpr uint32_t kNrMount = 165;
+constexpr uint32_t kI386Mount = 21;
+#else
+#define LOOPFS_SECCOMP_SUPPORTED 0
+#endif
+
+// Syscall numbers shared by every architecture's table (asm-generic unified numbering).
+constexpr uint32_t kNrOpenTree = 428, kNrFspick = 433, kNrMountSetattr = 442;
+
+#if LOOPFS_SECCOMP_SUPPORTED
+#define STMT(code, k) BPF_STMT(static_cast<uint16_t>(code), k)
+#define JUMP(code, k, jt, jf) BPF_JUMP(static_cast<uint16_t>(code), k, jt, jf)
+constexpr uint32_t kRetErrnoEnosys = SECCOMP_RET_ERRNO | (ENOSYS & SECCOMP_RET_DATA);
+
+// mount(2) goes to the supervisor. The new mount API (open_tree, move_mount, fsopen,
+// fsconfig, fsmount, fspick, mount_setattr) answers ENOSYS at once: the supervisor could
+// not judge a mount assembled over several calls (mount_setattr could clear nosuid on a
+// mount we made), and tools fall back to mount(2) on ENOSYS. x32 and i386 callers get
+// ENOSYS for their mount calls (numbers the x86_64 check below would not see); every
+// other syscall passes untouched.
+const sock_filter kFilter[] = {
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, arch)),
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, kNativeArch, 0, 10),              // → i386
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+    JUMP(BPF_JMP | BPF_JGE | BPF_K, kX32Bit, 0, 1),                   // x32 ABI
+    STMT(BPF_RET | BPF_K, kRetErrnoEnosys),
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, kNrMount, 0, 1),
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_USER_NOTIF),
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, kNrMountSetattr, 2, 0),
+    JUMP(BPF_JMP | BPF_JGE | BPF_K, kNrOpenTree, 0, 2),
+    JUMP(BPF_JMP | BPF_JGT | BPF_K, kNrFspick, 1, 0),
+    STMT(BPF_RET | BPF_K, kRetErrnoEnosys),
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    // i386 (or any other architecture the CPU can run): its mount calls answer ENOSYS.
+    STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(seccomp_data, nr)),
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, kI386Mount, 3, 0),
+    JUMP(BPF_JMP | BPF_JEQ | BPF_K, kNrMountSetattr, 2, 0),
+    JUMP(BPF_JMP | BPF_JGE | BPF_K, kNrOpenTree, 0, 2),
+    JUMP(BPF_JMP | BPF_JGT | BPF_K, kNrFspick, 1, 0),
+    STMT(BPF_RET | BPF_K, kRetErrnoEnosys),
+    STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+};
+#undef STMT
+#undef JUMP
+#endif
+
+// What a spawn child reports before exec, or when exec fails.
+struct SpawnReport {
+  char stage[24]; // "" for the listener message, else the failed step
+  int err;
+};
+
+[[noreturn]] void ChildFail(int sock, const char* stage, int err) {
+  SpawnReport r;
+  std::memset(&r, 0, sizeof r);
+  std::strncpy(r.stage, stage, sizeof r.stage - 1);
+  r.err = err;
+  send(sock, &r, sizeof r, MSG_NOSIGNAL);
+  _exit(127);
+}
+
+// The child of seccompSpawn: only async-signal-safe calls on memory prepared by the parent.
+[[noreturn]] void SpawnChild(int sock, const char* file, char* const* argv, char* const* envp, const char* cwd) {
+#if LOOPFS_SECCOMP_SUPPORTED
+  // Node ignores SIGPIPE and may block signals in this thread: exec keeps both, the
+  // command must start with the defaults.
+  struct sigaction dfl;
+  std::memset(&dfl, 0, sizeof dfl);
+  dfl.sa_handler = SIG_DFL;
+  for (int sig = 1; sig < NSIG; ++sig) sigaction(sig, &dfl, nullptr);
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, nullptr);
+  // The command gets our stdin/stdout/stderr, which node may hold close-on-exec.
+  for (int fd = 0; fd <= 2; ++fd) fcntl(fd, F_SETFD, 0);
+  if (cwd && chdir(cwd) < 0) ChildFail(sock, "chdir", errno);
+  // Without NO_NEW_PRIVS an unprivileged process may not install a filter; with it, no
+  // exec below can gain privileges (set-user-ID bits and file capabilities are ignored),
+  // so nothing under the filter can escape it by becoming root on the host.
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) ChildFail(sock, "prctl(PR_SET_NO_NEW_PRIVS)", errno);
+  sock_fprog prog;
+  prog.len = static_cast<unsigned short>(sizeof kFilter / sizeof kFilter[0]);
+  prog.filter = const_cast<sock_filter*>(kFilter);
+  // WAIT_KILLABLE_RECV (5.19): once the supervisor has taken a notification, only a fatal
+  // signal interrupts the trapped mount. Otherwise a mere signal would make the kernel
+  // restart the syscall as a new notification while we may already have mounted for the
+  // first one, and the target would get two mounts.
+  long listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                          SECCOMP_FILTER_FLAG_NEW_LISTENER | SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV, &prog);
+  if (listener < 0 && errno == EINVAL) {
+    listener = syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog);
+  }
+  if (listener < 0) ChildFail(sock, "seccomp", errno);
+  // The listener goes to the supervisor; this process (and the command) must not keep it:
+  // a target holding its own listener could answer its own notifications.
+  SpawnReport ok;
+  std::memset(&ok, 0, sizeof ok);
+  char control[CMSG_SPACE(sizeof(int))];
+  std::memset(control, 0, sizeof control);
+  iovec iov{&ok, sizeof ok};
+  msghdr msg;
+  std::memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  cmsghdr* cm = CMSG_FIRSTHDR(&msg);
+  cm->cmsg_level = SOL_SOCKET;
+  cm->cmsg_type = SCM_RIGHTS;
+  cm->cmsg_len = CMSG_LEN(sizeof(int));
+  const int lfd = static_cast<int>(listener);
+  std::memcpy(CMSG_DATA(cm), &lfd, sizeof lfd);
+  if (sendmsg(sock, &msg, MSG_NOSIGNAL) < 0) ChildFail(sock, "sendmsg", errno);
+  close(lfd);
+  execve(file, argv, envp);
+  ChildFail(sock, "execve", errno);
+#else
+  (void)file;
+  (void)argv;
+  (void)envp;
+  (void)cwd;
+  ChildFail(sock, "seccomp", ENOSYS);
+#endif
+}
+
+// NUL-terminated copies of JS strings and the char* vector pointing into them, built
+// before fork (the child may not allocate).
+struct CStrings {
+  std::vector<std::string> strings;
+  std::vector<char*> ptrs;
+  char* const* data() { return ptrs.data(); }
+};
+
+CStrings ToCStrings(const Napi::Value& v, const char* fn, const char* what) {
+  if (!v.IsArray()) ThrowArgType(v, fn, what, "an array of strings");
+  const Napi::Array a = v.As<Napi::Array>();
+  CStrings out;
+  out.strings.reserve(a.Length());
+  for (uint32_t i = 0; i < a.Length(); ++i) out.strings.push_back(ToPath(a.Get(i), fn, what));
+  for (std::string& s : out.strings) out.ptrs.push_back(s.data());
+  out.ptrs.push_back(nullptr);
+  return out;
+}
+
+void ReapQuietly(pid_t pid) {
+  int status;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+}
+
+// seccompSpawn(file, argv, envp, cwd?) → { pid, listenerFd }: fork, and in the child
+// NO_NEW_PRIVS + the mount filter + execve(file, argv, envp). file must be a path (no PATH
+// search here). Returns once the child has exec'd; a failure before or at exec is thrown
+// with the failed step as `syscall` (the child is reaped first).
+Napi::Value SeccompSpawn(const Napi::CallbackInfo& info) {
+  const char* fn = "seccompSpawn";
+  Napi::Env env = info.Env();
+  const std::string file = ToPath(info[0], fn, "file");
+  CStrings argv = ToCStrings(info[1], fn, "argv");
+  CStrings envp = ToCStrings(info[2], fn, "envp");
+  const bool hasCwd = !info[3].IsUndefined() && !info[3].IsNull();
+  const std::string cwd = hasCwd ? ToPath(info[3], fn, "cwd") : std::string();
+  int sv[2];
+  if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv) < 0) {
+    const int err = errno;
+    ThrowFdError(env, err, "socketpair", -1);
+  }
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(sv[0]);
+    close(sv[1]);
+    ThrowFdError(env, err, "fork", -1);
+  }
+  if (pid == 0) {
+    close(sv[0]);
+    SpawnChild(sv[1], file.c_str(), argv.data(), envp.data(), hasCwd ? cwd.c_str() : nullptr);
+  }
+  close(sv[1]);
+  // First message: the listener (or why there is none); then EOF once exec closed the
+  // child's close-on-exec end, or a report that exec failed.
+  int listener = -1;
+  SpawnReport r;
+  std::memset(&r, 0, sizeof r);
+  char control[CMSG_SPACE(sizeof(int))];
+  iovec iov{&r, sizeof r};
+  msghdr msg;
+  std::memset(&msg, 0, sizeof msg);
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do n = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
+  while (n < 0 && errno == EINTR);
+  for (cmsghdr* cm = CMSG_FIRSTHDR(&msg); n > 0 && cm; cm = CMSG_NXTHDR(&msg, cm)) {
+    if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS) std::memcpy(&listener, CMSG_DATA(cm), sizeof listener);
+  }
+  if (n > 0 && r.stage[0] == 0 && listener >= 0) {
+    std::memset(&r, 0, sizeof r);
+    do n = recv(sv[0], &r, sizeof r, 0);
+    while (n < 0 && errno == EINTR);
+    if (n == 0) {
+      close(sv[0]);
+      Napi::Object o = Napi::Object::New(env);
+      o.Set("pid", Napi::Number::New(env, pid));
+      o.Set("listenerFd", Napi::Number::New(env, listener));
+      return o;
+    }
+  }
+  const int err = n > 0 && r.err ? r.err : EIO;
+  std::string stage = n > 0 && r.stage[0] ? std::string(r.stage, strnlen(r.stage, sizeof r.stage)) : "fork";
+  close(sv[0]);
+  if (listener >= 0) close(listener);
+  ReapQuietly(pid);
+  if (stage == "execve") ThrowPathError(env, err, "execve", file);
+  ThrowFdError(env, err, stage.c_str(), -1);
+}
+
+// ------------------------------------------------------------------ notifications
+
+seccomp_notif_sizes Sizes(Napi::Env env) {
+  static seccomp_notif_sizes sizes{0, 0, 0};
+  if (sizes.seccomp_notif == 0 && syscall(SYS_seccomp, SECCOMP_GET_NOTIF_SIZES, 0, &sizes) < 0) {
+    const int err = errno;
+    ThrowFdError(env, err, "seccomp(SECCOMP_GET_NOTIF_SIZES)", -1);
+  }
+  return sizes;
+}
+
+// seccompNotifSizes() → { notif, resp, data }: the running kernel's struct sizes.
+Napi::Value SeccompNotifSizes(const Napi::CallbackInfo& info) {
+  const seccomp_notif_sizes s = Sizes(info.Env());
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("notif", s.seccomp_notif);
+  o.Set("resp", s.seccomp_notif_resp);
+  o.Set("data", s.seccomp_data);
+  return o;
+}
+
+// seccompNotifRecv(listenerFd) → { id, pid, flags, nr, arch, ip, args[6] } (id, ip and
+// args as BigInt), or null when the notification vanished before we took it (ENOENT: its
+// process was killed) or none is pending (EAGAIN). Call it when the fd polls readable: the
+// kernel's RECV waits otherwise.
+Napi::Value SeccompNotifRecv(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int fd = ToFd(info[0], "seccompNotifRecv", "listenerFd");
+  const seccomp_notif_sizes s = Sizes(env);
+  // The kernel's struct may be larger than our header's: size the buffer by what it says,
+  // and zero it (RECV insists on a zeroed buffer).
+  std::vector<unsigned char> buf(std::max<size_t>(s.seccomp_notif, sizeof(seccomp_notif)), 0);
+  if (ioctl(fd, kSeccompNotifRecv.request, buf.data()) < 0) {
+    const int err = errno;
+    if (err == ENOENT || err == EAGAIN || err == EINTR) return env.Null();
+    ThrowFdError(env, err, kSeccompNotifRecv.label, fd);
+  }
+  seccomp_notif n;
+  std::memcpy(&n, buf.data(), sizeof n);
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("id", Napi::BigInt::New(env, static_cast<uint64_t>(n.id)));
+  o.Set("pid", Napi::Number::New(env, n.pid));
+  o.Set("flags", Napi::Number::New(env, n.flags));
+  o.Set("nr", Napi::Number::New(env, n.data.nr));
+  o.Set("arch", Napi::Number::New(env, n.data.arch));
+  o.Set("ip", Napi::BigInt::New(env, static_cast<uint64_t>(n.data.instruction_pointer)));
+  Napi::Array args = Napi::Array::New(env, 6);
+  for (uint32_t i = 0; i < 6; ++i) args.Set(i, Napi::BigInt::New(env, static_cast<uint64_t>(n.data.args[i])));
+  o.Set("args", args);
+  return o;
+}
+
+uint64_t ToNotifId(const Napi::Value& v, const char* fn) {
+  if (!v.IsBigInt()) ThrowArgType(v, fn, "id", "a BigInt");
+  bool lossless = false;
+  const uint64_t id = v.As<Napi::BigInt>().Uint64Value(&lossless);
+  if (!lossless) ThrowArgRange(v, fn, "id", "a u64");
+  return id;
+}
+
+// seccompNotifSend(listenerFd, id, error, val, flags) → true, or false when the target is
+// gone (ENOENT: killed, or it was interrupted by a signal and will retry the syscall).
+// error: 0 or a negative errno; flags: SECCOMP_USER_NOTIF_FLAG_CONTINUE or 0.
+Napi::Value SeccompNotifSend(const Napi::CallbackInfo& info) {
+  const char* fn = "seccompNotifSend";
+  Napi::Env env = info.Env();
+  const int fd = ToFd(info[0], fn, "listenerFd");
+  const uint64_t id = ToNotifId(info[1], fn);
+  const int32_t error = ToInt32(info[2], fn, "error");
+  const int32_t val = ToInt32(info[3], fn, "val");
+  const uint32_t flags = ToBits(info[4], fn, "flags");
+  const seccomp_notif_sizes s = Sizes(env);
+  std::vector<unsigned char> buf(std::max<size_t>(s.seccomp_notif_resp, sizeof(seccomp_notif_resp)), 0);
+  seccomp_notif_resp r;
+  std::memset(&r, 0, sizeof r);
+  r.id = id;
+  r.error = error;
+  r.val = val;
+  r.flags = flags;
+  std::memcpy(buf.data(), &r, sizeof r);
+  if (ioctl(fd, kSeccompNotifSend.request, buf.data()) < 0) {
+    const int err = errno;
+    if (err == ENOENT) return Napi::Boolean::New(env, false);
+    ThrowFdError(env, err, kSeccompNotifSend.label, fd);
+  }
+  return Napi::Boolean::New(env, true);
+}
+
+// seccompNotifIdValid(listenerFd, id) → whether the target is still blocked in that very
+// syscall. True means every pid-based handle opened before this call (/proc/TID/mem, its
+// namespaces) named the target and not a process that reused its pid.
+Napi::Value SeccompNotifIdValid(const Napi::CallbackInfo& info) {
+  const char* fn = "seccompNotifIdValid";
+  Napi::Env env = info.Env();
+  const int fd = ToFd(info[0], fn, "listenerFd");
+  uint64_t id = ToNotifId(info[1], fn);
+  if (ioctl(fd, kSeccompNotifIdValid.request, &id) < 0) {
+    const int err = errno;
+    if (err == ENOENT) return Napi::Boolean::New(env, false);
+    ThrowFdError(env, err, kSeccompNotifIdValid.label, fd);
+  }
+  return Napi::Boolean::New(env, true);
+}
+
+// ------------------------------------------------------------------ acting in the target
+
+// The target's view: namespaces to join (-1: stay) and its root and cwd (O_PATH fds).
+struct TargetFds {
+  int userns, mntns, root, cwd;
+};
+
+TargetFds ToTargetFds(const Napi::Value& v, const char* fn) {
+  if (!v.IsObject()) ThrowArgType(v, fn, "target", "an object");
+  const Napi::Object o = v.As<Napi::Object>();
+  auto opt = [&](const char* key) { return o.Get(key).IsUndefined() || o.Get(key).IsNull() ? -1 : ToFd(o.Get(key), fn, key); };
+  return TargetFds{opt("usernsFd"), ToFd(o.Get("mntnsFd"), fn, "mntnsFd"), ToFd(o.Get("rootFd"), fn, "rootFd"),
+                   ToFd(o.Get("cwdFd"), fn, "cwdFd")};
+}
+
+struct ChildResult {
+  char stage[24]; // the failed step, "" on success
+  int err;
+  struct stat st;
+};
+
+[[noreturn]] void ChildReport(int fd, const char* stage, int err, const struct stat* st) {
+  ChildResult r;
+  std::memset(&r, 0, sizeof r);
+  std::strncpy(r.stage, stage, sizeof r.stage - 1);
+  r.err = err;
+  if (st) r.st = *st;
+  ssize_t ignored = write(fd, &r, sizeof r);
+  (void)ignored;
+  _exit(0);
+}
+
+// In the child: become a process of the target's namespaces, rooted and placed where it is.
+// The user namespace comes first: from then on we hold capabilities only there, so the
+// mount namespace (owned by it) can be joined, but nothing the target could not do itself
+// becomes possible by path tricks.
+void EnterTarget(int out, const TargetFds& t) {
+  if (t.userns >= 0 && setns(t.userns, CLONE_NEWUSER) < 0) ChildReport(out, "setns(CLONE_NEWUSER)", errno, nullptr);
+  if (setns(t.mntns, CLONE_NEWNS) < 0) ChildReport(out, "setns(CLONE_NEWNS)", errno, nullptr);
+  if (fchdir(t.root) < 0) ChildReport(out, "fchdir(root)", errno, nullptr);
+  if (chroot(".") < 0) ChildReport(out, "chroot", errno, nullptr);
+  if (fchdir(t.cwd) < 0) ChildReport(out, "fchdir(cwd)", errno, nullptr);
+}
+
+// Forks, runs `op` in the target (in the child), and returns what the child reported;
+// throws for a failed step, naming `path`.
+template <typename Op>
+struct stat InTarget(Napi::Env env, const TargetFds& t, const std::string& path, Op op) {
+  int p[2];
+  if (pipe2(p, O_CLOEXEC) < 0) {
+    const int err = errno;
+    ThrowFdError(env, err, "pipe2", -1);
+  }
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(p[0]);
+    close(p[1]);
+    ThrowFdError(env, err, "fork", -1);
+  }
+  if (pid == 0) {
+    close(p[0]);
+    EnterTarget(p[1], t);
+    op(p[1]);
+    _exit(0);
+  }
+  close(p[1]);
+  ChildResult r;
+  std::memset(&r, 0, sizeof r);
+  ssize_t n;
+  do n = read(p[0], &r, sizeof r);
+  while (n < 0 && errno == EINTR);
+  close(p[0]);
+  ReapQuietly(pid);
+  if (n != static_cast<ssize_t>(sizeof r)) ThrowPathError(env, EIO, "fork", path);
+  if (r.stage[0]) ThrowPathError(env, r.err ? r.err : EIO, std::string(r.stage, strnlen(r.stage, sizeof r.stage)).c_str(), path);
+  return r.st;
+}
+
+// nsStat(target, path) → NativeStat: stat(2) of path (following symlinks, as mount(2)
+// does for its source) inside the target's namespaces, root and cwd.
+Napi::Value NsStat(const Napi::CallbackInfo& info) {
+  const TargetFds t = ToTargetFds(info[0], "nsStat");
+  const std::string path = ToPath(info[1], "nsStat", "path");
+  const char* cpath = path.c_str();
+  const struct stat st = InTarget(info.Env(), t, path, [cpath](int out) {
+    struct stat s;
+    if (stat(cpath, &s) < 0) ChildReport(out, "stat", errno, nullptr);
+    ChildReport(out, "", 0, &s);
+  });
+  return StatObject(info.Env(), st);
+}
+
+// nsMoveMount(target, mntFd, path): move_mount(mntFd, "", AT_FDCWD, path,
+// MOVE_MOUNT_F_EMPTY_PATH) inside the target's namespaces, root and cwd: the detached
+// mount appears at path in the target's mount namespace, attached by a process with the
+// target user namespace's privilege only (so the mount is not locked against the target's
+// own umount).
+Napi::Value NsMoveMount(const Napi::CallbackInfo& info) {
+  const TargetFds t = ToTargetFds(info[0], "nsMoveMount");
+  const int mntFd = ToFd(info[1], "nsMoveMount", "mntFd");
+  const std::string path = ToPath(info[2], "nsMoveMount", "path");
+  const char* cpath = path.c_str();
+  InTarget(info.Env(), t, path, [mntFd, cpath](int out) {
+    if (syscall(SYS_move_mount, mntFd, "", AT_FDCWD, cpath, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+      ChildReport(out, "move_mount", errno, nullptr);
+    }
+    ChildReport(out, "", 0, nullptr);
+  });
+  return info.Env().Undefined();
+}
+
+// ------------------------------------------------------------------ supervising
+
+// setChildSubreaper(): prctl(PR_SET_CHILD_SUBREAPER, 1): orphaned descendants of our
+// children are re-parented to us, so the supervisor can find and end them.
+Napi::Value SetChildSubreaper(const Napi::CallbackInfo& info) {
+  if (prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) < 0) {
+    const int err = errno;
+    ThrowFdError(info.Env(), err, "prctl(PR_SET_CHILD_SUBREAPER)", -1);
+  }
+  return info.Env().Undefined();
+}
+
+// waitPid(pid, noHang) → { pid, code, signal } or null (noHang and still running; or
+// ECHILD: no such child). pid -1 waits for any child: only call it that way when every
+// child of this process is ours to reap (libuv reaps only processes it started by pid).
+Napi::Value WaitPid(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const int32_t pid = ToInt32(info[0], "waitPid", "pid");
+  const bool noHang = ToBool(info[1], "waitPid", "noHang");
+  int status = 0;
+  pid_t got;
+  do got = waitpid(pid, &status, (noHang ? WNOHANG : 0) | __WALL);
+  while (got < 0 && errno == EINTR);
+  if (got < 0) {
+    const int err = errno;
+    if (err == ECHILD) return env.Null();
+    ThrowFdError(env, err, "waitpid", -1);
+  }
+  if (got == 0) return env.Null();
+  Napi::Object o = Napi::Object::New(env);
+  o.Set("pid", Napi::Number::New(env, got));
+  o.Set("code", WIFEXITED(status) ? Napi::Number::New(env, WEXITSTATUS(status)) : env.Null());
+  o.Set("signal", WIFSIGNALED(status) ? Napi::Number::New(env, WTERMSIG(status)) : env.Null());
+  return o;
+}
+
+} // namespace
+
+void RegisterSeccomp(Napi::Env env, Napi::Object exports) {
+  exports.Set("seccompSpawn", Napi::Function::New(env, SeccompSpawn, "seccompSpawn"));
+  exports.Set("seccompNotifSizes", Napi::Function::New(env, SeccompNotifSizes, "seccompNotifSizes"));
+  exports.Set("seccompNotifRecv", Napi::Function::New(env, SeccompNotifRecv, "seccompNotifRecv"));
+  exports.Set("seccompNotifSend", Napi::Function::New(env, SeccompNotifSend, "seccompNotifSend"));
+  exports.Set("seccompNotifIdValid", Napi::Function::New(env, SeccompNotifIdValid, "seccompNotifIdValid"));
+  exports.Set("nsStat", Napi::Function::New(env, NsStat, "nsStat"));
+  exports.Set("nsMoveMount", Napi::Function::New(env, NsMoveMount, "nsMoveMount"));
+  exports.Set("setChildSubreaper", Napi::Function::New(env, SetChildSubreaper, "setChildSubreaper"));
+  exports.Set("waitPid", Napi::Function::New(env, WaitPid, "waitPid"));
+}
+
+} // namespace loopfs

@@ -1,0 +1,121 @@
+/**
+ * The mount `loopfs run` performs for a trapped mount(2) whose source is a block device:
+ * only a bound loop device of the instance, only an allowed filesystem, always nosuid and
+ * nodev, ID-mapped to the caller's user namespace, attached in the caller's own mount
+ * namespace. Everything else is EPERM, as the kernel would answer the caller.
+ *
+ * The mount is built here, as root in our namespace, from the host node /dev/loopN (never
+ * from the caller's path, which it controls), with the broker's code (createMount); then a
+ * forked child that holds only the caller's user namespace privilege moves it to the
+ * caller's target path (nsMoveMount). Nothing is ever continued to the kernel for such a
+ * mount: CONTINUE would make the kernel read the caller's strings again.
+ */
+import { createMount, OpError, probeFilesystem } from '../broker/ops.js';
+import { LOOP_MAJOR } from '../kernel/devnum.js';
+import { hasCode, isSysError } from '../kernel/errors.js';
+import { LoopDevice } from '../kernel/loop-device.js';
+import { native, type NativeStat } from '../kernel/native.js';
+import { SysfsLoop } from '../kernel/sysfs.js';
+import { LocalInstance } from '../instance/local-instance.js';
+import { MS, requestedAttrs } from './policy.js';
+import type { TrappedProcess } from './trapped.js';
+
+export interface MountRequest {
+  /** stat of the source as the caller resolves it (in its namespaces, root and cwd). */
+  source: NativeStat;
+  sourcePath: string;
+  target: string;
+  fstype: string | null;
+  flags: number;
+  /** Filesystem-specific options (mount(2)'s data); must be empty. */
+  data: string | null;
+}
+
+/** The answer to the caller: 0 (mounted) or an errno name, with a reason for the log. */
+export interface Outcome {
+  code: string | null;
+  why: string;
+}
+
+const refuse = (code: string, why: string): Outcome => ({ code, why });
+
+export class MountPerformer {
+  constructor(
+    private readonly instanceDir: string,
+    private readonly allowFs: string[],
+  ) {}
+
+  /** Perform or refuse. null: the caller vanished meanwhile (nothing to answer). */
+  mount(t: TrappedProcess, req: MountRequest): Outcome | null {
+    if (t.inOurUserNamespace) {
+      return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
+    }
+    const { rdevMajor: major, rdevMinor: minor } = req.source;
+    if (major !== LOOP_MAJOR) return refuse('EPERM', `${req.sourcePath} (${major}:${minor}) is not a loop device`);
+    if (req.data) return refuse('EPERM', `filesystem options "${req.data}" are not the caller's to choose`);
+    const n = native();
+    const c = n.constants;
+    const inst = LocalInstance.open(this.instanceDir);
+    let devFd = -1;
+    try {
+      const host = `/dev/loop${minor}`;
+      // The open pins the device's binding: until we close it a LOOP_CLR_FD is deferred and
+      // LOOP_CTL_REMOVE fails, so the device cannot change hands between the checks and the
+      // mount. Membership is checked on the pinned device.
+      try {
+        devFd = n.open(host, c.O_RDONLY);
+      } catch (e) {
+        return refuse(hasCode(e, 'ENOENT', 'ENXIO') ? 'EPERM' : 'EIO', `${host}: ${(e as Error).message}`);
+      }
+      const st = n.fstat(devFd);
+      if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
+        return refuse('EPERM', `${host} is not loop device ${minor}`);
+      }
+      if (!inst.contains(new LoopDevice(host))) return refuse('EPERM', `loop${minor} is not a device of ${this.instanceDir}`);
+      const sys = SysfsLoop.forName(`loop${minor}`);
+      if (!sys.isBound()) return refuse('ENXIO', `loop${minor} is not bound to a file`);
+      const fstype = req.fstype || probeFilesystem(devFd);
+      if (!fstype) return refuse('EINVAL', `loop${minor}: cannot tell the filesystem type`);
+      if (!this.allowFs.includes(fstype)) {
+        return refuse('EPERM', `filesystem type ${fstype} is not allowed (allowed: ${this.allowFs.join(', ') || 'none'})`);
+      }
+      const readOnly = (req.flags & MS.RDONLY) !== 0 || sys.readOnly() === true;
+      let mntFd: number;
+      try {
+        mntFd = createMount(host, fstype, readOnly, requestedAttrs(req.flags));
+      } catch (e) {
+        if (e instanceof OpError) return refuse(e.code, e.message);
+        throw e;
+      }
+      try {
+        idmapTo(mntFd, t.fds.usernsFd);
+        // the last moment to find the caller gone: after the move the mount is its namespace's
+        if (!t.valid()) return null;
+        n.nsMoveMount(t.fds, mntFd, req.target);
+      } catch (e) {
+        if (isSysError(e)) return refuse(e.code, `${req.target}: ${e.syscall}: ${e.description}`);
+        throw e;
+      } finally {
+        // an open mount fd keeps the mount (and the device) busy
+        n.close(mntFd);
+      }
+      return { code: null, why: `mounted loop${minor} (${fstype}${readOnly ? ', ro' : ''}) on ${req.target}` };
+    } finally {
+      if (devFd >= 0) n.close(devFd);
+      inst.close();
+    }
+  }
+}
+
+/**
+ * ID-map the mount to the caller's user namespace, so that its root sees the image's root
+ * files as its own. A filesystem without ID-mapped mount support (EINVAL) is mounted
+ * unmapped (its files then show as the overflow id), as the broker does.
+ */
+function idmapTo(mntFd: number, usernsFd: number): void {
+  try {
+    native().mountSetattrIdmap(mntFd, usernsFd);
+  } catch (e) {
+    if (!hasCode(e, 'EINVAL')) throw e;
+  }
+}
