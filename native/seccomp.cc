@@ -210,6 +210,18 @@ void ReapQuietly(pid_t pid) {
   }
 }
 
+// fork(), closing both ends of the channel `fds` and throwing when it fails.
+pid_t ForkOrThrow(Napi::Env env, int fds[2]) {
+  const pid_t pid = fork();
+  if (pid < 0) {
+    const int err = errno;
+    close(fds[0]);
+    close(fds[1]);
+    ThrowFdError(env, err, "fork", -1);
+  }
+  return pid;
+}
+
 // seccompSpawn(file, argv, envp, cwd?) → { pid, listenerFd }: fork, and in the child
 // NO_NEW_PRIVS + the mount filter + execve(file, argv, envp). file must be a path (no PATH
 // search here). Returns once the child has exec'd; a failure before or at exec is thrown
@@ -227,13 +239,7 @@ Napi::Value SeccompSpawn(const Napi::CallbackInfo& info) {
     const int err = errno;
     ThrowFdError(env, err, "socketpair", -1);
   }
-  const pid_t pid = fork();
-  if (pid < 0) {
-    const int err = errno;
-    close(sv[0]);
-    close(sv[1]);
-    ThrowFdError(env, err, "fork", -1);
-  }
+  const pid_t pid = ForkOrThrow(env, sv);
   if (pid == 0) {
     close(sv[0]);
     SpawnChild(sv[1], file.c_str(), argv.data(), envp.data(), hasCwd ? cwd.c_str() : nullptr);
@@ -436,13 +442,7 @@ struct stat InTarget(Napi::Env env, const TargetFds& t, const std::string& path,
     const int err = errno;
     ThrowFdError(env, err, "pipe2", -1);
   }
-  const pid_t pid = fork();
-  if (pid < 0) {
-    const int err = errno;
-    close(p[0]);
-    close(p[1]);
-    ThrowFdError(env, err, "fork", -1);
-  }
+  const pid_t pid = ForkOrThrow(env, p);
   if (pid == 0) {
     close(p[0]);
     EnterTarget(p[1], t);

@@ -170,19 +170,14 @@ export class Supervisor {
   }
 }
 
-/** Our children by /proc (PPid), i.e. CMD's orphans re-parented to us. */
+/** Our children, i.e. CMD and its orphans re-parented to us (the children file of each of our threads). */
 function childrenOfSelf(): number[] {
-  const self = String(process.pid);
   const out: number[] = [];
-  for (const e of readdirSync('/proc')) {
-    if (!/^\d+$/.test(e)) continue;
+  for (const tid of readdirSync('/proc/self/task')) {
     try {
-      const stat = readFileSync(`/proc/${e}/stat`, 'utf8');
-      // "pid (comm) state ppid …": comm may hold spaces and parentheses; the last ')' ends it
-      const ppid = stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1];
-      if (ppid === self) out.push(Number(e));
+      for (const pid of readFileSync(`/proc/self/task/${tid}/children`, 'utf8').split(' ')) if (pid.trim()) out.push(Number(pid));
     } catch {
-      /* gone */
+      /* thread gone */
     }
   }
   return out;

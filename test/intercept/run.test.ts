@@ -36,6 +36,16 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
     hostDevs = [];
   });
 
+  /** A device attached on the host (no instance's), with a node the container can name. */
+  function hostDevice(): { hostImg: string; hostDev: string; hostNode: string } {
+    const hostImg = sb.ext4Image('host.img', 'host\n');
+    const hostDev = sb.hostAttach(hostImg);
+    hostDevs.push(hostDev);
+    const hostNode = path.join(sb.userDir('nodes'), 'host');
+    execFileSync('mknod', ['-m', '0666', hostNode, 'b', '7', String(minorOf(hostDev))]);
+    return { hostImg, hostDev, hostNode };
+  }
+
   afterEach(async () => {
     for (const d of hostDevs) {
       try {
@@ -105,12 +115,7 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
 
   it('refuses with EPERM: a host device, another instance\'s device, a filesystem outside the allow-list, filesystem options, a remount dropping nosuid or nodev', async () => {
     const [dir, dev] = await sb.activated('inst', 3);
-    // a host device with a node the container can name
-    const hostImg = sb.ext4Image('host.img', 'host\n');
-    const hostDev = sb.hostAttach(hostImg);
-    hostDevs.push(hostDev);
-    const nodes = sb.userDir('nodes');
-    execFileSync('mknod', ['-m', '0666', path.join(nodes, 'host'), 'b', '7', String(minorOf(hostDev))]);
+    const { hostImg, hostDev, hostNode } = hostDevice();
     // another instance of the same user, with a bound device
     const dir2 = await sb.instance('other');
     const otherImg = sb.ext4Image('other.img', 'other\n');
@@ -149,7 +154,7 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
         '"$REF" -d "$DEV"',
         'echo end',
       ].join('\n'),
-      { REF: REF_LOSETUP, IMG: sb.image, HOSTNODE: path.join(nodes, 'host'), OTHER: other, SQFS: sqfs, MNT: mnt },
+      { REF: REF_LOSETUP, IMG: sb.image, HOSTNODE: hostNode, OTHER: other, SQFS: sqfs, MNT: mnt },
       ['--allow-fs', 'ext4'],
     );
     expect(r.exitCode, describeRun(r)).toBe(0);
@@ -186,17 +191,13 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
 
   it('TOCTOU: a thread rewriting source, type and target after the trap never gets a mount it was not allowed', async () => {
     const [dir, dev] = await sb.activated('inst', 2);
-    const hostImg = sb.ext4Image('host.img', 'host\n');
-    const hostDev = sb.hostAttach(hostImg);
-    hostDevs.push(hostDev);
-    const nodes = sb.userDir('nodes');
-    execFileSync('mknod', ['-m', '0666', path.join(nodes, 'host'), 'b', '7', String(minorOf(hostDev))]);
+    const { hostDev, hostNode } = hostDevice();
     const mnt = sb.userDir('mnt');
     const r = await sb.underRun(
       dir,
       dev,
       ['set -e', 'DEV=$("$REF" -f --show "$IMG")', 'echo "dev $DEV"', '"$M" race 400 "$MNT" "$DEV" "$HOSTNODE"', '"$REF" -d "$DEV"'].join('\n'),
-      { REF: REF_LOSETUP, IMG: sb.image, HOSTNODE: path.join(nodes, 'host'), MNT: mnt },
+      { REF: REF_LOSETUP, IMG: sb.image, HOSTNODE: hostNode, MNT: mnt },
       [],
       120_000,
     );
