@@ -21,7 +21,9 @@ import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
-import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, GetFreeReply, ListReply, MountAttrName, MountRequest } from './protocol.js';
+import { PinnedDir } from '../instance/pinned-dir.js';
+import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriver } from './fuse.js';
+import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from './protocol.js';
 
 /** Filesystems the broker mounts unless `loopfs serve --allow-fs` says otherwise. */
 export const DEFAULT_ALLOWED_FS = ['ext4', 'squashfs', 'erofs', 'iso9660', 'vfat'];
@@ -32,6 +34,8 @@ export interface OpsConfig {
   /** The instance id recorded when serving started: a DIR that now holds another instance is refused. */
   id: string;
   allowFs: string[];
+  /** Whether mounts go through a FUSE driver never, when the client asks, or always. */
+  fuseMode: FuseMode;
   env: Record<string, string | undefined>;
 }
 
@@ -71,10 +75,12 @@ class MinorDevice extends LoopDevice {
 const sysfsOf = (minor: number) => SysfsLoop.forName(`loop${minor}`);
 const isBound = (minor: number) => sysfsOf(minor).isBound();
 
-/** The peer a mount is for: who connected (SO_PEERCRED pid) and a pidfd for that process. */
+/** The peer a mount is for: who connected (SO_PEERCRED) and a pidfd for that process. */
 export interface MountPeer {
   pid: number;
   pidfd: number;
+  uid: number;
+  gid: number;
 }
 
 export interface AttachOutcome {
@@ -89,6 +95,18 @@ export interface MountOutcome {
   fstype: string;
   readOnly: boolean;
   idmapped: boolean;
+  /** A FUSE mount: the driver to start (fuse.ts startFuseDriver) before the mount is sent. */
+  fuse?: FuseStart;
+}
+
+/** What the main thread needs to start a FUSE driver; it owns (and closes) both fds. */
+export interface FuseStart {
+  driver: FuseDriver;
+  fuseFd: number;
+  imageFd: number;
+  uid: number;
+  gid: number;
+  readOnly: boolean;
 }
 
 const O_ACCMODE = 3;
@@ -425,6 +443,7 @@ export class InstanceOps {
         if (!this.cfg.allowFs.includes(fstype)) {
           throw new OpError('EPERM', `filesystem type ${fstype} is not allowed by this broker (allowed: ${this.cfg.allowFs.join(', ') || 'none'})`, 'mount');
         }
+        if (this.useFuse(req)) return this.fuseMount(inst, minor, fstype, readOnly, req.attrs ?? [], peer);
         const mntFd = createMount(`/dev/loop${minor}`, fstype, readOnly, req.attrs ?? []);
         try {
           const idmapped = idmapToPeer(mntFd, peer);
@@ -437,6 +456,54 @@ export class InstanceOps {
         n.close(devFd);
       }
     });
+  }
+
+  /** FUSE or the kernel, as the request and the broker's mode say. */
+  private useFuse(req: MountRequest): boolean {
+    const mode = this.cfg.fuseMode;
+    if (req.fuse === true && mode === 'never') throw new OpError('EPERM', 'this broker does not mount through FUSE', 'mount');
+    if (req.fuse === false && mode === 'always') throw new OpError('EPERM', 'this broker mounts through FUSE only', 'mount');
+    return req.fuse ?? mode === 'always';
+  }
+
+  /**
+   * The kernel part of a FUSE mount (fuse.ts createFuseMount): usable by the caller only
+   * (user_id/group_id are its SO_PEERCRED ids), never ID-mapped (the drivers cannot map
+   * ids). The driver runs as the instance owner, who owns DIR/loopN: it gets that node as
+   * an O_PATH fd (checked to be this very device) and reopens it with its own rights.
+   */
+  private fuseMount(inst: LocalInstance, minor: number, fstype: string, readOnly: boolean, attrs: MountAttrName[], peer: MountPeer): MountOutcome {
+    const n = native();
+    const c = n.constants;
+    const driver = fuseDriverFor(fstype);
+    if (!driver) throw new OpError('EPERM', `no FUSE driver for filesystem type ${fstype} (fuse2fs: ext2/3/4, squashfuse: squashfs)`, 'mount');
+    if (!fuseDriverPath(driver, this.cfg.env)) throw new OpError('ENOENT', `the FUSE driver ${driver} is not installed`, 'mount');
+    const owner = inst.state().owner;
+    const root = PinnedDir.open(this.cfg.dir);
+    let imageFd: number;
+    try {
+      imageFd = n.openat(root.fd, `loop${minor}`, c.O_PATH | c.O_NOFOLLOW);
+    } catch (e) {
+      throw new OpError('ENODEV', `${this.cfg.dir}/loop${minor}: ${toErrorBody(e).message}`, 'device');
+    } finally {
+      root.close();
+    }
+    try {
+      const st = n.fstat(imageFd);
+      if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
+        throw new OpError('ENODEV', `${this.cfg.dir}/loop${minor} is not the node of loop device ${minor}`, 'device');
+      }
+      let m;
+      try {
+        m = createFuseMount({ driver, source: `/dev/loop${minor}`, userId: peer.uid, groupId: peer.gid, readOnly, attrFlags: mountAttrFlags(false, attrs) });
+      } catch (e) {
+        throw new OpError(isSysError(e) ? e.code : 'EIO', `cannot create a FUSE mount: ${describeFuseError(e)}`, 'mount');
+      }
+      return { fd: m.mntFd, fstype, readOnly, idmapped: false, fuse: { driver, fuseFd: m.fuseFd, imageFd, uid: owner.uid, gid: owner.gid, readOnly } };
+    } catch (e) {
+      n.close(imageFd);
+      throw e;
+    }
   }
 }
 
@@ -552,9 +619,9 @@ const ATIME = (c: ReturnType<typeof native>['constants']) => ({
 });
 
 /** The detached nosuid,nodev mount (an fd) of source; shared with `loopfs run` (src/intercept/perform.ts). */
-export function createMount(source: string, fstype: string, readOnly: boolean, attrs: MountAttrName[]): number {
-  const n = native();
-  const c = n.constants;
+export /** MOUNT_ATTR_* for a broker mount: nosuid and nodev always, the client's attributes, ro. */
+function mountAttrFlags(readOnly: boolean, attrs: MountAttrName[]): number {
+  const c = native().constants;
   let flags = c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV | (readOnly ? c.MOUNT_ATTR_RDONLY : 0);
   let atime: number | null = null;
   for (const a of attrs) {
@@ -564,6 +631,13 @@ export function createMount(source: string, fstype: string, readOnly: boolean, a
     else if (a === 'noatime' || a === 'relatime' || a === 'strictatime') atime = ATIME(c)[a];
   }
   if (atime !== null) flags = (flags & ~c.MOUNT_ATTR__ATIME) | atime;
+  return flags;
+}
+
+export function createMount(source: string, fstype: string, readOnly: boolean, attrs: MountAttrName[]): number {
+  const n = native();
+  const c = n.constants;
+  const flags = mountAttrFlags(readOnly, attrs);
   const fsfd = n.fsopen(fstype, c.FSOPEN_CLOEXEC);
   try {
     n.fsconfigSetString(fsfd, 'source', source);

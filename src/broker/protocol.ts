@@ -1,5 +1,5 @@
 /**
- * The broker protocol, version 1: what `loopfs serve` and its clients (BrokerScope,
+ * The broker protocol, version 2: what `loopfs serve` and its clients (BrokerScope,
  * mount.loop) say to each other over `DIR/loop-control`, a SOCK_SEQPACKET unix socket.
  *
  * Framing is the socket's: one datagram is one message, whole or not at all, so there is
@@ -22,9 +22,23 @@
  * oversized datagram each give an error reply and change nothing. Replies are checked
  * loosely on the client (unknown reply fields are ignored) so that a newer broker can add
  * fields without breaking older clients; a new request field or op needs a new version.
+ *
+ * Versions. A request names its version in "v" and is answered in the same version; the
+ * broker speaks every version in SUPPORTED_VERSIONS, each with exactly its own fields (a
+ * field of a later version in an older request is an unknown field, as it was then).
+ * Messages not tied to a request (a refused connection, an unreadable datagram) go out as
+ * version 1, which every client reads. Clients send PROTOCOL_VERSION and read replies of
+ * any supported version.
+ *   v1  hello list get-free attach detach set-capacity mount
+ *   v2  mount: "fuse" (parse the filesystem in a userspace driver, fuse.ts); the mount
+ *       reply says which driver ("fuse"); hello says whether the broker mounts with FUSE
+ *       never, on request or always ("fuseMode") and with which drivers ("fuseDrivers").
+ *       A v1 client of a `--fuse` broker gets FUSE mounts (it cannot ask otherwise).
  */
 
-export const PROTOCOL_VERSION = 1;
+export const PROTOCOL_VERSION = 2;
+export const SUPPORTED_VERSIONS = [1, 2] as const;
+export type ProtocolVersion = (typeof SUPPORTED_VERSIONS)[number];
 
 /** The largest datagram either side accepts (64 KiB); anything longer is a protocol error. */
 export const MAX_MESSAGE_BYTES = 64 * 1024;
@@ -96,6 +110,8 @@ export interface MountRequest {
   fstype?: string;
   readOnly?: boolean;
   attrs?: MountAttrName[];
+  /** v2: true = through a FUSE driver, false = by the kernel; absent = the broker's default. */
+  fuse?: boolean;
 }
 
 export type RequestBody =
@@ -107,7 +123,7 @@ export type RequestBody =
   | SetCapacityRequest
   | MountRequest;
 
-export type Request = RequestBody & { v: typeof PROTOCOL_VERSION; id: number };
+export type Request = RequestBody & { v: ProtocolVersion; id: number };
 
 // ---------------------------------------------------------------- replies
 
@@ -121,7 +137,13 @@ export interface HelloReply {
   gid: number;
   ops: Op[];
   fs: string[];
+  /** v2: whether mounts go through FUSE never, when asked, or always (`serve --fuse`). */
+  fuseMode?: FuseMode;
+  /** v2: the FUSE drivers the broker can run. */
+  fuseDrivers?: string[];
 }
+
+export type FuseMode = 'never' | 'allow' | 'always';
 
 /** One held device of the instance with the attributes `losetup -l` shows (util-linux's fields). */
 export interface DeviceEntry {
@@ -164,6 +186,8 @@ export interface MountReply {
   readOnly: boolean;
   /** Whether the mount is ID-mapped to the caller's user namespace. */
   idmapped: boolean;
+  /** v2: the FUSE driver serving the mount; absent for a kernel mount. */
+  fuse?: string;
 }
 
 /**
@@ -218,6 +242,18 @@ const FIELDS: Record<Op, Record<string, FieldType>> = {
   'set-capacity': { minor: 'minor' },
   mount: { minor: 'minor', fstype: 'fstype', readOnly: 'bool', attrs: 'attrs' },
 };
+
+/** Fields each version added to FIELDS (absent from every earlier version). */
+const ADDED_IN: Record<number, Partial<Record<Op, Record<string, FieldType>>>> = {
+  2: { mount: { fuse: 'bool' } },
+};
+
+/** The fields an op accepts in a version. */
+function fieldsOf(op: Op, v: ProtocolVersion): Record<string, FieldType> {
+  let fields = FIELDS[op];
+  for (const [since, added] of Object.entries(ADDED_IN)) if (v >= Number(since) && added[op]) fields = { ...fields, ...added[op] };
+  return fields;
+}
 
 const REQUIRED: Partial<Record<Op, string[]>> = {
   detach: ['minor'],
@@ -309,14 +345,14 @@ export function decodeRequest(data: Uint8Array, nfds: number): Request {
   if (!isObject(raw)) throw new ProtocolError('EBADMSG', 'message must be a JSON object');
   const id = isId(raw.id) ? raw.id : null;
   if (id === null) throw new ProtocolError('EBADMSG', 'id must be an integer in 0..2^32-1');
-  if (raw.v !== PROTOCOL_VERSION) {
-    throw new ProtocolError('EPROTONOSUPPORT', `protocol version ${JSON.stringify(raw.v)} is not supported (this broker speaks ${PROTOCOL_VERSION})`, id);
+  if (!isVersion(raw.v)) {
+    throw new ProtocolError('EPROTONOSUPPORT', `protocol version ${JSON.stringify(raw.v)?.slice(0, 20)} is not supported (this broker speaks ${SUPPORTED_VERSIONS.join(', ')})`, id);
   }
   const op = raw.op;
   if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) {
     throw new ProtocolError('EOPNOTSUPP', `unknown op ${JSON.stringify(op)?.slice(0, 40)}`, id);
   }
-  const fields = FIELDS[op as Op];
+  const fields = fieldsOf(op as Op, raw.v);
   for (const [key, value] of Object.entries(raw)) {
     if (key === 'v' || key === 'id' || key === 'op') continue;
     const type = Object.hasOwn(fields, key) ? fields[key] : undefined;
@@ -340,12 +376,18 @@ export function encodeMessage(msg: object): Buffer {
   return buf;
 }
 
-export function okReply(id: number, body: object = {}): object {
-  return { v: PROTOCOL_VERSION, id, ok: true, ...body };
+function isVersion(v: unknown): v is ProtocolVersion {
+  return (SUPPORTED_VERSIONS as readonly unknown[]).includes(v);
 }
 
-export function errorReply(id: number | null, error: ErrorBody): object {
-  return { v: PROTOCOL_VERSION, id, ok: false, error };
+/** A success reply, in the version of the request it answers. */
+export function okReply(id: number, body: object = {}, v: ProtocolVersion = PROTOCOL_VERSION): object {
+  return { v, id, ok: true, ...body };
+}
+
+/** An error reply; version 1 (readable by every client) unless it answers a request of another. */
+export function errorReply(id: number | null, error: ErrorBody, v: ProtocolVersion = 1): object {
+  return { v, id, ok: false, error };
 }
 
 /** Client side: parse a reply datagram; throws ProtocolError when it is not one. */
@@ -359,7 +401,7 @@ export function decodeReply(data: Uint8Array): Reply {
   if (!isObject(raw) || typeof raw.ok !== 'boolean' || !(raw.id === null || isId(raw.id))) {
     throw new ProtocolError('EBADMSG', 'reply is malformed');
   }
-  if (raw.v !== PROTOCOL_VERSION) throw new ProtocolError('EPROTONOSUPPORT', `broker speaks protocol version ${JSON.stringify(raw.v)}`);
+  if (!isVersion(raw.v)) throw new ProtocolError('EPROTONOSUPPORT', `broker speaks protocol version ${JSON.stringify(raw.v)?.slice(0, 20)}`);
   if (raw.ok === false) {
     const e = raw.error;
     if (!isObject(e) || typeof e.code !== 'string' || typeof e.message !== 'string') throw new ProtocolError('EBADMSG', 'error reply is malformed');

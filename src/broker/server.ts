@@ -33,6 +33,7 @@ import { LocalInstance } from '../instance/local-instance.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { Runtime } from '../instance/runtime.js';
 import { DEFAULT_ALLOWED_FS, type MountOutcome } from './ops.js';
+import { FUSE_DRIVERS, fuseDriverPath, FuseDriverError, startFuseDriver, stopFuseDrivers, type FuseDriver } from './fuse.js';
 import {
   decodeRequest,
   encodeMessage,
@@ -46,6 +47,7 @@ import {
   ProtocolError,
   type DeviceEntry,
   type ErrorBody,
+  type FuseMode,
   type ListReply,
   type Request,
 } from './protocol.js';
@@ -64,6 +66,8 @@ const REFUSED_LINGER_MAX = 128;
 export interface ServeOptions {
   dirs: string[];
   allowFs?: string[];
+  /** Mount through a FUSE driver never, when the client asks (default), or always (`--fuse`). */
+  fuseMode?: FuseMode;
   /** Connections per instance; more are refused with EAGAIN. */
   maxConnections?: number;
   env?: NodeJS.ProcessEnv;
@@ -366,7 +370,8 @@ class Connection {
           gid: this.cred.gid,
           ops: [...OPS],
           fs: this.server.allowFs,
-        }),
+          ...(req.v >= 2 ? { fuseMode: this.server.fuseMode, fuseDrivers: this.server.fuseDrivers } : {}),
+        }, req.v),
       );
       return;
     }
@@ -388,20 +393,20 @@ class Connection {
       switch (req.op) {
         case 'list': {
           const { devices } = await worker.call({ op: 'list' });
-          this.reply(okReply(req.id, listPage(devices, req.start ?? 0)));
+          this.reply(okReply(req.id, listPage(devices, req.start ?? 0), req.v));
           return;
         }
         case 'get-free': {
           const r = await worker.call({ op: 'get-free' });
           this.endpoint.handedOut(r.minor, this, req.session === true);
-          this.reply(okReply(req.id, { minor: r.minor }));
+          this.reply(okReply(req.id, { minor: r.minor }, req.v));
           return;
         }
         case 'attach': {
           const r = await worker.call({ op: 'attach', fd: fds[0], req });
           if (r.holderFd !== null) this.adoptHolder(r.minor, r.holderFd);
           this.endpoint.handedOut(r.minor, this, req.session === true);
-          this.reply(okReply(req.id, { minor: r.minor, readOnly: r.readOnly }));
+          this.reply(okReply(req.id, { minor: r.minor, readOnly: r.readOnly }, req.v));
           return;
         }
         case 'detach': {
@@ -409,12 +414,12 @@ class Connection {
           const held = this.endpoint.dropHolders(req.minor);
           await worker.call({ op: 'detach', minor: req.minor, autoclearHeld: held });
           this.endpoint.handedOut(req.minor, null, false);
-          this.reply(okReply(req.id));
+          this.reply(okReply(req.id, {}, req.v));
           return;
         }
         case 'set-capacity':
           await worker.call({ op: 'set-capacity', minor: req.minor });
-          this.reply(okReply(req.id));
+          this.reply(okReply(req.id, {}, req.v));
           return;
         case 'mount': {
           const n = native();
@@ -427,12 +432,22 @@ class Connection {
           }
           let r: MountOutcome;
           try {
-            r = await worker.call({ op: 'mount', minor: req.minor, req, peer: { pid: this.cred.pid, pidfd } });
+            r = await worker.call({ op: 'mount', minor: req.minor, req, peer: { pid: this.cred.pid, pidfd, uid: this.cred.uid, gid: this.cred.gid } });
           } finally {
             if (pidfd >= 0) n.close(pidfd);
           }
           try {
-            this.reply(okReply(req.id, { fstype: r.fstype, readOnly: r.readOnly, idmapped: r.idmapped }), [r.fd]);
+            if (r.fuse) {
+              try {
+                // the driver must be serving before the client gets the mount: a driver
+                // that cannot read the image says so here, not as ENOTCONN later
+                await startFuseDriver({ ...r.fuse, env: this.server.env });
+              } finally {
+                closeFds([r.fuse.fuseFd, r.fuse.imageFd]);
+              }
+            }
+            const body = { fstype: r.fstype, readOnly: r.readOnly, idmapped: r.idmapped, ...(r.fuse && req.v >= 2 ? { fuse: r.fuse.driver } : {}) };
+            this.reply(okReply(req.id, body, req.v), [r.fd]);
           } finally {
             n.close(r.fd); // an open mount fd keeps the mount (and the device) busy
           }
@@ -442,8 +457,13 @@ class Connection {
           return;
       }
     } catch (e) {
-      const body: ErrorBody = e instanceof WorkerError ? e.body : { code: 'EIO', message: describe(e), kind: 'internal' };
-      this.reply(errorReply(req.id, body));
+      const body: ErrorBody =
+        e instanceof WorkerError
+          ? e.body
+          : e instanceof FuseDriverError
+            ? { code: 'EIO', message: e.message, kind: 'mount' }
+            : { code: 'EIO', message: describe(e), kind: 'internal' };
+      this.reply(errorReply(req.id, body, req.v));
     }
   }
 
@@ -564,18 +584,23 @@ export interface ServedInstance {
 
 export class BrokerServer {
   readonly allowFs: string[];
+  readonly fuseMode: FuseMode;
+  /** FUSE drivers installed (on PATH) when the broker started. */
+  readonly fuseDrivers: FuseDriver[];
   readonly maxConnections: number;
   readonly verbose: boolean;
   readonly log: (line: string) => void;
   private readonly endpoints: Endpoint[] = [];
-  private readonly env: NodeJS.ProcessEnv;
+  readonly env: NodeJS.ProcessEnv;
 
   private constructor(opts: ServeOptions) {
     this.allowFs = opts.allowFs ?? DEFAULT_ALLOWED_FS;
+    this.fuseMode = opts.fuseMode ?? 'allow';
     this.maxConnections = opts.maxConnections ?? 256;
     this.verbose = opts.verbose ?? false;
     this.log = opts.log ?? ((line) => process.stderr.write(`loopfs serve: ${line}\n`));
     this.env = opts.env ?? process.env;
+    this.fuseDrivers = (Object.keys(FUSE_DRIVERS) as FuseDriver[]).filter((d) => fuseDriverPath(d, this.env) !== null);
   }
 
   /** Open every instance and listen on its socket; throws (serving nothing) if any cannot be served. */
@@ -616,7 +641,8 @@ export class BrokerServer {
     }
     const env: Record<string, string | undefined> = {};
     for (const k of ['LOOPFS_RUNTIME_DIR', 'LOOPFS_LIMITS']) env[k] = this.env[k];
-    const worker = new InstanceWorker({ dir, id, allowFs: this.allowFs, env }, this.log);
+    for (const k of ['PATH']) env[k] = this.env[k];
+    const worker = new InstanceWorker({ dir, id, allowFs: this.allowFs, fuseMode: this.fuseMode, env }, this.log);
     const ep = new Endpoint(this, dir, id, owner, worker);
     ep.listen(); // the worker thread starts with the first request: nothing to stop on failure
     this.endpoints.push(ep);
@@ -664,11 +690,15 @@ export class BrokerServer {
     return this.endpoints.reduce((n, ep) => n + ep.connections.size, 0);
   }
 
-  /** Stop accepting, end every connection (their sessions are released), stop the workers. */
+  /**
+   * Stop accepting, end every connection (their sessions are released), stop the workers,
+   * and end the FUSE drivers still serving mounts (those mounts fail from then on).
+   */
   async stop(timeoutMs = 10_000): Promise<void> {
     for (const ep of this.endpoints) ep.closeListener();
     for (const ep of this.endpoints) for (const c of [...ep.connections]) c.close();
     await Promise.all(this.endpoints.map((ep) => ep.worker.stop(timeoutMs)));
+    await stopFuseDrivers();
   }
 }
 

@@ -10,10 +10,14 @@ export default class Serve extends LoopfsCommand {
     'socket owned by the instance owner (mode 0600), through which losetup and mount.loop of that user (also as ' +
     'root of a user namespace) get devices of the instance, attach them to files they opened themselves, and receive ' +
     'nosuid,nodev mounts of allowed filesystems, ID-mapped to their user namespace. Devices a client marks ' +
-    'session-scoped are detached and released when its connection ends. Prints "ready" once every socket listens.';
+    'session-scoped are detached and released when its connection ends. With --fuse every mount is served by a ' +
+    'userspace FUSE driver (fuse2fs for ext2/3/4, squashfuse for squashfs) running as the instance owner, so the ' +
+    'kernel never parses a client\'s filesystem; without it clients may ask for that per mount (mount.loop -o fuse), ' +
+    'and --no-fuse refuses it. Prints "ready" once every socket listens.';
   static examples = [
     '<%= config.bin %> serve /run/loopfs/ct1 /run/loopfs/ct2',
     '<%= config.bin %> serve --all --allow-fs ext4,erofs',
+    '<%= config.bin %> serve --fuse /run/loopfs/ct1',
   ];
   static strict = false;
   static enableJsonFlag = false;
@@ -22,6 +26,10 @@ export default class Serve extends LoopfsCommand {
     all: Flags.boolean({ description: 'serve every registered instance (loopfs instance ls)' }),
     'allow-fs': Flags.string({
       description: `comma-separated filesystem types the broker mounts (default: ${DEFAULT_ALLOWED_FS.join(',')}; "" for none)`,
+    }),
+    fuse: Flags.boolean({
+      allowNo: true,
+      description: 'mount every filesystem through a FUSE driver (--no-fuse: never; default: when the client asks)',
     }),
     'max-connections': Flags.integer({ min: 1, default: 256, description: 'connections per instance' }),
     verbose: Flags.boolean({ char: 'v', description: 'log every request' }),
@@ -37,7 +45,8 @@ export default class Serve extends LoopfsCommand {
 
     let server: BrokerServer;
     try {
-      server = BrokerServer.start({ dirs, allowFs, maxConnections: flags['max-connections'], verbose: flags.verbose });
+      const fuseMode = flags.fuse === undefined ? 'allow' : flags.fuse ? 'always' : 'never';
+      server = BrokerServer.start({ dirs, allowFs, fuseMode, maxConnections: flags['max-connections'], verbose: flags.verbose });
     } catch (e) {
       if (e instanceof ServeError) this.fail(e.message);
       throw e;
@@ -46,6 +55,9 @@ export default class Serve extends LoopfsCommand {
       // registered instances that cannot be served (gone, unsafe) are reported, not fatal
       const r = await server.sync([...dirs, ...registeredInstanceDirs()]);
       for (const f of r.failed) process.stderr.write(`loopfs serve: cannot serve ${f}\n`);
+    }
+    if (server.fuseMode === 'always' && server.fuseDrivers.length === 0) {
+      process.stderr.write('loopfs serve: --fuse: no FUSE driver (fuse2fs, squashfuse) is installed: every mount will fail\n');
     }
     for (const i of server.instances) this.log(`serving ${i.dir} (instance ${i.id}, owner ${i.owner.uid}:${i.owner.gid}) on ${i.socket}`);
     this.log('ready');

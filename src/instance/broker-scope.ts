@@ -128,12 +128,16 @@ export interface BrokerMount {
   fstype: string;
   readOnly: boolean;
   idmapped: boolean;
+  /** The FUSE driver serving the mount, or null for a kernel mount. */
+  fuse: string | null;
 }
 
 export interface MountOptions {
   fstype?: string | null;
   readOnly?: boolean;
   attrs?: MountAttrName[];
+  /** true: through a FUSE driver; false: by the kernel; undefined: as the broker prefers. */
+  fuse?: boolean;
 }
 
 export class BrokerScope implements LoopScope {
@@ -343,12 +347,14 @@ export class BrokerScope implements LoopScope {
     if (opts.fstype) fields.fstype = opts.fstype;
     if (opts.readOnly) fields.readOnly = true;
     if (opts.attrs?.length) fields.attrs = opts.attrs;
+    if (opts.fuse !== undefined) fields.fuse = opts.fuse;
     const { reply, fds } = this.call('mount', fields);
     if (fds.length !== 1) {
       closeAll(fds);
       throw new BrokerError('EBADMSG', `${this.dir}: the loopfs broker sent no mount`);
     }
-    return { fd: fds[0], fstype: String(reply.fstype), readOnly: reply.readOnly === true, idmapped: reply.idmapped === true };
+    const fuse = typeof reply.fuse === 'string' ? reply.fuse : null;
+    return { fd: fds[0], fstype: String(reply.fstype), readOnly: reply.readOnly === true, idmapped: reply.idmapped === true, fuse };
   }
 
   private requireMinor(dev: LoopDevice): number {

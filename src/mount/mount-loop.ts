@@ -381,6 +381,9 @@ export async function mountLoop({ argv0, args, env = process.env }: MountLoopInv
     }
 
     if (scope instanceof BrokerScope) return mountThroughBroker(r, ls, type, scope, isLoopDevice, out);
+    if (ls.passOn.some((o) => FUSE_OPTIONS.has(o.name))) {
+      fail(out, r.dir, 'the fuse option needs an instance served by the loopfs broker (loopfs serve)', MOUNT_EX_USAGE);
+    }
 
     attached = isLoopDevice ? useDevice(r, scope, out) : attachImage(r, ls, scope, out);
     if (r.verbose) out.out(`${out.prog}: ${attached.device.path} is ${r.spec}\n`);
@@ -431,6 +434,9 @@ function undo(a: Attached, scope: LoopScope): void {
 
 // ---------------------------------------------------------------- brokered instances
 
+/** fuse: the broker mounts through a userspace driver; nofuse: by the kernel (broker only). */
+const FUSE_OPTIONS = new Set(['fuse', 'nofuse']);
+
 /** Options that only mount(8) and fstab care about: nothing to do for them here. */
 const USERSPACE_ONLY = new Set(['rw', 'exec', 'suid', 'dev', 'atime', 'diratime', 'symfollow', 'nofail', '_netdev', 'user', 'users', 'nouser', 'owner', 'group', 'async']);
 
@@ -445,9 +451,11 @@ const USERSPACE_ONLY = new Set(['rw', 'exec', 'suid', 'dev', 'atime', 'diratime'
  */
 function mountThroughBroker(r: Request, ls: LoopSetup, type: string | null, scope: BrokerScope, isLoopDevice: boolean, out: Output): number {
   let readOnly = ls.readOnly;
+  let fuse: boolean | undefined;
   const attrs: MountAttrName[] = [];
   for (const o of ls.passOn) {
     if (o.name === 'ro' && o.value === null) readOnly = true;
+    else if (FUSE_OPTIONS.has(o.name) && o.value === null) fuse = o.name === 'fuse';
     else if ((MOUNT_ATTRS as readonly string[]).includes(o.name) && o.value === null) attrs.push(o.name as MountAttrName);
     else if (o.name === 'suid' || o.name === 'dev') {
       if (!r.sloppy) fail(out, r.dir, `option '${o.name}' is refused by the loopfs broker (its mounts are always nosuid,nodev)`, MOUNT_EX_USAGE);
@@ -491,7 +499,7 @@ function mountThroughBroker(r: Request, ls: LoopSetup, type: string | null, scop
   };
   let m: BrokerMount;
   try {
-    m = scope.mount(device, { fstype: type, readOnly, attrs });
+    m = scope.mount(device, { fstype: type, readOnly, attrs, fuse });
   } catch (e) {
     undo();
     fail(out, r.dir, e instanceof Error ? e.message : String(e));
@@ -505,6 +513,9 @@ function mountThroughBroker(r: Request, ls: LoopSetup, type: string | null, scop
     fail(out, r.dir, `cannot attach the mount: ${isSysError(e) ? e.description : String(e)}`);
   }
   n.close(m.fd);
-  if (r.verbose) out.out(`${out.prog}: mounted ${device.path} (${m.fstype}${m.readOnly ? ', ro' : ''}${m.idmapped ? ', idmapped' : ''}) on ${r.dir}\n`);
+  if (r.verbose) {
+    const how = `${m.fstype}${m.fuse ? `, FUSE: ${m.fuse}` : ''}${m.readOnly ? ', ro' : ''}${m.idmapped ? ', idmapped' : ''}`;
+    out.out(`${out.prog}: mounted ${device.path} (${how}) on ${r.dir}\n`);
+  }
   return 0;
 }

@@ -80,7 +80,7 @@ describe('decodeRequest: refusals', () => {
     for (const id of [-1, 2 ** 32, 1.5, '7', null, undefined]) {
       expect(refusal(enc({ v: 1, id, op: 'list' }))).toMatchObject({ code: 'EBADMSG', id: null });
     }
-    for (const v of [0, 2, '1', null, undefined]) expect(refusal(enc({ v, id: 9, op: 'list' }))).toMatchObject({ code: 'EPROTONOSUPPORT', id: 9 });
+    for (const v of [0, 3, '1', 1.5, null, undefined]) expect(refusal(enc({ v, id: 9, op: 'list' }))).toMatchObject({ code: 'EPROTONOSUPPORT', id: 9 });
     for (const op of ['', 'ATTACH', 'attach ', 'rm', 7, null, undefined, ['list']]) {
       expect(refusal(enc({ v: 1, id: 9, op }))).toMatchObject({ code: 'EOPNOTSUPP', id: 9 });
     }
@@ -135,14 +135,26 @@ describe('decodeRequest: refusals', () => {
   });
 });
 
+describe('versions', () => {
+  it('v1 and v2 are both spoken; a v2 field in a v1 request is an unknown field, as it was in v1', () => {
+    expect(decodeRequest(enc({ v: 1, id: 1, op: 'mount', minor: 3 }), 0)).toMatchObject({ v: 1, op: 'mount' });
+    expect(decodeRequest(enc({ v: 2, id: 1, op: 'mount', minor: 3, fuse: true }), 0)).toMatchObject({ v: 2, fuse: true });
+    expect(refusal(enc({ v: 1, id: 4, op: 'mount', minor: 3, fuse: true }))).toMatchObject({ code: 'EINVAL', id: 4 });
+    expect(refusal(enc({ v: 2, id: 4, op: 'mount', minor: 3, fuse: 'yes' }))).toMatchObject({ code: 'EINVAL', id: 4 });
+    expect(refusal(enc({ v: 2, id: 4, op: 'attach', fuse: true }), 1)).toMatchObject({ code: 'EINVAL', id: 4 });
+  });
+});
+
 describe('replies', () => {
   it('round trip, and the size limit on our own messages', () => {
     const ok = encodeMessage(okReply(7, { minor: 3 }));
-    expect(decodeReply(ok)).toEqual({ v: 1, id: 7, ok: true, minor: 3 });
+    expect(decodeReply(ok)).toEqual({ v: 2, id: 7, ok: true, minor: 3 });
+    // a reply is in the version of its request; errors not tied to one are v1, which every client reads
+    expect(decodeReply(encodeMessage(okReply(7, {}, 1)))).toEqual({ v: 1, id: 7, ok: true });
     const err = encodeMessage(errorReply(null, { code: 'EACCES', message: 'no', kind: 'denied' }));
     expect(decodeReply(err)).toEqual({ v: 1, id: null, ok: false, error: { code: 'EACCES', message: 'no', kind: 'denied' } });
     expect(() => encodeMessage({ pad: 'x'.repeat(MAX_MESSAGE_BYTES) })).toThrow(RangeError);
-    expect(() => decodeReply(Buffer.from('{"v":2,"id":1,"ok":true}'))).toThrow(ProtocolError);
+    expect(() => decodeReply(Buffer.from('{"v":3,"id":1,"ok":true}'))).toThrow(ProtocolError);
     expect(() => decodeReply(Buffer.from('{"v":1,"id":1,"ok":false}'))).toThrow(ProtocolError);
     expect(() => decodeReply(Buffer.from('nope'))).toThrow(ProtocolError);
   });
