@@ -487,7 +487,8 @@ Napi::Value NsMoveMount(const Napi::CallbackInfo& info) {
   const std::string path = ToPath(info[2], "nsMoveMount", "path");
   const char* cpath = path.c_str();
   InTarget(info.Env(), t, path, [mntFd, cpath](int out) {
-    if (syscall(SYS_move_mount, mntFd, "", AT_FDCWD, cpath, MOVE_MOUNT_F_EMPTY_PATH) < 0) {
+    // T_SYMLINKS: a final symlink in the target is followed, as mount(2) follows it
+    if (syscall(SYS_move_mount, mntFd, "", AT_FDCWD, cpath, MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS) < 0) {
       ChildReport(out, "move_mount", errno, nullptr);
     }
     ChildReport(out, "", 0, nullptr);

@@ -50,6 +50,10 @@ export class MountPerformer {
     if (t.inOurUserNamespace) {
       return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
     }
+    // The kernel would ask for CAP_SYS_ADMIN over the caller's mount namespace: in its own
+    // user namespace here (the mover below joins that user namespace and then the mount
+    // namespace, which fails unless the user namespace owns it).
+    if (!t.hasSysAdmin) return refuse('EPERM', 'the caller lacks CAP_SYS_ADMIN in its user namespace');
     const { rdevMajor: major, rdevMinor: minor } = req.source;
     if (major !== LOOP_MAJOR) return refuse('EPERM', `${req.sourcePath} (${major}:${minor}) is not a loop device`);
     if (req.data) return refuse('EPERM', `filesystem options "${req.data}" are not the caller's to choose`);

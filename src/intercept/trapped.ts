@@ -89,12 +89,17 @@ export class TrappedProcess {
     return native().fstat(this.fds.usernsFd).ino === ownUserNamespace();
   }
 
+  /** CAP_SYS_ADMIN in effect, in the thread's own user namespace. */
+  get hasSysAdmin(): boolean {
+    return (this.capEff & (1n << CAP_SYS_ADMIN)) !== 0n;
+  }
+
   /**
    * Privileged on the host (CAP_SYS_ADMIN in the initial user namespace): it could mount
    * anything itself, so its mounts continue unjudged (the kernel checks them again).
    */
   get privileged(): boolean {
-    return this.inOurUserNamespace && (this.capEff & (1n << CAP_SYS_ADMIN)) !== 0n;
+    return this.inOurUserNamespace && this.hasSysAdmin;
   }
 
   /**

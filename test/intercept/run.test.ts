@@ -113,7 +113,7 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
     expect(text(check.stdout)).toBe('written\n');
   });
 
-  it('refuses with EPERM: a host device, another instance\'s device, a filesystem outside the allow-list, filesystem options, a remount dropping nosuid or nodev', async () => {
+  it('refuses with EPERM: a host device, another instance\'s device, a filesystem outside the allow-list, filesystem options, a caller without CAP_SYS_ADMIN, a remount dropping nosuid or nodev', async () => {
     const [dir, dev] = await sb.activated('inst', 3);
     const { hostImg, hostDev, hostNode } = hostDevice();
     // another instance of the same user, with a bound device
@@ -141,6 +141,8 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
         '"$REF" -d "$SDEV"',
         'echo "data $("$M" mount "$DEV" "$MNT" ext4 0 errors=panic)"',
         'echo "fsopen $("$M" fsopen ext4)"',
+        'echo "nocap $(setpriv --bounding-set -sys_admin "$M" mount "$DEV" "$MNT" ext4 0)"',
+        'echo "foreign-mntns $(unshare -U -r "$M" mount "$DEV" "$MNT" ext4 0)"',
         'echo "good $("$M" mount "$DEV" "$MNT" ext4 0)"',
         'grep " $MNT " /proc/self/mountinfo | sed "s/^/info1 /"',
         'echo "remount-suid $("$M" mount none "$MNT" none $((0x1024)))"',
@@ -169,6 +171,8 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
     expect(answer('squashfs'), `squashfs is outside --allow-fs ext4\n${log}`).toBe('EPERM');
     expect(answer('data'), `filesystem options\n${log}`).toBe('EPERM');
     expect(answer('fsopen'), `the new mount API under the filter\n${log}`).toBe('ENOSYS');
+    expect(answer('nocap'), `a caller without CAP_SYS_ADMIN in its user namespace\n${log}`).toBe('EPERM');
+    expect(answer('foreign-mntns'), `a nested user namespace that does not own its mount namespace\n${log}`).toBe('EPERM');
     expect(answer('good'), log).toBe('ok');
     const info1 = mountinfoFields(answer('info1') ?? '');
     expect(info1.opts, 'asked for neither: nosuid,nodev forced').toEqual(expect.arrayContaining(['nosuid', 'nodev']));
