@@ -1,0 +1,92 @@
+/**
+ * What crashes and vanished instances leave behind, as gc sees it (manage.ts gcPreview:
+ * the same rules gc applies, read-only): devices still tagged for instances that no
+ * longer exist, stale or missing nodes inside instances, and instance states nobody can
+ * read. gc settles the first two at any time; the third needs a human.
+ */
+import { gcPreview, type Leftover, type LeftoverKind } from '../instance/manage.js';
+import { runtimeDir } from '../instance/runtime.js';
+import { GC_FIX, type Check, type DoctorContext } from './check.js';
+
+const seen = new WeakMap<DoctorContext, Leftover[] | Error>();
+
+/** One gc preview per doctor run, shared by the checks below (one consistent view). */
+function leftovers(ctx: DoctorContext): Leftover[] | Error {
+  let v = seen.get(ctx);
+  if (v === undefined) {
+    try {
+      v = gcPreview(ctx.env);
+    } catch (e) {
+      v = e instanceof Error ? e : new Error(String(e));
+    }
+    seen.set(ctx, v);
+  }
+  return v;
+}
+
+const dev = (l: Leftover) => `loop${l.minor}${l.bound ? ' (bound)' : ''}`;
+
+const describe: Record<LeftoverKind, (l: Leftover) => string> = {
+  'orphan-device': (l) => `${dev(l)}: tagged for instance ${l.id} (${l.dir}), which no longer exists`,
+  'vanished-instance': (l) => `${l.dir}: registered instance ${l.id} is gone`,
+  'junk-claim': (l) => `claim file loop${l.minor} does not parse`,
+  'unrecorded-claim': (l) => `${l.dir}: ${dev(l)} claimed but not recorded (a crash while reserving)`,
+  'unclaimed-device': (l) => `${l.dir}: ${dev(l)} recorded without the instance's claim`,
+  'half-released': (l) => `${l.dir}: ${dev(l)} half-released`,
+  'missing-node': (l) => `${l.dir}/loop${l.minor}: node missing or wrong`,
+  'stray-node': (l) => `${l.dir}/${l.name}: not a node of any device the instance holds`,
+  'unreadable-instance': (l) => `${l.dir}: instance ${l.id} has a state that cannot be read`,
+};
+
+function leftoverCheck(id: string, title: string, kinds: LeftoverKind[], okDetail: string, problem: (n: number) => string): Check {
+  return {
+    id,
+    title,
+    run(ctx) {
+      // instance states are root's (DIR/.loopfs is 0700): anybody else would see every
+      // instance as unreadable
+      if (!ctx.root) return { status: 'skip', detail: `needs root (instance states and ${runtimeDir(ctx.env)} are root's)` };
+      const all = leftovers(ctx);
+      if (all instanceof Error) return { status: 'fail', detail: `cannot read ${runtimeDir(ctx.env)}: ${all.message}` };
+      const found = all.filter((l) => kinds.includes(l.kind));
+      if (found.length === 0) return { status: 'ok', detail: okDetail };
+      return { status: 'fail', detail: problem(found.length), items: found.map((l) => describe[l.kind](l)), fix: GC_FIX };
+    },
+  };
+}
+
+export const orphanDevicesCheck = leftoverCheck(
+  'orphan-devices',
+  'devices of vanished instances',
+  ['orphan-device', 'vanished-instance', 'junk-claim'],
+  'every tagged device belongs to a live instance',
+  (n) => `${n} leftover(s) of instances that no longer exist`,
+);
+
+export const staleNodesCheck = leftoverCheck(
+  'stale-nodes',
+  'instance nodes and records',
+  ['unrecorded-claim', 'unclaimed-device', 'half-released', 'missing-node', 'stray-node'],
+  'every instance node matches a device it holds',
+  (n) => `${n} stale node(s) or record(s) inside instances`,
+);
+
+export const unreadableCheck: Check = {
+  id: 'instance-state',
+  title: 'instance states',
+  run(ctx) {
+    if (!ctx.root) return { status: 'skip', detail: 'needs root (instance states are root\'s)' };
+    const all = leftovers(ctx);
+    if (all instanceof Error) return { status: 'skip', detail: 'see devices of vanished instances' };
+    const bad = all.filter((l) => l.kind === 'unreadable-instance');
+    if (bad.length === 0) return { status: 'ok', detail: 'every registered instance state reads' };
+    // The instance is unusable either way; removing its state makes gc treat it as
+    // vanished and give its devices back. Never automatic: somebody may want to look first.
+    return {
+      status: 'fail',
+      detail: `${bad.length} instance(s) with a state that cannot be read (gc leaves them alone)`,
+      items: bad.map((l) => describe[l.kind](l)),
+      fix: { command: `rm -r ${bad[0].dir}/.loopfs && loopfs gc`, safe: false },
+    };
+  },
+};
