@@ -182,7 +182,7 @@ describe.skipIf(reason)(skipTitle('instance kill-loop', reason), () => {
         [...byOp].map(([k, v]) => `  ${k}: ${v.runs} runs, ${v.kills} killed, ${v.ok} succeeded`).join('\n'),
     );
     // evidence that kills landed inside the work: the half-done states that gc runs settled
-    const settled = outcomes.flatMap((o) => o.stdout.split('\n').filter((l) => l.startsWith('fixed: ')).map((l) => l.replace(/^fixed: \S+ (loop\d+: )?/, '')));
+    const settled = outcomes.flatMap((o) => o.stdout.split('\n').filter((l) => l.startsWith('fixed ')).map((l) => l.replace(/^fixed +\S+ +\S+ +/, '')));
     const kinds = new Map<string, number>();
     for (const a of settled) kinds.set(a, (kinds.get(a) ?? 0) + 1);
     console.log(`half-done states settled by gc during the loop: ${settled.length}\n${[...kinds].map(([k, v]) => `  ${v} × ${k}`).join('\n')}`);

@@ -1,4 +1,5 @@
-import { LoopfsCommand } from '../../cli/base-command.js';
+import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
+import { Progress } from '../../cli/progress.js';
 import { gc, type GcReport } from '../../instance/manage.js';
 
 export default class InstanceGc extends LoopfsCommand {
@@ -11,9 +12,18 @@ export default class InstanceGc extends LoopfsCommand {
 
   async run(): Promise<GcReport> {
     await this.parse(InstanceGc);
-    const report = gc();
-    for (const f of report.fixes) this.log(`fixed: ${f.dir ?? '-'}${f.minor !== null ? ` loop${f.minor}` : ''}: ${f.action}`);
-    for (const p of report.pending) this.log(`pending: ${p.dir ?? '-'}${p.minor !== null ? ` loop${p.minor}` : ''}: ${p.action}`);
+    const progress = new Progress('gc'); // stderr, on a terminal only
+    let report: GcReport;
+    try {
+      report = gc(process.env, progress.callback);
+    } finally {
+      progress.end();
+    }
+    const rows = [
+      ...report.fixes.map((f) => ['fixed', f.dir ?? '-', f.minor !== null ? `loop${f.minor}` : '-', f.action]),
+      ...report.pending.map((p) => ['pending', p.dir ?? '-', p.minor !== null ? `loop${p.minor}` : '-', p.action]),
+    ];
+    if (rows.length > 0) this.log(alignedTable(['RESULT', 'DIR', 'DEVICE', 'ACTION'], rows).trimEnd());
     this.log(`${report.instances} instance(s) checked, ${report.fixes.length} fix(es), ${report.pending.length} pending`);
     return report;
   }
