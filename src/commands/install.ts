@@ -12,6 +12,7 @@ export default class Install extends LoopfsCommand {
     '<%= config.bin %> install',
     '<%= config.bin %> install --no-losetup',
     '<%= config.bin %> install --replace-losetup',
+    '<%= config.bin %> install --oci-hooks /etc/containers/oci/hooks.d',
   ];
   static flags = {
     prefix: Flags.string({ default: '/usr/local', description: 'prefix for losetup and the man pages' }),
@@ -20,6 +21,9 @@ export default class Install extends LoopfsCommand {
     'no-losetup': Flags.boolean({ description: 'do not install losetup' }),
     'replace-losetup': Flags.boolean({ description: "replace util-linux's /usr/sbin/losetup (kept as a backup)" }),
     record: Flags.string({ description: 'where to record the changes (default: /var/lib/loopfs/install.json)' }),
+    'oci-hooks': Flags.string({
+      description: 'also write the OCI hook files (loopfs oci-hook) into this hooks directory, e.g. /etc/containers/oci/hooks.d',
+    }),
   };
 
   async run(): Promise<InstallRecord> {
@@ -31,6 +35,7 @@ export default class Install extends LoopfsCommand {
         losetupDir: flags['no-losetup'] ? null : (flags['losetup-dir'] ?? `${flags.prefix}/sbin`),
         replaceLosetup: flags['replace-losetup'],
         record: flags.record ?? defaultRecord(),
+        ociHooksDir: flags['oci-hooks'] ?? null,
       });
       for (const c of rec.changes) {
         if (c.kind === 'symlink') this.log(`${c.path} -> ${c.target}`);

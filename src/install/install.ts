@@ -24,6 +24,8 @@ import {
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { hookFileContent, hookFileName } from '../oci/hooks-json.js';
+import { STAGES } from '../oci/policy.js';
 
 /** mount(8) searches /sbin:/sbin/fs.d:/sbin/fs for helpers; /sbin is /usr/sbin on Debian. */
 export const HELPER_DIR = '/sbin';
@@ -35,6 +37,8 @@ export interface InstallOptions {
   losetupDir: string | null; // null: do not install losetup
   replaceLosetup: boolean;
   record: string;
+  /** Write the OCI hook files (oci/hooks-json.ts) into this directory; null or absent: none. */
+  ociHooksDir?: string | null;
 }
 
 export type Change =
@@ -147,6 +151,19 @@ export function install(opts: InstallOptions): InstallRecord {
       copyFileSync(src, dst);
       return { kind: 'file', path: dst, sha256: sha256(dst) };
     });
+  }
+
+  if (opts.ociHooksDir) {
+    const hooksDir = resolve(opts.ociHooksDir);
+    for (const stage of STAGES) {
+      const dst = join(hooksDir, hookFileName(stage));
+      if (occupied(dst)) throw new InstallError(`${dst} exists; not replacing it`);
+      plan.push(() => {
+        mkdirs(hooksDir);
+        writeFileSync(dst, hookFileContent(stage, root, process.execPath, process.env), { mode: 0o644 });
+        return { kind: 'file', path: dst, sha256: sha256(dst) };
+      });
+    }
   }
 
   const rec: InstallRecord = { version: 1, package: root, changes: [] };

@@ -1,0 +1,42 @@
+import { Flags } from '@oclif/core';
+import { LoopfsCommand } from '../cli/base-command.js';
+import { OciError } from '../oci/bundle.js';
+import { OciBroker } from '../oci/oci-broker.js';
+
+export default class OciBrokerCommand extends LoopfsCommand {
+  static summary = 'Give rootless containers private instances (the privileged half of `loopfs oci-hook`).';
+  static description =
+    'Runs as root until SIGTERM or SIGINT, listening on RUNTIME/oci.sock (/run/loopfs/oci.sock). A rootless runtime\'s ' +
+    'createRuntime hook asks it for an instance for its container: the caller\'s uid (SO_PEERCRED) owns it, the ' +
+    'container\'s init (a pidfd passed by the hook) must be that uid\'s, and the instance is served on ' +
+    'DIR/loop-control by the broker in this process. It is destroyed at poststop or when the container\'s init exits. ' +
+    'Prints "ready" once listening.';
+  static examples = ['<%= config.bin %> oci-broker', '<%= config.bin %> oci-broker --max-instances 4'];
+  static enableJsonFlag = false;
+  static flags = {
+    'max-instances': Flags.integer({ min: 1, default: 16, description: 'container instances per uid' }),
+  };
+
+  async run(): Promise<void> {
+    const { flags } = await this.parse(OciBrokerCommand);
+    if (process.geteuid?.() !== 0) this.fail('oci-broker: must run as root');
+    let broker: OciBroker;
+    try {
+      broker = await OciBroker.start({ maxInstances: flags['max-instances'] });
+    } catch (e) {
+      if (e instanceof OciError) this.fail(`oci-broker: ${e.message}`);
+      throw e;
+    }
+    this.log(`listening on ${broker.socketPath}`);
+    this.log('ready');
+    await new Promise<void>((resolve) => {
+      const stop = (sig: string) => {
+        process.stderr.write(`loopfs oci-broker: ${sig}: stopping\n`);
+        resolve();
+      };
+      process.once('SIGINT', () => stop('SIGINT'));
+      process.once('SIGTERM', () => stop('SIGTERM'));
+    });
+    await broker.stop();
+  }
+}

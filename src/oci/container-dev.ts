@@ -1,0 +1,76 @@
+/**
+ * Put an instance into a container's /dev the seeds' way, from a createRuntime hook
+ * (before pivot_root: the container's mount namespace still sees the host's tree):
+ *
+ *   /dev/loopfs        the instance directory, bind-mounted read-only (nosuid, noexec)
+ *   /dev/loopN         symlinks to loopfs/loopN for the pre-allocated pool devices
+ *   /dev/loop-control  a symlink to loopfs/loop-control, only where that is the
+ *                      instance's own (a broker socket); never the host's
+ *
+ * Symlinks, not nodes: a device the instance gives back disappears from DIR, and the
+ * symlink then dangles instead of reaching whoever gets that minor next; and they work
+ * in a rootless container's /dev, where nodes cannot be made (nodev, no CAP_MKNOD).
+ *
+ * The files are made through /proc/PID/root (a path walk in the container's mount
+ * namespace, from here); the bind mount needs a process inside that namespace, and
+ * node's main process cannot setns(CLONE_NEWNS) (it has threads): nsenter does it.
+ */
+import { spawnSync } from 'node:child_process';
+import { symlinkSync } from 'node:fs';
+import { hasCode } from '../kernel/errors.js';
+import { PinnedDir } from '../instance/pinned-dir.js';
+import { OciError } from './bundle.js';
+
+export const CONTAINER_INSTANCE_DIR = 'loopfs';
+
+export interface ContainerDevRequest {
+  /** Container init pid in this process's PID namespace. */
+  pid: number;
+  /** The container's root as a path in its (not yet pivoted) mount namespace. */
+  rootPath: string;
+  /** The instance directory (host path; visible in the container's namespace too). */
+  dir: string;
+  /** Node names (loopN) to link into /dev. */
+  nodes: string[];
+  /** Link /dev/loop-control to the instance's own (brokered instances). */
+  control: boolean;
+}
+
+const SAFE_NAME = /^loop\d+$/;
+
+export function prepareContainerDev(req: ContainerDevRequest): void {
+  const devPath = `/proc/${req.pid}/root${req.rootPath}/dev`;
+  let dev: PinnedDir;
+  try {
+    dev = PinnedDir.open(devPath);
+  } catch (e) {
+    throw new OciError(`cannot open the container's /dev (${devPath}): ${(e as Error).message}`);
+  }
+  try {
+    try {
+      dev.mkdir(CONTAINER_INSTANCE_DIR, 0o755);
+    } catch (e) {
+      if (!hasCode(e, 'EEXIST')) throw e;
+    }
+    const links = req.nodes.filter((n) => SAFE_NAME.test(n)).map((n) => [n, `${CONTAINER_INSTANCE_DIR}/${n}`]);
+    if (req.control) links.push(['loop-control', `${CONTAINER_INSTANCE_DIR}/loop-control`]);
+    for (const [name, target] of links) {
+      // the runtime's /dev holds no loop names; anything there now is not ours to keep
+      dev.unlinkQuiet(name);
+      symlinkSync(target, `/proc/self/fd/${dev.fd}/${name}`);
+    }
+  } finally {
+    dev.close();
+  }
+  bindInContainer(req.pid, req.dir, `${req.rootPath}/dev/${CONTAINER_INSTANCE_DIR}`);
+}
+
+/** `mount --bind -o ro,nosuid,noexec DIR TARGET` inside the mount namespace of PID. */
+function bindInContainer(pid: number, dir: string, target: string): void {
+  const r = spawnSync('nsenter', ['-t', String(pid), '-m', '--', 'mount', '--bind', '-o', 'ro,nosuid,noexec', dir, target], {
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  if (r.error) throw new OciError(`nsenter: ${r.error.message}`);
+  if (r.status !== 0) throw new OciError(`cannot bind ${dir} into the container at ${target}: ${r.stderr.trim() || `exit ${r.status}`}`);
+}

@@ -1,0 +1,312 @@
+// Issue 8, OCI hook: real podman (runc), rootful and rootless, with the hook files written by
+// the real `loopfs install --oci-hooks`. Inside a container annotated io.loopfs.instance=true,
+// util-linux `losetup -f --show` attaches a device of the container's private instance, `mount
+// -o loop` works where the container may mount (rootful, CAP_SYS_ADMIN), the host's devices are
+// neither visible in /dev nor touched, two containers get disjoint devices, and after `podman
+// rm -f` nothing is left. See support.ts for the hygiene rules.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { readLoopState } from '../helpers/devices.js';
+import { BrokerSandbox, HELLO } from '../broker/support.js';
+import { sleep } from '../instance/support.js';
+import { ociHookInstalled, ociHookStatus } from '../../src/oci/hooks-json.js';
+import {
+  COMMON_FLAGS,
+  installHooks,
+  OciBrokerProcess,
+  Podman,
+  podmanSkipReason,
+  ROOTFUL_FLAGS,
+  SubIdRanges,
+  text,
+} from './support.js';
+
+const reason = podmanSkipReason('OCI hook with podman');
+
+/** Instance directories of containers in the sandbox's runtime dir: RUNTIME/oci/UID/ID. */
+function containerInstances(sb: BrokerSandbox): string[] {
+  const root = path.join(sb.runtime, 'oci');
+  const out: string[] = [];
+  for (const uid of safeList(root)) for (const id of safeList(path.join(root, uid))) out.push(path.join(root, uid, id));
+  return out;
+}
+
+function safeList(d: string): string[] {
+  try {
+    return fs.readdirSync(d);
+  } catch {
+    return [];
+  }
+}
+
+/** lo_inode of loopN as the host sees it (the path in sysfs is the container's: /img). */
+function backingInode(minor: number): number {
+  return Number(execFileSync('/usr/sbin/losetup', ['-n', '-O', 'BACK-INO', `/dev/loop${minor}`], { encoding: 'utf8' }).trim());
+}
+
+/** Minors containers of this file had; none may stay bound to a container's /img. */
+const seen: number[] = [];
+
+/** Everything a container's instance may leave behind, for "nothing is left" checks. */
+function leftovers(sb: BrokerSandbox, podman: Podman): Record<string, unknown> {
+  return {
+    instances: containerInstances(sb),
+    claims: sb.claims().map((c) => c.minor),
+    registry: sb.registry().map((e) => e.dir),
+    // the host's own device (host.img) stays bound on purpose
+    bound: sb.bound().filter((s) => !s.backingFile.endsWith('/host.img')).map((s) => `${s.dev} ${s.backingFile}`),
+    mounts: sb.mounts(),
+    containerBound: seen.filter((m) => readLoopState(`loop${m}`)?.backingFile === '/img'),
+    conmon: podman.conmons(),
+  };
+}
+
+const NOTHING = { instances: [], claims: [], registry: [], bound: [], mounts: [], containerBound: [], conmon: [] };
+
+/** Wait until podman's cleanup (poststop) has run: it is asynchronous after rm -f. */
+async function waitNothingLeft(sb: BrokerSandbox, podman: Podman): Promise<Record<string, unknown>> {
+  let now = leftovers(sb, podman);
+  for (let i = 0; i < 100 && JSON.stringify(now) !== JSON.stringify(NOTHING); i++) {
+    await sleep(100);
+    now = leftovers(sb, podman);
+  }
+  return now;
+}
+
+/** Minors of the /dev/loopfs/loopN nodes and of the /dev/loopN links, as the container sees them. */
+const LIST_DEV =
+  'ls /dev/loopfs | grep -E "^loop[0-9]+$" | tr "\\n" " "; echo; ls /dev | grep -E "^loop([0-9]+|-control)$" | tr "\\n" " "; echo\n';
+
+describe.skipIf(!!reason)('OCI hook: rootful podman', () => {
+  let sb: BrokerSandbox;
+  let podman: Podman;
+  let hooks: string;
+  let hostDev = '';
+  let hostFile = '';
+
+  beforeAll(async () => {
+    sb = new BrokerSandbox('loopfs-oci');
+    hooks = sb.path('hooks.d');
+    const r = await installHooks(sb, hooks);
+    expect(text(r.stderr)).toBe('');
+    expect(r.exitCode).toBe(0);
+    podman = new Podman(sb, 'rootful', hooks);
+    // a device of the host's, which no container may see or touch
+    hostFile = sb.file('host.img');
+    hostDev = sb.hostAttach(hostFile);
+  });
+
+  afterAll(async () => {
+    if (!sb) return;
+    await sb.teardown();
+  });
+
+  it('install --oci-hooks wrote both stage files, and ociHookInstalled sees them', () => {
+    expect(fs.readdirSync(hooks).sort()).toEqual(['loopfs-createRuntime.json', 'loopfs-poststop.json']);
+    const doc = JSON.parse(fs.readFileSync(path.join(hooks, 'loopfs-createRuntime.json'), 'utf8'));
+    expect(doc.stages).toEqual(['createRuntime']);
+    expect(doc.hook.env).toContain(`LOOPFS_RUNTIME_DIR=${sb.runtime}`);
+    expect(ociHookInstalled([hooks])).toBe(true);
+    expect(ociHookStatus([sb.path('nowhere')])[0].broken).toEqual(['createRuntime', 'poststop']);
+  });
+
+  it('a container gets its own devices: losetup -f --show and mount -o loop work, the host device stays unseen and untouched; rm -f leaves nothing', async () => {
+    const id = await podman.start([...COMMON_FLAGS, ...ROOTFUL_FLAGS, '--cap-add=SYS_ADMIN'], [`${sb.image}:/img`]);
+    try {
+      const dir = path.join(sb.runtime, 'oci', '0', id.slice(0, 32));
+      // the instance exists on the host, with the default pool of 4, owned by the container's root
+      const state = sb.state(dir);
+      expect(state?.owner).toEqual({ uid: 0, gid: 0 });
+      const minors = Object.keys(state?.devices ?? {}).map(Number).sort((a, b) => a - b);
+      expect(minors.length).toBe(4);
+
+      const r = await podman.exec(
+        id,
+        `${LIST_DEV}
+dev=$(losetup -f --show /img); echo "$dev"
+losetup -a
+mkdir -p /mnt/m && mount -o loop /img /mnt/m && cat /mnt/m/hello.txt && umount /mnt/m
+ls -la /dev/loop-control 2>&1 | head -1`,
+      );
+      expect(text(r.stderr)).toBe('');
+      expect(r.exitCode).toBe(0);
+      const out = text(r.stdout).split('\n');
+      const names = minors.map((m) => `loop${m}`).sort();
+      expect(out[0].trim().split(' ').sort()).toEqual(names);
+      expect(out[1].trim().split(' ').sort()).toEqual(names);
+      // util-linux scanned /dev (there is no loop-control) and took the instance's first device
+      expect(out[2]).toBe(`/dev/loop${minors[0]}`);
+      expect(out[3]).toBe(`/dev/loop${minors[0]}: [${fs.statSync(sb.image).dev}]:${fs.statSync(sb.image).ino} (/img)`);
+      expect(out[4]).toBe(HELLO.trim());
+      expect(out[5]).toMatch(/No such file or directory/);
+      // seen from the host: that device is bound to the image, the host's device is as it was
+      expect(backingInode(minors[0])).toBe(fs.statSync(sb.image).ino);
+      seen.push(...minors);
+      expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
+      expect(names).not.toContain(path.basename(hostDev));
+    } finally {
+      const rm = await podman.rmForce(id);
+      expect(text(rm.stderr)).toBe('');
+    }
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+    expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
+  });
+
+  it('two containers at once get disjoint devices (io.loopfs.pool), and both are cleaned up', async () => {
+    const flags = [...COMMON_FLAGS, ...ROOTFUL_FLAGS, '--annotation', 'io.loopfs.pool=2'];
+    const a = await podman.start(flags, [`${sb.image}:/img:ro`]);
+    let b = '';
+    try {
+      b = await podman.start(flags, [`${sb.image}:/img:ro`]);
+      const ra = await podman.exec(a, `${LIST_DEV}losetup -r -f --show /img`);
+      const rb = await podman.exec(b, `${LIST_DEV}losetup -r -f --show /img`);
+      expect(ra.exitCode).toBe(0);
+      expect(rb.exitCode).toBe(0);
+      const devsA = text(ra.stdout).split('\n')[0].trim().split(' ');
+      const devsB = text(rb.stdout).split('\n')[0].trim().split(' ');
+      seen.push(...[...devsA, ...devsB].map((d) => Number(d.slice(4))));
+      expect(devsA.length).toBe(2);
+      expect(devsB.length).toBe(2);
+      expect(devsA.filter((d) => devsB.includes(d))).toEqual([]);
+      expect(devsA).toContain(path.basename(text(ra.stdout).split('\n')[2]));
+      expect(devsB).toContain(path.basename(text(rb.stdout).split('\n')[2]));
+    } finally {
+      await podman.rmForce(a);
+      if (b) await podman.rmForce(b);
+    }
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+
+  it('refuses to start a container that could not use its devices, or could reach the host\'s', async () => {
+    await expect(podman.start([...COMMON_FLAGS])).rejects.toThrow(/--device-cgroup-rule='b 7:\* rw'/);
+    await expect(podman.start([...COMMON_FLAGS, '--device-cgroup-rule=b 7:* rw'])).rejects.toThrow(/--cap-drop=MKNOD/);
+    // a refused start leaves nothing behind (the hook undid its instance, podman its container)
+    await sleep(200);
+    const r = await podman.run(['ps', '-aq']);
+    for (const id of text(r.stdout).split('\n').filter(Boolean)) await podman.rmForce(id);
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+
+  it('a container without the annotation gets nothing', async () => {
+    const id = await podman.start(['--security-opt', 'unmask=/sys/dev/block']);
+    try {
+      const r = await podman.exec(id, 'ls /dev | grep -c loop || true');
+      expect(text(r.stdout).trim()).toBe('0');
+      expect(containerInstances(sb)).toEqual([]);
+    } finally {
+      await podman.rmForce(id);
+    }
+  });
+
+  it('uninstall removes the hook files', async () => {
+    const r = await sb.loopfs(['uninstall', '--record', sb.path('install.json')]);
+    expect(r.exitCode).toBe(0);
+    expect(fs.existsSync(path.join(hooks, 'loopfs-createRuntime.json'))).toBe(false);
+    expect(fs.existsSync(path.join(hooks, 'loopfs-poststop.json'))).toBe(false);
+    expect(ociHookInstalled([hooks])).toBe(false);
+  });
+});
+
+describe.skipIf(!!reason)('OCI hook: rootless podman (through loopfs oci-broker)', () => {
+  let sb: BrokerSandbox;
+  let podman: Podman;
+  let ranges: SubIdRanges;
+  let broker: OciBrokerProcess | null = null;
+
+  beforeAll(async () => {
+    sb = new BrokerSandbox('loopfs-oci-rl');
+    ranges = new SubIdRanges(sb.user);
+    ranges.add();
+    const hooks = sb.path('hooks.d');
+    const r = await installHooks(sb, hooks);
+    expect(r.exitCode).toBe(0);
+    fs.chmodSync(hooks, 0o755);
+    podman = new Podman(sb, 'rootless', hooks, { user: sb.user });
+  });
+
+  afterAll(async () => {
+    if (!sb) return;
+    try {
+      await broker?.stop();
+      podman?.stopPause();
+      ranges?.remove();
+    } finally {
+      await sb.teardown();
+    }
+  });
+
+  async function startBroker(): Promise<OciBrokerProcess> {
+    broker = await OciBrokerProcess.start(sb);
+    return broker;
+  }
+
+  it('without the OCI broker the container does not start, and says why', async () => {
+    await expect(podman.start([...COMMON_FLAGS])).rejects.toThrow(/rootless containers need 'loopfs oci-broker' running as root/);
+    const r = await podman.run(['ps', '-aq']);
+    for (const id of text(r.stdout).split('\n').filter(Boolean)) await podman.rmForce(id);
+  });
+
+  it('a rootless container gets a brokered instance owned by its user: losetup -f --show works, rm -f leaves nothing', async () => {
+    const b = await startBroker();
+    const id = await podman.start([...COMMON_FLAGS], [`${sb.image}:/img`]);
+    try {
+      const dir = path.join(sb.runtime, 'oci', String(sb.user.uid), id.slice(0, 32));
+      const state = sb.state(dir);
+      expect(state?.owner).toEqual({ uid: sb.user.uid, gid: sb.user.gid });
+      const minors = Object.keys(state?.devices ?? {}).map(Number).sort((x, y) => x - y);
+      expect(minors.length).toBe(4);
+      // served by the broker in the oci-broker process: a socket owned by the user
+      const sock = fs.lstatSync(path.join(dir, 'loop-control'));
+      expect(sock.isSocket()).toBe(true);
+      expect(sock.uid).toBe(sb.user.uid);
+
+      const r = await podman.exec(
+        id,
+        `${LIST_DEV}
+id -u
+losetup -f --show /img
+losetup -a
+readlink /dev/loop-control
+mount -o loop /img /mnt 2>&1; echo "mount=$?"`,
+      );
+      expect(r.exitCode).toBe(0);
+      const out = text(r.stdout).split('\n');
+      const names = minors.map((m) => `loop${m}`).sort();
+      expect(out[0].trim().split(' ').sort()).toEqual(names);
+      expect(out[1].trim().split(' ').sort()).toEqual([...names, 'loop-control'].sort());
+      expect(out[2]).toBe('0');
+      expect(out[3]).toBe(`/dev/loop${minors[0]}`);
+      expect(out[4]).toMatch(new RegExp(`^/dev/loop${minors[0]}: .*\\(/img\\)$`));
+      expect(out[5]).toBe('loopfs/loop-control');
+      // unprivileged: the kernel refuses the mount itself (the broker mounts for loopfs's tools)
+      expect(out.find((l) => l.startsWith('mount='))).not.toBe('mount=0');
+      expect(backingInode(minors[0])).toBe(fs.statSync(sb.image).ino);
+      seen.push(...minors);
+      expect(b.stderr()).toContain(`uid ${sb.user.uid}: container ${id}`);
+    } finally {
+      await podman.rmForce(id);
+    }
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+
+  it('SIGKILL of the container init: the instance goes with it', async () => {
+    await (broker ?? (await startBroker()));
+    const id = await podman.start([...COMMON_FLAGS, '--annotation', 'io.loopfs.pool=1'], [`${sb.image}:/img`]);
+    try {
+      const r = await podman.exec(id, 'losetup -f --show /img');
+      expect(r.exitCode).toBe(0);
+      expect(containerInstances(sb).length).toBe(1);
+      const pid = Number(text((await podman.run(['inspect', '-f', '{{.State.Pid}}', id])).stdout).trim());
+      expect(pid).toBeGreaterThan(1);
+      process.kill(pid, 'SIGKILL');
+      for (let i = 0; i < 100 && containerInstances(sb).length > 0; i++) await sleep(100);
+      expect(containerInstances(sb)).toEqual([]);
+    } finally {
+      await podman.rmForce(id);
+    }
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+});
+
