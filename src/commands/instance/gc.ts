@@ -1,6 +1,7 @@
 import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
 import { Progress } from '../../cli/progress.js';
 import { gc, type GcReport } from '../../instance/manage.js';
+import { reapVanishedContainers } from '../../oci/container-instance.js';
 
 export default class InstanceGc extends LoopfsCommand {
   static summary = 'Reconcile every instance with the kernel and report what was fixed.';
@@ -12,6 +13,8 @@ export default class InstanceGc extends LoopfsCommand {
 
   async run(): Promise<GcReport> {
     await this.parse(InstanceGc);
+    // containers that vanished without their poststop hook first: their instances go whole
+    const reaped = reapVanishedContainers();
     const progress = new Progress('gc'); // stderr, on a terminal only
     let report: GcReport;
     try {
@@ -19,6 +22,7 @@ export default class InstanceGc extends LoopfsCommand {
     } finally {
       progress.end();
     }
+    report.fixes.unshift(...reaped.map((r) => ({ dir: r.dir, minor: null, action: `destroyed the instance of vanished container ${r.container}` })));
     const rows = [
       ...report.fixes.map((f) => ['fixed', f.dir ?? '-', f.minor !== null ? `loop${f.minor}` : '-', f.action]),
       ...report.pending.map((p) => ['pending', p.dir ?? '-', p.minor !== null ? `loop${p.minor}` : '-', p.action]),
