@@ -22,6 +22,7 @@ import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
+import { otherBrokerAlive, ownIdentity, readSessionRecord, writeSessionRecord } from './sessions.js';
 import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriver } from './fuse.js';
 import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from './protocol.js';
 
@@ -123,11 +124,56 @@ export class InstanceOps {
   /** Released devices that LOOP_CTL_REMOVE found busy (left "removing"): removal retried. */
   private readonly removing = new Set<number>();
 
+  /** Live session devices (of any connection) and autoclear devices a connection holds. */
+  private readonly sessionDevices = new Set<number>();
+  private readonly autoclearHeld = new Set<number>();
+  /** The session record as last written (sessions.ts), to write only changes. */
+  private written = '';
+
   /** A minor just handed to a client is in use again: no pending settling applies to it. */
   private reused(minor: number): number {
     this.deferred.delete(minor);
     this.settleWhenFree.delete(minor);
+    this.sessionDevices.delete(minor);
+    this.autoclearHeld.delete(minor);
     return minor;
+  }
+
+  /**
+   * Persist what a successor must settle if this broker dies now (sessions.ts): before the
+   * reply that hands a session device out. Best effort: a runtime dir we cannot write
+   * loses crash recovery, not the request.
+   */
+  private record(inst: LocalInstance): void {
+    const sorted = (...sets: Set<number>[]) => [...new Set(sets.flatMap((x) => [...x]))].sort((a, b) => a - b);
+    const sessions = sorted(this.sessionDevices, this.deferred);
+    const released = sorted(this.autoclearHeld, this.settleWhenFree).filter((m) => !sessions.includes(m));
+    const key = JSON.stringify([sessions, released]);
+    if (key === this.written) return;
+    try {
+      inst.lock();
+      try {
+        writeSessionRecord(this.cfg.env, this.cfg.id, { broker: ownIdentity(), sessions, released });
+      } finally {
+        inst.unlock();
+      }
+      this.written = key;
+    } catch {
+      /* next change tries again */
+    }
+  }
+
+  /**
+   * Settle what a broker that died (SIGKILL, crash) left in the record: its connections
+   * ended with it, so their session devices are detached and released and their autoclear
+   * devices settled, as endSession would have done. A record of a broker that still runs
+   * is not ours to touch. Returns the devices settled.
+   */
+  recover(): number[] {
+    const rec = readSessionRecord(this.cfg.env, this.cfg.id);
+    if (!rec || otherBrokerAlive(rec.broker)) return [];
+    this.endSession(rec.sessions, rec.released);
+    return [...rec.sessions, ...rec.released];
   }
 
   constructor(private readonly cfg: OpsConfig) {}
@@ -190,10 +236,13 @@ export class InstanceOps {
 
   // ---------------------------------------------------------------- get-free
 
-  getFree(): GetFreeReply {
+  getFree(session = false): GetFreeReply {
     return this.with((inst) => {
       const dev = inst.findFree();
-      return { minor: this.reused(minorOfPath(dev.path)) };
+      const minor = this.reused(minorOfPath(dev.path));
+      if (session) this.sessionDevices.add(minor);
+      this.record(inst);
+      return { minor };
     });
   }
 
@@ -243,6 +292,9 @@ export class InstanceOps {
         a.holder?.close();
         a.device.close();
       }
+      if (req.session) this.sessionDevices.add(minor);
+      if (holderFd !== null) this.autoclearHeld.add(minor);
+      this.record(inst);
       return { minor, readOnly: a.readOnly, holderFd };
     });
   }
@@ -264,7 +316,10 @@ export class InstanceOps {
       } finally {
         dev.close();
       }
+      this.sessionDevices.delete(minor);
+      this.autoclearHeld.delete(minor);
       this.settleOrDefer(inst, minor, false);
+      this.record(inst);
     });
   }
 
@@ -293,6 +348,10 @@ export class InstanceOps {
     } catch {
       return; // the instance is gone: gc settles its devices
     }
+    for (const minor of [...sessions, ...released]) {
+      this.sessionDevices.delete(minor);
+      this.autoclearHeld.delete(minor);
+    }
     try {
       for (const minor of sessions) {
         try {
@@ -319,6 +378,7 @@ export class InstanceOps {
           /* gone meanwhile */
         }
       }
+      this.record(inst);
     } finally {
       inst.close();
     }
@@ -406,6 +466,7 @@ export class InstanceOps {
           /* busy for a moment (udev probing): next round */
         }
       }
+      this.record(inst);
     } finally {
       inst.close();
     }

@@ -397,7 +397,7 @@ class Connection {
           return;
         }
         case 'get-free': {
-          const r = await worker.call({ op: 'get-free' });
+          const r = await worker.call({ op: 'get-free', session: req.session === true });
           this.endpoint.handedOut(r.minor, this, req.session === true);
           this.reply(okReply(req.id, { minor: r.minor }, req.v));
           return;
@@ -646,6 +646,23 @@ export class BrokerServer {
     const ep = new Endpoint(this, dir, id, owner, worker);
     ep.listen(); // the worker thread starts with the first request: nothing to stop on failure
     this.endpoints.push(ep);
+    // sessions of a broker that died (SIGKILL) before us: settled before we serve anything
+    // new of this instance (the worker runs requests in order)
+    this.recovering.push(
+      worker.call({ op: 'recover' }).then(
+        (minors) => {
+          if (minors.length) this.log(`${dir}: settled ${minors.length} device(s) of a previous broker's sessions: ${minors.map((m) => `loop${m}`).join(' ')}`);
+        },
+        (e) => this.log(`${dir}: settling a previous broker's sessions: ${describe(e)}`),
+      ),
+    );
+  }
+
+  private readonly recovering: Promise<void>[] = [];
+
+  /** Resolves once the sessions a previous broker left (sessions.ts) are settled. */
+  async recovered(): Promise<void> {
+    await Promise.all(this.recovering);
   }
 
   /**

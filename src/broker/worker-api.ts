@@ -8,13 +8,14 @@ import type { AttachRequestMsg, ErrorBody, GetFreeReply, ListReply, MountRequest
 
 export type WorkerRequest = { seq: number } & (
   | { op: 'list' }
-  | { op: 'get-free' }
+  | { op: 'get-free'; session?: boolean }
   | { op: 'attach'; fd: number; req: AttachRequestMsg }
   | { op: 'detach'; minor: number; autoclearHeld?: boolean }
   | { op: 'set-capacity'; minor: number }
   | { op: 'mount'; minor: number; req: MountRequest; peer: MountPeer }
   | { op: 'end-session'; sessions: number[]; released: number[] }
   | { op: 'pending' }
+  | { op: 'recover' }
 );
 
 export type WorkerReply = { seq: number; ok: true; result: unknown } | { seq: number; ok: false; error: ErrorBody };
@@ -74,10 +75,11 @@ export class InstanceWorker {
   }
 
   call(req: { op: 'list' }): Promise<ListReply>;
-  call(req: { op: 'get-free' }): Promise<GetFreeReply>;
+  call(req: { op: 'get-free'; session?: boolean }): Promise<GetFreeReply>;
   call(req: { op: 'attach'; fd: number; req: AttachRequestMsg }): Promise<AttachOutcome>;
   call(req: { op: 'mount'; minor: number; req: MountRequest; peer: MountPeer }): Promise<MountOutcome>;
   call(req: { op: 'pending' }): Promise<number[]>;
+  call(req: { op: 'recover' }): Promise<number[]>;
   call(req: WorkerCall): Promise<unknown>;
   call(req: WorkerCall): Promise<unknown> {
     if (this.stopping) return Promise.reject(new WorkerError({ code: 'ESHUTDOWN', message: 'the broker is stopping', kind: 'internal' }));

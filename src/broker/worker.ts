@@ -19,7 +19,7 @@ function run(m: WorkerRequest): unknown {
     case 'list':
       return ops.list();
     case 'get-free':
-      return ops.getFree();
+      return ops.getFree(m.session === true);
     case 'attach':
       return ops.attach(m.fd, m.req);
     case 'detach':
@@ -32,6 +32,8 @@ function run(m: WorkerRequest): unknown {
       return ops.endSession(m.sessions, m.released);
     case 'pending':
       return ops.pending();
+    case 'recover':
+      return ops.recover();
   }
 }
 

@@ -56,6 +56,7 @@ export default class Serve extends LoopfsCommand {
       const r = await server.sync([...dirs, ...registeredInstanceDirs()]);
       for (const f of r.failed) process.stderr.write(`loopfs serve: cannot serve ${f}\n`);
     }
+    await server.recovered();
     if (server.fuseMode === 'always' && server.fuseDrivers.length === 0) {
       process.stderr.write('loopfs serve: --fuse: no FUSE driver (fuse2fs, squashfuse) is installed: every mount will fail\n');
     }
