@@ -8,7 +8,7 @@ import { packageRoot } from '../install/install.js';
 import { brokersCheck } from './brokers.js';
 import type { Check, CheckResult, DoctorContext, Fix } from './check.js';
 import { loopDriverCheck } from './driver.js';
-import { mountHelperCheck } from './installed.js';
+import { mountHelperCheck, ociHookCheck } from './installed.js';
 import { kernelLoopfsCheck } from './kernel-loopfs.js';
 import { orphanDevicesCheck, staleNodesCheck, unreadableCheck } from './leftovers.js';
 import { limitsCheck } from './limits.js';
@@ -21,6 +21,7 @@ export const CHECKS: readonly Check[] = [
   unreadableCheck,
   brokersCheck,
   mountHelperCheck,
+  ociHookCheck,
   kernelLoopfsCheck,
 ];
 

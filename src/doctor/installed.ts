@@ -1,11 +1,14 @@
 /**
  * Whether the pieces outside the package are in place: mount.loop where mount(8) looks
- * for helpers (`loopfs install`). Missing is a warning (it is optional); present but
- * pointing at a loopfs that is gone is a failure (mounts fail).
+ * for helpers (`loopfs install`), and the OCI hook files where podman looks for hooks
+ * (`loopfs install --oci-hooks DIR`). Missing is a warning (both are optional); present
+ * but pointing at a loopfs that is gone is a failure (mounts or container starts fail).
  */
-import { lstatSync, readFileSync, realpathSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, realpathSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { HELPER_DIR } from '../install/install.js';
+import { DEFAULT_HOOKS_DIRS, hookFileName, ociHookStatus } from '../oci/hooks-json.js';
+import { STAGES } from '../oci/policy.js';
 import type { Check } from './check.js';
 
 /** The package a bin/… file belongs to, if it is loopfs. */
@@ -45,5 +48,34 @@ export const mountHelperCheck: Check = {
     const pkg = loopfsPackageOf(target);
     if (!pkg) return { status: 'warn', detail: `${helper} is not loopfs's (${target})` };
     return { status: 'ok', detail: `${helper} -> ${target}` };
+  },
+};
+
+export const ociHookCheck: Check = {
+  id: 'oci-hook',
+  title: 'OCI hook',
+  run() {
+    const status = ociHookStatus(DEFAULT_HOOKS_DIRS);
+    // a directory with any of our hook files is one we installed into; there every stage must work
+    const present = status.filter((s) => STAGES.some((stage) => existsSync(join(s.dir, hookFileName(stage)))));
+    const installed = present.filter((s) => s.broken.length === 0);
+    const broken = present.filter((s) => s.broken.length > 0);
+    if (broken.length > 0) {
+      return {
+        status: 'fail',
+        detail: 'loopfs OCI hook files that cannot run: containers asking for an instance fail to start',
+        items: broken.map((s) => `${s.dir}: ${s.broken.join(', ')} broken`),
+        fix: { command: `loopfs uninstall && loopfs install --oci-hooks ${broken[0].dir}`, safe: false },
+      };
+    }
+    if (installed.length > 0) return { status: 'ok', detail: `installed in ${installed.map((s) => s.dir).join(', ')}` };
+    if (!DEFAULT_HOOKS_DIRS.some((d) => existsSync(dirname(dirname(d))))) {
+      return { status: 'skip', detail: 'no container engine configuration here (no hooks directory)' };
+    }
+    return {
+      status: 'warn',
+      detail: 'not installed: containers cannot get a private instance through the hook',
+      fix: { command: `loopfs install --oci-hooks ${DEFAULT_HOOKS_DIRS[1]}`, safe: false },
+    };
   },
 };

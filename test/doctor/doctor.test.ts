@@ -69,7 +69,7 @@ describe.skipIf(reason)(skipTitle('loopfs doctor', reason), () => {
     }
     // every check is there, each with a title and a detail line
     expect(report.checks.map((c) => c.id)).toEqual([
-      'loop-driver', 'limits', 'orphan-devices', 'stale-nodes', 'instance-state', 'brokers', 'mount-helper', 'kernel-loopfs',
+      'loop-driver', 'limits', 'orphan-devices', 'stale-nodes', 'instance-state', 'brokers', 'mount-helper', 'oci-hook', 'kernel-loopfs',
     ]);
     for (const c of report.checks) expect(c.detail).not.toBe('');
   });
@@ -206,6 +206,32 @@ describe.skipIf(reason)(skipTitle('loopfs doctor', reason), () => {
     const report = JSON.parse(r.stdout) as Report;
     for (const id of ['orphan-devices', 'stale-nodes', 'instance-state']) expect(check(report, id).status).toBe('skip');
     expect(check(report, 'loop-driver').status).toBe('ok');
+  });
+
+  it('the OCI hook: not installed is a warning, installed is ok, a hook naming a loopfs that is gone fails', async () => {
+    // podman's hooks directories, overlaid with a tmpfs in a private mount namespace: the
+    // machine's own are never touched
+    const hooks = '/etc/containers/oci/hooks.d';
+    const record = sb.path('install.json');
+    const script = [
+      'set -e',
+      'mount -t tmpfs tmpfs /etc/containers',
+      'mkdir -p /usr/share/containers/oci && mount -t tmpfs tmpfs /usr/share/containers/oci',
+      `${LOOPFS} doctor --json > ${sb.path('none.json')} || true`,
+      `${LOOPFS} install --no-losetup --helper-dir ${sb.path('helpers')} --prefix ${sb.path('prefix')} --record ${record} --oci-hooks ${hooks} > /dev/null`,
+      `${LOOPFS} doctor --json > ${sb.path('installed.json')} || true`,
+      `sed -i 's#"path": "[^"]*"#"path": "/nonexistent/node"#' ${hooks}/loopfs-poststop.json`,
+      `${LOOPFS} doctor --json > ${sb.path('broken.json')} || true`,
+    ].join('\n');
+    execFileSync('unshare', ['-m', '--propagation', 'private', 'sh', '-c', script], { env: sb.env, stdio: 'inherit' });
+    const read = (name: string) => check(JSON.parse(fs.readFileSync(sb.path(name), 'utf8')) as Report, 'oci-hook');
+    expect(read('none.json')).toMatchObject({ status: 'warn', fix: { command: `loopfs install --oci-hooks ${hooks}`, safe: false } });
+    expect(read('installed.json')).toMatchObject({ status: 'ok', detail: `installed in ${hooks}` });
+    expect(read('broken.json')).toMatchObject({
+      status: 'fail',
+      items: [`${hooks}: poststop broken`],
+      fix: { command: `loopfs uninstall && loopfs install --oci-hooks ${hooks}`, safe: false },
+    });
   });
 
   it('colour only on a terminal, and never with NO_COLOR', async () => {
