@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -333,6 +334,22 @@ Napi::Value Shutdown(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// setRecvTimeout(fd, ms): setsockopt(SO_RCVTIMEO). A blocking recvmsg then fails with
+// EAGAIN after `ms` milliseconds without a message (0 = wait for ever): how a synchronous
+// client bounds its wait for a peer that never answers.
+Napi::Value SetRecvTimeout(const Napi::CallbackInfo& info) {
+  const int fd = ToFd(info[0], "setRecvTimeout", "fd");
+  const uint32_t ms = ToBits(info[1], "setRecvTimeout", "ms");
+  struct timeval tv;
+  tv.tv_sec = static_cast<time_t>(ms / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
+  if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) < 0) {
+    const int err = errno;
+    ThrowFdError(info.Env(), err, "setsockopt(SO_RCVTIMEO)", fd);
+  }
+  return info.Env().Undefined();
+}
+
 } // namespace
 
 void RegisterSocket(Napi::Env env, Napi::Object exports) {
@@ -345,6 +362,7 @@ void RegisterSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("peerCred", Napi::Function::New(env, PeerCred, "peerCred"));
   exports.Set("peerPidfd", Napi::Function::New(env, PeerPidfd, "peerPidfd"));
   exports.Set("shutdown", Napi::Function::New(env, Shutdown, "shutdown"));
+  exports.Set("setRecvTimeout", Napi::Function::New(env, SetRecvTimeout, "setRecvTimeout"));
 }
 
 } // namespace loopfs

@@ -21,6 +21,16 @@
  * read (EAGAIN) or cannot receive (EPIPE) ends the connection. Protocol violations get an
  * error reply; MAX_VIOLATIONS of them end the connection.
  *
+ * Slow and stalled clients. SOCK_SEQPACKET delivers a request whole or not at all, so there
+ * is no partial request to wait for and no read timeout to keep: a client that stops
+ * sending costs one idle connection. Idle connections are legitimate (session devices
+ * live as long as their connection) and are bounded by --max-connections per instance;
+ * only the instance owner and root can open them. A client that stops reading fills its
+ * own receive queue: the next reply fails with EAGAIN and the connection is ended (its
+ * sessions released). Nothing a client does blocks the event loop or another connection.
+ * The other direction — a broker that never answers — is bounded on the client side
+ * (BrokerScope: SO_RCVTIMEO, $LOOPFS_BROKER_TIMEOUT).
+ *
  * Sessions: devices attached or found with `session: true` are detached and released when
  * the connection ends, however it ends (client exit, crash, SIGKILL, broker shutdown).
  * Autoclear attaches are held open by the connection (a holder fd), so they stay bound

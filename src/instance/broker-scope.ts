@@ -40,6 +40,16 @@ import { checkMember, devicePathIn, type LoopScope } from './scope.js';
 
 export const BROKER_SOCKET = 'loop-control';
 
+/** How long a client waits for each broker reply unless $LOOPFS_BROKER_TIMEOUT (seconds, 0 = for ever) says otherwise. */
+export const DEFAULT_BROKER_TIMEOUT_S = 30;
+
+/** The reply timeout in ms from $LOOPFS_BROKER_TIMEOUT (0: none); a malformed value gives the default. */
+export function brokerTimeoutMs(env: NodeJS.ProcessEnv): number {
+  const raw = env.LOOPFS_BROKER_TIMEOUT;
+  const s = raw !== undefined && /^\d+(\.\d+)?$/.test(raw.trim()) ? Number(raw) : DEFAULT_BROKER_TIMEOUT_S;
+  return Math.min(Math.round(s * 1000), 0xffffffff);
+}
+
 /** The broker refused or failed a request that is not about one device or file. */
 export class BrokerError extends Error {
   constructor(
@@ -148,13 +158,18 @@ export class BrokerScope implements LoopScope {
   private constructor(
     dir: string,
     private fd: number,
+    private readonly timeoutMs: number,
   ) {
     this.dir = dir;
     this.controlPath = `${dir}/${BROKER_SOCKET}`;
   }
 
-  /** Connect to the broker of DIR and say hello. Throws BrokerUnavailableError. */
-  static connect(dir: string, client = 'losetup'): BrokerScope {
+  /**
+   * Connect to the broker of DIR and say hello. Throws BrokerUnavailableError. Every reply
+   * is waited for at most $LOOPFS_BROKER_TIMEOUT seconds (SO_RCVTIMEO): a broker that
+   * accepts and never answers (stopped, hung) is an error, not a hang.
+   */
+  static connect(dir: string, client = 'losetup', env: NodeJS.ProcessEnv = process.env): BrokerScope {
     dir = resolvePath(dir); // names we print must work again as operands
     const n = native();
     let fd: number;
@@ -164,12 +179,14 @@ export class BrokerScope implements LoopScope {
       if (hasCode(e, 'ECONNREFUSED')) throw new BrokerUnavailableError(dir, 'the loopfs broker of this instance is not running');
       throw new BrokerUnavailableError(dir, `cannot reach the loopfs broker: ${toSysError(e).description}`);
     }
-    const scope = new BrokerScope(dir, fd);
+    const timeoutMs = brokerTimeoutMs(env);
+    const scope = new BrokerScope(dir, fd, timeoutMs);
     try {
+      n.setRecvTimeout(fd, timeoutMs);
       scope.call('hello', { client });
     } catch (e) {
       scope.close();
-      if (e instanceof BrokerError || e instanceof ProtocolError) throw new BrokerUnavailableError(dir, e.message);
+      if (e instanceof BrokerError || e instanceof ProtocolError) throw new BrokerUnavailableError(dir, e.message.replace(`${dir}: `, ''));
       throw e;
     }
     return scope;
@@ -205,7 +222,13 @@ export class BrokerScope implements LoopScope {
       } catch (e) {
         throw new BrokerError(toSysError(e).code, `${this.dir}: the loopfs broker went away (${toSysError(e).description})`);
       }
-      if (msg === null) continue; // a blocking socket does not return null; be safe
+      if (msg === null) {
+        // EAGAIN on our blocking socket: SO_RCVTIMEO expired. A late reply must not answer
+        // our next request: this connection is done.
+        this.close();
+        const s = this.timeoutMs / 1000;
+        throw new BrokerError('ETIMEDOUT', `${this.dir}: the loopfs broker did not answer within ${s} second${s === 1 ? '' : 's'} (LOOPFS_BROKER_TIMEOUT)`);
+      }
       if (msg.eof) {
         if (sendError) throw new BrokerError(sendError.code, `${this.dir}: the loopfs broker went away (${sendError.description})`);
         throw new BrokerError('ECONNRESET', `${this.dir}: the loopfs broker closed the connection`);

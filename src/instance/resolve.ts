@@ -59,7 +59,7 @@ export function openScope(dir: string, env: NodeJS.ProcessEnv, statfs?: (p: stri
       return LocalInstance.open(dir, env);
     case 'broker':
       try {
-        return BrokerScope.connect(dir);
+        return BrokerScope.connect(dir, undefined, env);
       } catch (e) {
         if (e instanceof BrokerUnavailableError) throw new InstanceError(dir, e.reason);
         throw e;

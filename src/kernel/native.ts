@@ -304,6 +304,11 @@ export interface NativeAddon {
   peerPidfd(fd: number): number;
   /** shutdown(2), SHUT_RDWR by default: the peer's recvMsg sees eof. */
   shutdown(fd: number, how?: number): void;
+  /**
+   * setsockopt(SO_RCVTIMEO): a blocking recvMsg on `fd` returns null (EAGAIN) after `ms`
+   * milliseconds without a message; 0 waits for ever.
+   */
+  setRecvTimeout(fd: number, ms: number): void;
 
   /**
    * Calls `onReadable` (this = the watcher) on node's event loop whenever `fd` is readable or

@@ -37,7 +37,7 @@ import {
 } from '../compat/mount-options.js';
 import { strtosize } from '../compat/strtosize.js';
 import { QuotaError } from '../instance/local-instance.js';
-import { BrokerScope, type BrokerMount } from '../instance/broker-scope.js';
+import { BrokerError, BrokerScope, type BrokerMount } from '../instance/broker-scope.js';
 import { MOUNT_ATTRS, type MountAttrName } from '../broker/protocol.js';
 import { InstanceError, resolveScope } from '../instance/resolve.js';
 import type { LoopScope } from '../instance/scope.js';
@@ -484,6 +484,8 @@ function mountThroughBroker(r: Request, ls: LoopSetup, type: string | null, scop
       attachedHere = true;
     } catch (e) {
       if (e instanceof QuotaError) fail(out, r.dir, e.message);
+      // the broker itself failed (no answer, went away): say so, not "failed to setup"
+      if (e instanceof BrokerError && e.kind === undefined) fail(out, r.dir, e.message);
       fail(out, r.dir, `failed to setup loop device for ${r.spec}`);
     }
   }
