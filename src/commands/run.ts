@@ -29,6 +29,7 @@ export default class Run extends LoopfsCommand {
     'allow-fs': Flags.string({
       description: `comma-separated filesystem types to mount (default: ${DEFAULT_ALLOWED_FS.join(',')}; "" for none)`,
     }),
+    fuse: Flags.boolean({ description: 'mount through fuse2fs (ext2/3/4) or squashfuse (squashfs) instead of the kernel' }),
     verbose: Flags.boolean({ char: 'v', description: 'log every mount judged (to stderr)' }),
   };
 
@@ -52,7 +53,7 @@ export default class Run extends LoopfsCommand {
     for (const s of signals) process.on(s, forward);
     let result;
     try {
-      result = await Supervisor.run({ file, argv: cmd, env: process.env, instanceDir: dir, allowFs, log }, (s) => (supervisor = s));
+      result = await Supervisor.run({ file, argv: cmd, env: process.env, instanceDir: dir, allowFs, fuse: flags.fuse, log }, (s) => (supervisor = s));
     } finally {
       for (const s of signals) process.off(s, forward);
     }

@@ -10,6 +10,7 @@
  * caller's target path (nsMoveMount). Nothing is ever continued to the kernel for such a
  * mount: CONTINUE would make the kernel read the caller's strings again.
  */
+import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, FuseDriverError, startFuseDriver, type FuseDriverOptions } from '../broker/fuse.js';
 import { createMount, OpError, probeFilesystem } from '../broker/ops.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError } from '../kernel/errors.js';
@@ -39,14 +40,53 @@ export interface Outcome {
 
 const refuse = (code: string, why: string): Outcome => ({ code, why });
 
+/** A detached mount ready to be moved in (and the FUSE driver to start first). */
+interface Prepared {
+  mntFd: number;
+  fuse: FuseDriverOptions | null;
+  what: string;
+}
+
 export class MountPerformer {
   constructor(
     private readonly instanceDir: string,
     private readonly allowFs: string[],
+    private readonly fuse: boolean,
+    private readonly env: NodeJS.ProcessEnv,
   ) {}
 
   /** Perform or refuse. null: the caller vanished meanwhile (nothing to answer). */
-  mount(t: TrappedProcess, req: MountRequest): Outcome | null {
+  async mount(t: TrappedProcess, req: MountRequest): Promise<Outcome | null> {
+    const p = this.prepare(t, req);
+    if (!('mntFd' in p)) return p;
+    const n = native();
+    try {
+      if (p.fuse) {
+        try {
+          await startFuseDriver(p.fuse);
+        } catch (e) {
+          if (e instanceof FuseDriverError) return refuse('EIO', e.message);
+          throw e;
+        } finally {
+          n.close(p.fuse.fuseFd);
+          n.close(p.fuse.imageFd);
+        }
+      }
+      // the last moment to find the caller gone: after the move the mount is its namespace's
+      if (!t.valid()) return null;
+      n.nsMoveMount(t.fds, p.mntFd, req.target);
+    } catch (e) {
+      if (isSysError(e)) return refuse(e.code, `${req.target}: ${e.syscall}: ${e.description}`);
+      throw e;
+    } finally {
+      // an open mount fd keeps the mount (and the device) busy
+      n.close(p.mntFd);
+    }
+    return { code: null, why: `mounted ${p.what} on ${req.target}` };
+  }
+
+  /** The checks, and the detached mount; an Outcome is a refusal. */
+  private prepare(t: TrappedProcess, req: MountRequest): Outcome | Prepared {
     if (t.inOurUserNamespace) {
       return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
     }
@@ -84,6 +124,8 @@ export class MountPerformer {
         return refuse('EPERM', `filesystem type ${fstype} is not allowed (allowed: ${this.allowFs.join(', ') || 'none'})`);
       }
       const readOnly = (req.flags & MS.RDONLY) !== 0 || sys.readOnly() === true;
+      const what = `loop${minor} (${fstype}${readOnly ? ', ro' : ''}${this.fuse ? ', fuse' : ''})`;
+      if (this.fuse) return this.prepareFuse(inst, minor, fstype, readOnly, t, what);
       let mntFd: number;
       try {
         mntFd = createMount(host, fstype, readOnly, requestedAttrs(req.flags));
@@ -93,20 +135,47 @@ export class MountPerformer {
       }
       try {
         idmapTo(mntFd, t.fds.usernsFd);
-        // the last moment to find the caller gone: after the move the mount is its namespace's
-        if (!t.valid()) return null;
-        n.nsMoveMount(t.fds, mntFd, req.target);
       } catch (e) {
-        if (isSysError(e)) return refuse(e.code, `${req.target}: ${e.syscall}: ${e.description}`);
-        throw e;
-      } finally {
-        // an open mount fd keeps the mount (and the device) busy
         n.close(mntFd);
+        if (isSysError(e)) return refuse(e.code, `mount_setattr: ${e.description}`);
+        throw e;
       }
-      return { code: null, why: `mounted loop${minor} (${fstype}${readOnly ? ', ro' : ''}) on ${req.target}` };
+      return { mntFd, fuse: null, what };
     } finally {
       if (devFd >= 0) n.close(devFd);
       inst.close();
+    }
+  }
+
+  /**
+   * The FUSE mount of loopN: usable by the caller's uid only (user_id/group_id: its ids in
+   * the initial user namespace), served by the driver as the instance owner, who opens the
+   * instance's node DIR/loopN (given as an O_PATH fd checked to be this very device).
+   */
+  private prepareFuse(inst: LocalInstance, minor: number, fstype: string, readOnly: boolean, t: TrappedProcess, what: string): Outcome | Prepared {
+    const n = native();
+    const c = n.constants;
+    const driver = fuseDriverFor(fstype);
+    if (!driver) return refuse('EPERM', `no FUSE driver for filesystem type ${fstype}`);
+    if (!fuseDriverPath(driver, this.env)) return refuse('ENODEV', `the FUSE driver ${driver} is not installed`);
+    const owner = inst.state().owner;
+    let imageFd: number;
+    try {
+      imageFd = n.open(inst.nodePath(minor), c.O_PATH | c.O_NOFOLLOW);
+    } catch (e) {
+      return refuse('EPERM', `${inst.nodePath(minor)}: ${(e as Error).message}`);
+    }
+    const st = n.fstat(imageFd);
+    if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
+      n.close(imageFd);
+      return refuse('EPERM', `${inst.nodePath(minor)} is not the node of loop device ${minor}`);
+    }
+    try {
+      const m = createFuseMount({ driver, source: `/dev/loop${minor}`, userId: t.euid, groupId: t.egid, readOnly });
+      return { mntFd: m.mntFd, fuse: { driver, fuseFd: m.fuseFd, imageFd, uid: owner.uid, gid: owner.gid, readOnly, env: this.env }, what };
+    } catch (e) {
+      n.close(imageFd);
+      return refuse(isSysError(e) ? e.code : 'EIO', `cannot create a FUSE mount: ${describeFuseError(e)}`);
     }
   }
 }

@@ -9,11 +9,13 @@
  * open); when CMD ends, the supervisor (a child subreaper) kills what CMD left behind, so no
  * trapped process outlives it. Nothing crosses a socket, so no protocol is needed.
  *
- * One notification at a time, synchronously: a decision, a mount, and the answer happen
- * before the next notification is taken, so there are no threads and nothing to cancel.
+ * Notifications are judged on node's event loop, each to its end (no threads, nothing to
+ * cancel); only a FUSE mount waits (for its driver to start), and meanwhile other
+ * notifications are served. As a child subreaper it also reaps the orphans of CMD's tree.
  */
 import { constants as osConstants } from 'node:os';
 import { readdirSync, readFileSync } from 'node:fs';
+import { runningFuseDrivers, stopFuseDrivers } from '../broker/fuse.js';
 import { native, type FdWatcher, type SeccompNotif } from '../kernel/native.js';
 import { classify, mountFlags, remountKeepsNosuidNodev } from './policy.js';
 import { MountPerformer, type Outcome } from './perform.js';
@@ -29,6 +31,8 @@ export interface RunOptions {
   cwd?: string;
   instanceDir: string;
   allowFs: string[];
+  /** Mount through fuse2fs/squashfuse instead of the kernel's filesystem drivers. */
+  fuse: boolean;
   /** One line per judged mount (not for the ones continued untouched). */
   log?: (line: string) => void;
 }
@@ -43,6 +47,7 @@ type Answer = 'continue' | Outcome | null;
 export class Supervisor {
   private readonly performer: MountPerformer;
   private listener: FdWatcher | null = null;
+  private reaper: NodeJS.Timeout | null = null;
   private exitWatcher: FdWatcher | null = null;
 
   private constructor(
@@ -51,7 +56,7 @@ export class Supervisor {
     private readonly listenerFd: number,
     private readonly pidfd: number,
   ) {
-    this.performer = new MountPerformer(opts.instanceDir, opts.allowFs);
+    this.performer = new MountPerformer(opts.instanceDir, opts.allowFs, opts.fuse, opts.env);
   }
 
   /** Start CMD; resolves with how it ended, after everything it left behind is gone. */
@@ -76,8 +81,9 @@ export class Supervisor {
       this.exitWatcher = n.watchFd(this.pidfd, () => {
         const status = n.waitPid(this.pid, true);
         if (!status) return;
-        resolve(this.finish({ code: status.code, signal: status.signal }));
+        void this.finish({ code: status.code, signal: status.signal }).then(resolve);
       });
+      this.reaper = setInterval(() => reapOrphans(this.pid), 500).unref();
     });
   }
 
@@ -91,10 +97,13 @@ export class Supervisor {
   }
 
   /** CMD ended: end its leftovers, stop listening, release everything. */
-  private finish(result: RunResult): RunResult {
+  private async finish(result: RunResult): Promise<RunResult> {
     const n = native();
     this.exitWatcher?.close();
+    if (this.reaper) clearInterval(this.reaper);
     n.close(this.pidfd);
+    // FUSE drivers are children node spawned (and reaps): stop them first
+    await stopFuseDrivers();
     killDescendants();
     // every filtered process is gone; answering is over (pending notifications died with them)
     this.listener?.close();
@@ -106,9 +115,14 @@ export class Supervisor {
     const n = native();
     const notif = n.seccompNotifRecv(this.listenerFd);
     if (!notif) return; // its process was killed, or none is left (then CMD's exit ends us)
+    void this.answer(notif);
+  }
+
+  private async answer(notif: SeccompNotif): Promise<void> {
+    const n = native();
     let answer: Answer;
     try {
-      answer = this.judge(notif);
+      answer = await this.judge(notif);
     } catch (e) {
       // an unexpected failure refuses the mount: never continue what was not judged
       answer = { code: 'EPERM', why: `internal error: ${(e as Error).message}` };
@@ -124,7 +138,7 @@ export class Supervisor {
   }
 
   /** The answer for one notification; null when its process is gone. */
-  private judge(notif: SeccompNotif): Answer {
+  private async judge(notif: SeccompNotif): Promise<Answer> {
     if (notif.nr !== NR_MOUNT) return { code: 'ENOSYS', why: `unexpected syscall ${notif.nr}` };
     const t = TrappedProcess.open(this.listenerFd, notif);
     if (!t) return null;
@@ -163,7 +177,7 @@ export class Supervisor {
       // proc, fuse in a user namespace…). Should a racing thread turn the source into a
       // device meanwhile, the kernel refuses the caller a block filesystem by itself.
       if ((st.mode & c.S_IFMT) !== c.S_IFBLK) return 'continue';
-      return this.performer.mount(t, { source: st, sourcePath: source, target, fstype, flags, data });
+      return await this.performer.mount(t, { source: st, sourcePath: source, target, fstype, flags, data });
     } finally {
       t.close();
     }
@@ -181,6 +195,31 @@ function childrenOfSelf(): number[] {
     }
   }
   return out;
+}
+
+/**
+ * Reap the orphans of CMD's tree that have exited (they are ours as subreaper), one by one
+ * by pid: never CMD (its exit is watched through its pidfd) and never a process node itself
+ * started (a FUSE driver), which libuv reaps.
+ */
+function reapOrphans(cmd: number): void {
+  const n = native();
+  for (const pid of childrenOfSelf()) {
+    if (pid === cmd) continue;
+    let state = '';
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+      state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
+    } catch {
+      continue;
+    }
+    if (state === 'Z' && !isNodeChild(pid)) n.waitPid(pid, true);
+  }
+}
+
+/** Whether pid is a FUSE driver node spawned (its exit is libuv's to reap). */
+function isNodeChild(pid: number): boolean {
+  return runningFuseDrivers().some((d) => d.pid === pid);
 }
 
 /**

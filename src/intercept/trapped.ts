@@ -42,6 +42,9 @@ export class TrappedProcess {
     readonly fds: Required<TargetFds> & { usernsFd: number },
     /** Capabilities in effect (CapEff) of the trapped thread. */
     private readonly capEff: bigint,
+    /** Its effective uid and gid, as our (the initial) user namespace sees them. */
+    readonly euid: number,
+    readonly egid: number,
   ) {}
 
   /**
@@ -66,7 +69,8 @@ export class TrappedProcess {
       opened.push(cwdFd);
       const status = readFileSync(`${base}/status`, 'utf8');
       const cap = /^CapEff:\s+([0-9a-f]+)$/m.exec(status);
-      const t = new TrappedProcess(notif, listenerFd, memFd, { usernsFd, mntnsFd, rootFd, cwdFd }, cap ? BigInt(`0x${cap[1]}`) : 0n);
+      const id = (key: string) => Number(new RegExp(`^${key}:\\s+\\d+\\s+(\\d+)`, 'm').exec(status)?.[1] ?? -1);
+      const t = new TrappedProcess(notif, listenerFd, memFd, { usernsFd, mntnsFd, rootFd, cwdFd }, cap ? BigInt(`0x${cap[1]}`) : 0n, id('Uid'), id('Gid'));
       if (!t.valid()) {
         t.close();
         return null;

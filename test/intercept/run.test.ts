@@ -231,6 +231,52 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
     expect(sb.hostMounts()).toEqual([]);
   });
 
+  it('--fuse: mount -o loop is served by fuse2fs / squashfuse, nosuid,nodev, and nothing is left after umount', async () => {
+    const [dir, dev] = await sb.activated('inst', 2);
+    const sqfs = path.join(sb.files, 'squash.img');
+    execFileSync('mksquashfs', [sb.path('src'), sqfs, '-quiet', '-noappend'], { stdio: 'pipe' });
+    sb.giveToUser(sqfs);
+    const mnt = sb.userDir('mnt');
+    const out = sb.userDir('out');
+    const r = await sb.underRun(
+      dir,
+      dev,
+      [
+        'set -eu',
+        'for img in "$IMG" "$SQFS"; do',
+        '  /usr/bin/mount -o loop "$img" "$MNT"',
+        '  cat "$MNT/hello.txt" >> "$OUT/content"',
+        '  grep " $MNT " /proc/self/mountinfo >> "$OUT/mountinfo"',
+        '  /usr/bin/umount "$MNT"',
+        'done',
+        'echo done > "$OUT/done"',
+      ].join('\n'),
+      { IMG: sb.image, SQFS: sqfs, MNT: mnt, OUT: out },
+      ['--fuse'],
+    );
+    expect(r.exitCode, describeRun(r)).toBe(0);
+    const read = (name: string) => fs.readFileSync(path.join(out, name), 'utf8');
+    expect(read('done')).toBe('done\n');
+    expect(read('content')).toBe(HELLO + HELLO);
+    const infos = read('mountinfo').trim().split('\n').map(mountinfoFields);
+    expect(infos.map((i) => i.fstype)).toEqual(['fuse.fuse2fs', 'fuse.squashfuse']);
+    for (const i of infos) {
+      expect(i.majmin.startsWith('0:'), 'a FUSE mount, not the kernel parsing the image').toBe(true);
+      expect(i.opts).toEqual(expect.arrayContaining(['nosuid', 'nodev']));
+      const minor = minorOf(i.source);
+      expect(sb.held(dir), `${i.source} is an instance device`).toContain(minor);
+      expect(await waitUnbound(`loop${minor}`), `${i.source} freed after umount`).toBe(true);
+    }
+    const drivers = fs.readdirSync('/proc').filter((p) => {
+      try {
+        return /^\d+$/.test(p) && /^(fuse2fs|squashfuse)$/.test(fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim()) && fs.readdirSync(`/proc/${p}/fd`).some((fd) => fs.readlinkSync(`/proc/${p}/fd/${fd}`).startsWith(sb.root));
+      } catch {
+        return false;
+      }
+    });
+    expect(drivers, 'no FUSE driver of this run (holding an instance node) left running').toEqual([]);
+  });
+
   it('passes other syscalls through, exits with the status of CMD, and fails cleanly for a missing command', async () => {
     const dir = await sb.instance('inst');
     const r = await sb.loopfs(['run', '--instance', dir, '--', 'sh', '-c', 'echo "hi $(cat /proc/self/status | grep -c NoNewPrivs)"; grep NoNewPrivs /proc/self/status; exit 7']);
