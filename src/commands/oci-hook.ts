@@ -1,8 +1,8 @@
 import { Args } from '@oclif/core';
 import { readFileSync } from 'node:fs';
 import { LoopfsCommand } from '../cli/base-command.js';
-import { OciError } from '../oci/bundle.js';
 import { runHook, STAGES, type HookOutcome, type Stage } from '../oci/hook.js';
+import { hookErrorLine } from '../oci/hook-main.js';
 
 export default class OciHook extends LoopfsCommand {
   static summary = 'OCI runtime hook: a private loop-device instance per container (installed with `loopfs install --oci-hooks DIR`).';
@@ -13,16 +13,16 @@ export default class OciHook extends LoopfsCommand {
     "--device-cgroup-rule='b 7:* rw' and --cap-drop=MKNOD; rootless ones need `loopfs oci-broker` running as root.";
   static examples = ['<%= config.bin %> oci-hook createRuntime < state.json'];
   static args = {
-    stage: Args.string({ required: false, options: [...STAGES], description: 'hook stage (default: from the state\'s status)' }),
+    stage: Args.string({ required: true, options: [...STAGES], description: 'hook stage' }),
   };
 
   async run(): Promise<HookOutcome> {
     const { args } = await this.parse(OciHook);
     try {
-      return runHook(args.stage as Stage | undefined, readFileSync(0, 'utf8'));
+      return runHook(args.stage as Stage, readFileSync(0, 'utf8'));
     } catch (e) {
-      if (e instanceof OciError) this.fail(`oci-hook: ${e.message}`);
-      throw e;
+      process.stderr.write(`${hookErrorLine(e)}\n`);
+      this.exit(1);
     }
   }
 }
