@@ -57,7 +57,7 @@ function leftovers(sb: BrokerSandbox, podman: Podman): Record<string, unknown> {
     registry: sb.registry().map((e) => e.dir),
     // the host's own device (host.img) stays bound on purpose
     bound: sb.bound().filter((s) => !s.backingFile.endsWith('/host.img')).map((s) => `${s.dev} ${s.backingFile}`),
-    mounts: sb.mounts(),
+    mounts: sb.mounts().filter((m) => m !== sb.runtime),
     containerBound: seen.filter((m) => readLoopState(`loop${m}`)?.backingFile === '/img'),
     conmon: podman.conmons(),
   };
@@ -88,6 +88,10 @@ describe.skipIf(!!reason)('OCI hook: rootful podman', () => {
 
   beforeAll(async () => {
     sb = new BrokerSandbox('loopfs-oci');
+    // the runtime directory on a nodev tmpfs, as /run is on systemd hosts: the bind at
+    // /dev/loopfs must still reach the devices
+    fs.mkdirSync(sb.runtime);
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'nodev,nosuid,mode=0755', 'loopfs-oci-test', sb.runtime]);
     hooks = sb.path('hooks.d');
     const r = await installHooks(sb, hooks);
     expect(text(r.stderr)).toBe('');
@@ -128,7 +132,9 @@ describe.skipIf(!!reason)('OCI hook: rootful podman', () => {
 dev=$(losetup -f --show /img); echo "$dev"
 losetup -a
 mkdir -p /mnt/m && mount -o loop /img /mnt/m && cat /mnt/m/hello.txt && umount /mnt/m
-ls -la /dev/loop-control 2>&1 | head -1`,
+ls -la /dev/loop-control 2>&1 | head -1
+losetup /dev/loopfs/$(ls /dev/loopfs | grep -E '^loop[0-9]+$' | tail -1) /img && losetup -d /dev/loopfs/$(ls /dev/loopfs | grep -E '^loop[0-9]+$' | tail -1) && echo direct-ok
+grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
       );
       expect(text(r.stderr)).toBe('');
       expect(r.exitCode).toBe(0);
@@ -141,6 +147,9 @@ ls -la /dev/loop-control 2>&1 | head -1`,
       expect(out[3]).toBe(`/dev/loop${minors[0]}: [${fs.statSync(sb.image).dev}]:${fs.statSync(sb.image).ino} (/img)`);
       expect(out[4]).toBe(HELLO.trim());
       expect(out[5]).toMatch(/No such file or directory/);
+      // the instance's own nodes work through the bind, although the runtime dir is nodev
+      expect(out[6]).toBe('direct-ok');
+      expect(out[7].split(',').sort()).toEqual(['noexec', 'nosuid', 'relatime', 'ro']);
       // seen from the host: that device is bound to the image, the host's device is as it was
       expect(backingInode(minors[0])).toBe(fs.statSync(sb.image).ino);
       seen.push(...minors);
