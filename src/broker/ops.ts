@@ -324,10 +324,25 @@ export class InstanceOps {
   }
 
   setCapacity(minor: number): void {
+    this.onDevice(minor, (dev) => dev.setCapacity());
+  }
+
+  /** LOOP_SET_DIRECT_IO on a device of the instance (bound or not: the kernel decides). */
+  setDirectIo(minor: number, on: boolean): void {
+    this.onDevice(minor, (dev) => dev.setDirectIo(on));
+  }
+
+  /** LOOP_SET_BLOCK_SIZE on a device of the instance. */
+  setBlockSize(minor: number, size: number): void {
+    this.onDevice(minor, (dev) => dev.setBlockSize(size));
+  }
+
+  /** One ioctl on a member device, through the host node. */
+  private onDevice(minor: number, fn: (dev: MinorDevice) => void): void {
     this.with((inst) => {
       const dev = this.member(inst, minor);
       try {
-        dev.setCapacity();
+        fn(dev);
       } finally {
         dev.close();
       }

@@ -34,6 +34,9 @@
  *       reply says which driver ("fuse"); hello says whether the broker mounts with FUSE
  *       never, on request or always ("fuseMode") and with which drivers ("fuseDrivers").
  *       A v1 client of a `--fuse` broker gets FUSE mounts (it cannot ask otherwise).
+ *       New ops set-direct-io {minor, on} and set-block-size {minor, size}: LOOP_SET_DIRECT_IO
+ *       and LOOP_SET_BLOCK_SIZE on a live device (`losetup --direct-io=on DEV`, `-b N DEV`),
+ *       which the kernel allows only with CAP_SYS_ADMIN or a writable open of the node.
  */
 
 export const PROTOCOL_VERSION = 2;
@@ -49,8 +52,16 @@ export const MAX_MESSAGE_BYTES = 64 * 1024;
  */
 export const MAX_MESSAGE_FDS = 1;
 
-export const OPS = ['hello', 'list', 'get-free', 'attach', 'detach', 'set-capacity', 'mount'] as const;
+export const OPS = ['hello', 'list', 'get-free', 'attach', 'detach', 'set-capacity', 'mount', 'set-direct-io', 'set-block-size'] as const;
 export type Op = (typeof OPS)[number];
+
+/** The version that introduced each op after v1. */
+const OP_SINCE: Partial<Record<Op, ProtocolVersion>> = { 'set-direct-io': 2, 'set-block-size': 2 };
+
+/** The ops of a protocol version (hello lists them). */
+export function opsOf(v: ProtocolVersion): Op[] {
+  return OPS.filter((op) => (OP_SINCE[op] ?? 1) <= v);
+}
 
 /**
  * Mount attributes a client may ask for. nosuid and nodev are always set by the broker
@@ -103,6 +114,16 @@ export interface SetCapacityRequest {
   op: 'set-capacity';
   minor: number;
 }
+export interface SetDirectIoRequest {
+  op: 'set-direct-io';
+  minor: number;
+  on: boolean;
+}
+export interface SetBlockSizeRequest {
+  op: 'set-block-size';
+  minor: number;
+  size: number;
+}
 export interface MountRequest {
   op: 'mount';
   minor: number;
@@ -121,6 +142,8 @@ export type RequestBody =
   | AttachRequestMsg
   | DetachRequest
   | SetCapacityRequest
+  | SetDirectIoRequest
+  | SetBlockSizeRequest
   | MountRequest;
 
 export type Request = RequestBody & { v: ProtocolVersion; id: number };
@@ -241,6 +264,8 @@ const FIELDS: Record<Op, Record<string, FieldType>> = {
   detach: { minor: 'minor' },
   'set-capacity': { minor: 'minor' },
   mount: { minor: 'minor', fstype: 'fstype', readOnly: 'bool', attrs: 'attrs' },
+  'set-direct-io': { minor: 'minor', on: 'bool' },
+  'set-block-size': { minor: 'minor', size: 'blocksize' },
 };
 
 /** Fields each version added to FIELDS (absent from every earlier version). */
@@ -259,6 +284,8 @@ const REQUIRED: Partial<Record<Op, string[]>> = {
   detach: ['minor'],
   'set-capacity': ['minor'],
   mount: ['minor'],
+  'set-direct-io': ['minor', 'on'],
+  'set-block-size': ['minor', 'size'],
 };
 
 /** How many fds each op must carry. */
@@ -270,6 +297,8 @@ export const FDS_FOR: Record<Op, number> = {
   detach: 0,
   'set-capacity': 0,
   mount: 0,
+  'set-direct-io': 0,
+  'set-block-size': 0,
 };
 
 const U64_MAX = (1n << 64n) - 1n;
@@ -349,7 +378,7 @@ export function decodeRequest(data: Uint8Array, nfds: number): Request {
     throw new ProtocolError('EPROTONOSUPPORT', `protocol version ${JSON.stringify(raw.v)?.slice(0, 20)} is not supported (this broker speaks ${SUPPORTED_VERSIONS.join(', ')})`, id);
   }
   const op = raw.op;
-  if (typeof op !== 'string' || !(OPS as readonly string[]).includes(op)) {
+  if (typeof op !== 'string' || !(opsOf(raw.v) as string[]).includes(op)) {
     throw new ProtocolError('EOPNOTSUPP', `unknown op ${JSON.stringify(op)?.slice(0, 40)}`, id);
   }
   const fields = fieldsOf(op as Op, raw.v);

@@ -52,7 +52,7 @@ import {
   MAX_MESSAGE_BYTES,
   MAX_MESSAGE_FDS,
   okReply,
-  OPS,
+  opsOf,
   PROTOCOL_VERSION,
   ProtocolError,
   type DeviceEntry,
@@ -378,7 +378,7 @@ class Connection {
           instance: this.endpoint.id,
           uid: this.cred.uid,
           gid: this.cred.gid,
-          ops: [...OPS],
+          ops: opsOf(req.v),
           fs: this.server.allowFs,
           ...(req.v >= 2 ? { fuseMode: this.server.fuseMode, fuseDrivers: this.server.fuseDrivers } : {}),
         }, req.v),
@@ -429,6 +429,14 @@ class Connection {
         }
         case 'set-capacity':
           await worker.call({ op: 'set-capacity', minor: req.minor });
+          this.reply(okReply(req.id, {}, req.v));
+          return;
+        case 'set-direct-io':
+          await worker.call({ op: 'set-direct-io', minor: req.minor, on: req.on });
+          this.reply(okReply(req.id, {}, req.v));
+          return;
+        case 'set-block-size':
+          await worker.call({ op: 'set-block-size', minor: req.minor, size: req.size });
           this.reply(okReply(req.id, {}, req.v));
           return;
         case 'mount': {

@@ -12,6 +12,8 @@ export type WorkerRequest = { seq: number } & (
   | { op: 'attach'; fd: number; req: AttachRequestMsg }
   | { op: 'detach'; minor: number; autoclearHeld?: boolean }
   | { op: 'set-capacity'; minor: number }
+  | { op: 'set-direct-io'; minor: number; on: boolean }
+  | { op: 'set-block-size'; minor: number; size: number }
   | { op: 'mount'; minor: number; req: MountRequest; peer: MountPeer }
   | { op: 'end-session'; sessions: number[]; released: number[] }
   | { op: 'pending' }

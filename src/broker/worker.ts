@@ -26,6 +26,10 @@ function run(m: WorkerRequest): unknown {
       return ops.detach(m.minor, m.autoclearHeld === true);
     case 'set-capacity':
       return ops.setCapacity(m.minor);
+    case 'set-direct-io':
+      return ops.setDirectIo(m.minor, m.on);
+    case 'set-block-size':
+      return ops.setBlockSize(m.minor, m.size);
     case 'mount':
       return ops.mount(m.minor, m.req, m.peer);
     case 'end-session':

@@ -364,6 +364,16 @@ export class BrokerScope implements LoopScope {
     this.call('set-capacity', { minor: this.requireMinor(dev) });
   }
 
+  /** LOOP_SET_DIRECT_IO by the broker (the kernel wants CAP_SYS_ADMIN or a writable open). */
+  setDirectIo(dev: LoopDevice, on: boolean): void {
+    this.call('set-direct-io', { minor: this.requireMinor(dev), on });
+  }
+
+  /** LOOP_SET_BLOCK_SIZE by the broker. */
+  setBlockSize(dev: LoopDevice, size: number): void {
+    this.call('set-block-size', { minor: this.requireMinor(dev), size });
+  }
+
   /** A detached nosuid,nodev mount of a bound device of the instance. */
   mount(dev: LoopDevice, opts: MountOptions = {}): BrokerMount {
     const fields: Record<string, unknown> = { minor: this.requireMinor(dev) };

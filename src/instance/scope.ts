@@ -38,6 +38,10 @@ export interface LoopScope {
    * absent: the caller opens the device itself.
    */
   setCapacity?(dev: LoopDevice): void;
+  /** LOOP_SET_DIRECT_IO on the caller's behalf (a broker); absent: the caller does it. */
+  setDirectIo?(dev: LoopDevice, on: boolean): void;
+  /** LOOP_SET_BLOCK_SIZE on the caller's behalf (a broker); absent: the caller does it. */
+  setBlockSize?(dev: LoopDevice, size: number): void;
   /** Whether a device named by the user belongs to this scope. */
   contains(dev: LoopDevice): boolean;
   /** The loop-control path the scope allocates through, if any (for error reporting). */

@@ -120,6 +120,44 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: unprivileged clie
     });
   });
 
+  it('explicit device, --direct-io=on and -b on a live device, -c: as util-linux does them on the host', async () => {
+    await withBroker({}, async ({ sb, inst }) => {
+      const env = { LOOPFS_INSTANCE: inst };
+      const free = await sb.asUser(`${LOSETUP} -f`, env);
+      const node = text(free.stdout).trim();
+      const minor = minorOf(node);
+      const cols = '-n -O DIO,LOG-SEC';
+      // through the node the user owns (explicit device), then the broker for the ioctls the
+      // kernel allows only with CAP_SYS_ADMIN or a writable open (LOOP_SET_DIRECT_IO, _BLOCK_SIZE)
+      const script = [
+        'set -e',
+        `${LOSETUP} ${node} ${sb.image}`,
+        `${LOSETUP} -l ${cols} ${node}`,
+        `${LOSETUP} --direct-io=on ${node}`,
+        `${LOSETUP} -b 4096 ${node}`,
+        `${LOSETUP} -l ${cols} ${node}`,
+        `${LOSETUP} --direct-io=off ${node}`,
+        `${LOSETUP} -c ${node}`,
+        `${LOSETUP} -l ${cols} ${node}`,
+      ].join('\n');
+      const r = await sb.asUser(script, env);
+      expect([r.exitCode, text(r.stderr)]).toEqual([0, '']);
+      const rows = text(r.stdout).trim().split('\n').map((l) => l.trim().split(/\s+/).join(' '));
+      expect(rows).toEqual(['0 512', '1 4096', '0 4096']);
+      // the kernel's view, through util-linux on the host node: the same
+      const { execFileSync } = await import('node:child_process');
+      expect(execFileSync(REF_LOSETUP, ['-l', '-n', '-O', 'DIO,LOG-SEC', `/dev/loop${minor}`], { encoding: 'utf8' }).trim().split(/\s+/).join(' ')).toBe('0 4096');
+      // errors word as util-linux's: a busy device, and a device of nobody's
+      const busy = await sb.asUser(`${LOSETUP} ${node} ${sb.image}`, env);
+      expect([busy.exitCode, text(busy.stderr)]).toEqual([1, `losetup: ${sb.image}: failed to set up loop device: Device or resource busy\n`]);
+      const unbound = await sb.asUser(`${LOSETUP} -d ${node} && ${LOSETUP} -f && ${LOSETUP} --direct-io=on ${inst}/loop${2 ** 20 - 1}`, env);
+      expect(unbound.exitCode).toBe(1);
+      // a v1 client does not know the new ops
+      const v1 = await sb.rawClient(`${inst}/loop-control`, [{ msg: { v: 1, op: 'set-direct-io', minor, on: true } }]);
+      expect(v1[0].reply?.error?.code).toBe('EOPNOTSUPP');
+    });
+  });
+
   it('mount.loop: the broker mounts, the file inside reads back (ID-mapped, nosuid, nodev); umount frees the device', async () => {
     await withBroker({}, async ({ sb, inst }) => {
       const mnt = sb.userDir('mnt');

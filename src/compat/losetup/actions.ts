@@ -46,9 +46,13 @@ export function runAction(ctx: ActionContext): number {
     case 'set-capacity':
       return ioctlOn(ctx, 'set capacity failed', (d) => (ctx.scope.setCapacity ? ctx.scope.setCapacity(d) : d.setCapacity()));
     case 'set-direct-io':
-      return ioctlOn(ctx, 'set direct io failed', (d) => d.setDirectIo(ctx.plan.useDirectIo));
-    case 'set-blocksize':
-      return ioctlOn(ctx, 'set logical block size failed', (d) => d.setBlockSize(Number(ctx.plan.blockSize)));
+      return ioctlOn(ctx, 'set direct io failed', (d) =>
+        ctx.scope.setDirectIo ? ctx.scope.setDirectIo(d, ctx.plan.useDirectIo) : d.setDirectIo(ctx.plan.useDirectIo),
+      );
+    case 'set-blocksize': {
+      const size = Number(ctx.plan.blockSize);
+      return ioctlOn(ctx, 'set logical block size failed', (d) => (ctx.scope.setBlockSize ? ctx.scope.setBlockSize(d, size) : d.setBlockSize(size)));
+    }
   }
 }
 
