@@ -16,7 +16,7 @@
  * node's main process cannot setns(CLONE_NEWNS) (it has threads): nsenter does it.
  */
 import { spawnSync } from 'node:child_process';
-import { symlinkSync } from 'node:fs';
+import { readFileSync, symlinkSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { OciError } from './bundle.js';
@@ -73,4 +73,26 @@ function bindInContainer(pid: number, dir: string, target: string): void {
   });
   if (r.error) throw new OciError(`nsenter: ${r.error.message}`);
   if (r.status !== 0) throw new OciError(`cannot bind ${dir} into the container at ${target}: ${r.stderr.trim() || `exit ${r.status}`}`);
+}
+
+/**
+ * The mount point holding PATH when that mount is nodev (per-mount option), else null.
+ * Our bind of an instance directory in a rootful container clears nodev; a rootless
+ * runtime cannot (the flag is locked in its user namespace), so its instances must live
+ * on a mount without it. Longest mount-point prefix of PATH in /proc/self/mountinfo.
+ */
+export function nodevMountOf(path: string): string | null {
+  let best = '';
+  let nodev = false;
+  for (const line of readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
+    const f = line.split(' ');
+    if (f.length < 6) continue;
+    const mp = f[4].replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8)));
+    const under = mp === '/' || path === mp || path.startsWith(`${mp}/`);
+    if (under && mp.length >= best.length) {
+      best = mp;
+      nodev = f[5].split(',').includes('nodev');
+    }
+  }
+  return nodev ? best : null;
 }

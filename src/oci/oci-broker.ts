@@ -32,7 +32,8 @@ import { BrokerServer } from '../broker/server.js';
 import { CONTAINER_ID, OciError } from './bundle.js';
 import { createContainerInstance, destroyContainerInstance } from './container-instance.js';
 import { MAX_POOL, type Policy } from './policy.js';
-import { containerAlive, containerDirs, instanceDirFor, processStartTime, readRecord } from './record.js';
+import { nodevMountOf } from './container-dev.js';
+import { containerAlive, containerDirs, instanceDirFor, makeParent, ociRoot, processStartTime, readRecord } from './record.js';
 
 export const OCI_SOCKET = 'oci.sock';
 const MAX_REQUEST = 4096;
@@ -232,6 +233,13 @@ export class OciBroker {
       // the container's init must be the caller's: its root is the caller, mapped
       if (pid <= 0 || statSync(`/proc/${pid}`).uid !== cred.uid) {
         throw new OciError(`create: the container init is not a process of uid ${cred.uid}`);
+      }
+      makeParent(cred.uid, this.env);
+      const nodev = nodevMountOf(`${ociRoot(this.env)}/${cred.uid}`);
+      if (nodev) {
+        throw new OciError(
+          `${ociRoot(this.env)} is on ${nodev}, mounted nodev: a rootless container cannot use devices through it (mount a tmpfs without nodev there)`,
+        );
       }
       const mine = containerDirs(this.env).filter((c) => c.requester === cred.uid).length;
       if (mine >= this.maxInstances) throw new OciError(`uid ${cred.uid}: limit of ${this.maxInstances} container instances reached`);

@@ -300,6 +300,21 @@ mount -o loop /img /mnt 2>&1; echo "mount=$?"`,
     expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
   });
 
+  it('refuses, with the reason, where the instances would live on a nodev mount', async () => {
+    await (broker ?? (await startBroker()));
+    const parent = path.join(sb.runtime, 'oci', String(sb.user.uid));
+    fs.mkdirSync(parent, { recursive: true, mode: 0o755 });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'nodev,nosuid,mode=0755', 'loopfs-oci-nodev', parent]);
+    try {
+      await expect(podman.start([...COMMON_FLAGS])).rejects.toThrow(/mounted nodev: a rootless container cannot use devices through it/);
+    } finally {
+      execFileSync('umount', [parent]);
+    }
+    const r = await podman.run(['ps', '-aq']);
+    for (const id of text(r.stdout).split('\n').filter(Boolean)) await podman.rmForce(id);
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+
   it('SIGKILL of the container init: the instance goes with it', async () => {
     await (broker ?? (await startBroker()));
     const id = await podman.start([...COMMON_FLAGS, '--annotation', 'io.loopfs.pool=1'], [`${sb.image}:/img`]);
