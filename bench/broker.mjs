@@ -15,6 +15,10 @@
 //      and the same with 8 client processes at once.
 //   3. CLI end to end: `bin/losetup -f --show` as root on the instance (local) vs as the
 //      unprivileged user `loopfstest` in a user namespace (brokered), `cli-runs` each.
+//   4. mount round trip, in-process over one connection: the broker's `mount` of a bound
+//      device until the mount fd is here, then the first read of a file through it — the
+//      kernel's ext4 and squashfs against FUSE (fuse2fs, squashfuse: driver start included),
+//      `cli-runs` each, interleaved; skipped without mkfs.ext4/mksquashfs or the drivers.
 //
 // Everything lives in a private temp dir with a private LOOPFS_RUNTIME_DIR; the broker is a
 // real `loopfs serve` process. In `finally` (also after Ctrl-C): the broker is stopped, every
@@ -205,6 +209,60 @@ async function connectParallel(socket, seconds, procs) {
   return counts.reduce((a, b) => a + b, 0) / seconds;
 }
 
+// ---------------------------------------------------------------- 4. mount round trip
+
+function benchMounts(brokerDir, user) {
+  const has = (c) => spawnSync('sh', ['-c', `command -v ${c}`], { stdio: 'ignore' }).status === 0;
+  if (!['mkfs.ext4', 'mksquashfs', 'fuse2fs', 'squashfuse'].every(has)) return [];
+  const src = join(tmp, 'mount-src');
+  spawnSync('mkdir', ['-p', src]);
+  spawnSync('sh', ['-c', `echo hello > ${src}/hello.txt`]);
+  const ext4 = join(tmp, 'img.ext4');
+  const sqfs = join(tmp, 'img.sqfs');
+  spawnSync('mkfs.ext4', ['-q', '-F', '-d', src, ext4, '8M']);
+  spawnSync('mksquashfs', [src, sqfs, '-quiet', '-noappend', '-no-progress']);
+  for (const f of [ext4, sqfs]) if (user) chownSync(f, user.uid, user.gid);
+  const scope = BrokerScope.connect(brokerDir, 'bench');
+  const devs = [];
+  try {
+    const cases = [];
+    for (const [img, fstype] of [
+      [ext4, 'ext4'],
+      [sqfs, 'squashfs'],
+    ]) {
+      const c = native().constants;
+      const dev = scope.allocate({ file: img, offset: 0n, sizelimit: 0n, flags: c.LO_FLAGS_READ_ONLY }).device;
+      devs.push(dev);
+      cases.push([`${fstype}, kernel`, dev, false], [`${fstype}, FUSE (${fstype === 'ext4' ? 'fuse2fs' : 'squashfuse'})`, dev, true]);
+    }
+    const times = cases.map(() => []);
+    for (let i = 0; i < CLI_RUNS; i++) {
+      check();
+      cases.forEach(([, dev, fuse], k) => {
+        const t0 = process.hrtime.bigint();
+        const m = scope.mount(dev, { readOnly: true, fuse });
+        try {
+          readFileSync(`/proc/self/fd/${m.fd}/hello.txt`);
+          times[k].push(ms(t0));
+        } finally {
+          native().close(m.fd); // the FUSE driver exits with its last mount
+        }
+      });
+    }
+    // kernel ext4 first: the ratio column is against it
+    return cases.map(([name], k) => [name, median(times[k]), pct(times[k], 0.9)]);
+  } finally {
+    for (const d of devs) {
+      try {
+        scope.detach(d);
+      } catch {
+        /* cleanup below */
+      }
+    }
+    scope.close();
+  }
+}
+
 // ---------------------------------------------------------------- main
 
 try {
@@ -272,6 +330,19 @@ try {
   if (asUser) rows.push([`${USER} in a user namespace, brokered`, fmt(median(brokerCli), 1), fmt(median(brokerCli) / median(localCli))]);
   else rows.push([`(no user ${USER}: brokered CLI run skipped)`, '-', '-']);
   table(`losetup -f --show, end to end (${CLI_RUNS} runs each, interleaved; ms, node start-up included)`, ['who', 'median', 'ratio'], rows);
+
+  progress('mounts');
+  const mountRows = benchMounts(brokerDir, user);
+  if (mountRows.length) {
+    const base = mountRows[0][1];
+    table(
+      `mount round trip: request → mount fd → first read of a file (${CLI_RUNS} each, interleaved; ms)`,
+      ['filesystem', 'median', 'p90', 'ratio'],
+      mountRows.map(([name, med, p90]) => [name, fmt(med), fmt(p90), fmt(med / base)]),
+    );
+  } else {
+    console.log('\nmount round trip: skipped (needs mkfs.ext4, mksquashfs, fuse2fs, squashfuse)');
+  }
 } catch (e) {
   console.error(`bench/broker: ${e.message}`);
   process.exitCode = 1;

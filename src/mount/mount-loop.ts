@@ -89,7 +89,9 @@ Mount a filesystem image through a loop device of the current loopfs instance.
 
 Options:
  -o <options>          mount options; loop options: loop[=<loopdev>], offset=<num>,
-                         sizelimit=<num>, direct-io[=on|off]; ro makes the device read-only
+                         sizelimit=<num>, direct-io[=on|off]; ro makes the device read-only;
+                         fuse|nofuse: a userspace driver or the kernel parses the image
+                         (instances served by loopfs serve)
  -t loop.<type>        filesystem type (default: probed)
  -s                    tolerate sloppy mount options
  -f                    fake: do everything but attach and mount
@@ -446,8 +448,12 @@ const USERSPACE_ONLY = new Set(['rw', 'exec', 'suid', 'dev', 'atime', 'diratime'
  * detached nosuid,nodev mount, ID-mapped to our user namespace, which we attach to DIR with
  * move_mount. The device is attached with autoclear and held by our connection until the
  * mount holds it: it frees itself at umount, and if we die before that, when the
- * connection closes. No utab entry is written (there is no libmount here); umount(8)
- * needs none.
+ * connection closes. `-o fuse` asks for the filesystem to be served by a userspace driver
+ * (broker fuse.ts) instead of the kernel; `-o nofuse` for the kernel where the broker
+ * offers both. No utab entry is written: this path runs only where mount(2) is refused,
+ * as root of a user namespace, where /run/mount is not writable either (mount(8) there
+ * exits 16 when it would need utab, for x- options, which we drop), and umount(8) needs
+ * none for an autoclear device.
  */
 function mountThroughBroker(r: Request, ls: LoopSetup, type: string | null, scope: BrokerScope, isLoopDevice: boolean, out: Output): number {
   let readOnly = ls.readOnly;
