@@ -106,6 +106,20 @@ const sock_filter kFilter[] = {
 #undef JUMP
 #endif
 
+// A msghdr for one datagram `data` with room for one SCM_RIGHTS fd in `control`.
+template <typename T, size_t N>
+msghdr OneFdMessage(T* data, iovec* iov, char (&control)[N]) {
+  std::memset(control, 0, N);
+  *iov = iovec{data, sizeof *data};
+  msghdr msg;
+  std::memset(&msg, 0, sizeof msg);
+  msg.msg_iov = iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = N;
+  return msg;
+}
+
 // What a spawn child reports before exec, or when exec fails.
 struct SpawnReport {
   char stage[24]; // "" for the listener message, else the failed step
@@ -158,14 +172,8 @@ struct SpawnReport {
   SpawnReport ok;
   std::memset(&ok, 0, sizeof ok);
   char control[CMSG_SPACE(sizeof(int))];
-  std::memset(control, 0, sizeof control);
-  iovec iov{&ok, sizeof ok};
-  msghdr msg;
-  std::memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
+  iovec iov;
+  msghdr msg = OneFdMessage(&ok, &iov, control);
   cmsghdr* cm = CMSG_FIRSTHDR(&msg);
   cm->cmsg_level = SOL_SOCKET;
   cm->cmsg_type = SCM_RIGHTS;
@@ -251,13 +259,8 @@ Napi::Value SeccompSpawn(const Napi::CallbackInfo& info) {
   SpawnReport r;
   std::memset(&r, 0, sizeof r);
   char control[CMSG_SPACE(sizeof(int))];
-  iovec iov{&r, sizeof r};
-  msghdr msg;
-  std::memset(&msg, 0, sizeof msg);
-  msg.msg_iov = &iov;
-  msg.msg_iovlen = 1;
-  msg.msg_control = control;
-  msg.msg_controllen = sizeof control;
+  iovec iov;
+  msghdr msg = OneFdMessage(&r, &iov, control);
   ssize_t n;
   do n = recvmsg(sv[0], &msg, MSG_CMSG_CLOEXEC);
   while (n < 0 && errno == EINTR);

@@ -48,6 +48,8 @@ export class Supervisor {
   private readonly performer: MountPerformer;
   private listener: FdWatcher | null = null;
   private reaper: NodeJS.Timeout | null = null;
+  /** Set once CMD ended: the listener fd is closed (its number may be reused), answer nothing. */
+  private finished = false;
   private exitWatcher: FdWatcher | null = null;
 
   private constructor(
@@ -102,11 +104,12 @@ export class Supervisor {
     this.exitWatcher?.close();
     if (this.reaper) clearInterval(this.reaper);
     n.close(this.pidfd);
+    // answering is over: what is still trapped is killed below (its notification dies with it)
+    this.finished = true;
+    this.listener?.close();
     // FUSE drivers are children node spawned (and reaps): stop them first
     await stopFuseDrivers();
     killDescendants();
-    // every filtered process is gone; answering is over (pending notifications died with them)
-    this.listener?.close();
     n.close(this.listenerFd);
     return result;
   }
@@ -127,7 +130,7 @@ export class Supervisor {
       // an unexpected failure refuses the mount: never continue what was not judged
       answer = { code: 'EPERM', why: `internal error: ${(e as Error).message}` };
     }
-    if (answer === null) return;
+    if (answer === null || this.finished) return;
     if (answer === 'continue') {
       n.seccompNotifSend(this.listenerFd, notif.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
       return;

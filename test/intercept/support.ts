@@ -22,13 +22,17 @@ export { LOOPFS, text };
 
 const MNT_SOURCE = path.join(REPO_ROOT, 'test', 'intercept', 'fixtures', 'mnt.c');
 
+export function installed(cmd: string): boolean {
+  return spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
+}
+
 /** Why the `loopfs run` tests cannot run here (printed once per file), or undefined. */
 export function runSkipReason(what: string): string | undefined {
   const base = brokerSkipReason(what);
   if (base) return base;
   const reason = firstReason(
     fs.existsSync(path.join(REPO_ROOT, 'dist', 'commands', 'run.js')) ? undefined : 'dist/commands/run.js missing (run npm run build)',
-    spawnSync('sh', ['-c', 'command -v gcc'], { stdio: 'ignore' }).status === 0 ? undefined : 'gcc not installed',
+    ...['gcc', 'mksquashfs'].map((t) => (installed(t) ? undefined : `${t} not installed`)),
     process.arch === 'x64' ? undefined : `the mount filter is built for x86_64 only (this is ${process.arch})`,
   );
   announceSkip(what, reason);
@@ -82,6 +86,14 @@ export class RunSandbox extends BrokerSandbox {
   /** Minors the instance holds. */
   held(dir: string): number[] {
     return Object.keys(this.state(dir)?.devices ?? {}).map(Number);
+  }
+
+  /** A squashfs image of the sandbox's source tree (hello.txt), owned by the user. */
+  squashImage(): string {
+    const img = path.join(this.files, 'squash.img');
+    execFileSync('mksquashfs', [this.path('src'), img, '-quiet', '-noappend'], { stdio: 'pipe' });
+    this.giveToUser(img);
+    return img;
   }
 
   /** A second ext4 image with its own content, owned by the user. */
