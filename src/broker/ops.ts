@@ -23,7 +23,7 @@ import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { otherBrokerAlive, ownIdentity, readSessionRecord, writeSessionRecord } from './sessions.js';
-import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriver } from './fuse.js';
+import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriverOptions } from './fuse.js';
 import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from './protocol.js';
 
 /** Filesystems the broker mounts unless `loopfs serve --allow-fs` says otherwise. */
@@ -101,14 +101,7 @@ export interface MountOutcome {
 }
 
 /** What the main thread needs to start a FUSE driver; it owns (and closes) both fds. */
-export interface FuseStart {
-  driver: FuseDriver;
-  fuseFd: number;
-  imageFd: number;
-  uid: number;
-  gid: number;
-  readOnly: boolean;
-}
+export type FuseStart = Omit<FuseDriverOptions, 'timeoutMs' | 'env'>;
 
 const O_ACCMODE = 3;
 const O_PATH = 0o10000000;

@@ -9,7 +9,7 @@ import fs from 'node:fs';
 import { describe, expect, it } from 'vitest';
 import { skipTitle } from '../instance/support.js';
 import { makeSquashfs } from '../mount/support.js';
-import { BrokerSandbox, brokerSkipReason, HELLO, LOSETUP, MOUNT_LOOP, Server, text, waitFor } from './support.js';
+import { brokerSkipReason, heldMinors, HELLO, LOSETUP, MOUNT_LOOP, text, waitFor, withBroker } from './support.js';
 
 const has = (cmd: string) => spawnSync('sh', ['-c', `command -v ${cmd}`], { stdio: 'ignore' }).status === 0;
 const reason =
@@ -32,29 +32,9 @@ function driverPids(driver: string): number[] {
   return pids;
 }
 
-const heldMinors = (sb: BrokerSandbox, inst: string) => Object.keys(sb.state(inst)?.devices ?? {}).map(Number);
-
-async function withFuseBroker(serveFlags: string[], body: (sb: BrokerSandbox, inst: string, server: Server) => Promise<void>): Promise<void> {
-  const sb = new BrokerSandbox('loopfs-fuse');
-  let server: Server | null = null;
-  try {
-    const inst = await sb.instance('inst', ['--max', '8']);
-    server = await Server.start(sb, [inst], serveFlags);
-    await body(sb, inst, server);
-  } finally {
-    try {
-      await server?.stop();
-    } finally {
-      const mounts = sb.hostMounts();
-      await sb.teardown();
-      expect(mounts, 'nothing of the sandbox is mounted in the host namespace').toEqual([]);
-    }
-  }
-}
-
 describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: FUSE mounts for unprivileged clients', reason), () => {
   it('mount.loop -o fuse: ext4 through fuse2fs and squashfs through squashfuse, as the owner; umount ends the driver', async () => {
-    await withFuseBroker([], async (sb, inst) => {
+    await withBroker({ prefix: 'loopfs-fuse' }, async ({ sb, inst }) => {
       const sqfs = makeSquashfs(sb.path('files', 'img.sqfs'), sb.path('src'));
       sb.giveToUser(sqfs);
       const mnt = sb.userDir('mnt');
@@ -105,7 +85,7 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: FUSE mounts for u
   });
 
   it('serve --fuse: every mount goes through FUSE (read-write ext4 too); -o nofuse is refused; broker stop ends drivers', async () => {
-    await withFuseBroker(['--fuse'], async (sb, inst, server) => {
+    await withBroker({ prefix: 'loopfs-fuse', serve: ['--fuse'] }, async ({ sb, inst, server }) => {
       const mnt = sb.userDir('mnt');
       const env = { LOOPFS_INSTANCE: inst };
       const nofuse = await sb.asUser(`${MOUNT_LOOP} -o nofuse ${sb.image} ${mnt}`, env);
@@ -147,7 +127,7 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: FUSE mounts for u
   });
 
   it('a driver that cannot serve the image fails the mount with its own words and leaves nothing behind', async () => {
-    await withFuseBroker([], async (sb, inst) => {
+    await withBroker({ prefix: 'loopfs-fuse' }, async ({ sb, inst }) => {
       const mnt = sb.userDir('mnt');
       // an ext4 superblock magic on garbage: the kernel probe says ext4, fuse2fs cannot open it
       const bad = sb.path('files', 'bad.img');

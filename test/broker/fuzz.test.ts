@@ -28,7 +28,7 @@ function prng(seed: number): () => number {
   };
 }
 
-const OPS = ['hello', 'list', 'get-free', 'attach', 'detach', 'set-capacity', 'mount'];
+const OPS = ['hello', 'list', 'get-free', 'attach', 'detach', 'set-capacity', 'mount', 'set-direct-io', 'set-block-size'];
 
 describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: protocol fuzzing', reason), () => {
   it('a connection that keeps sending garbage gets an error reply for each message, then is closed', async () => {
@@ -103,7 +103,9 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: protocol fuzzing'
         const op = pick(OPS);
         const m: Record<string, unknown> = { v: pick([1, 2]), id: int(2 ** 32), op };
         if (op === 'get-free' || op === 'attach') m.session = true;
-        if (op === 'detach' || op === 'set-capacity' || op === 'mount') m.minor = rnd() < 0.5 ? pick(known.length ? known : [0]) : int(2 ** 20);
+        if (op === 'set-direct-io') m.on = pick([true, false]);
+        if (op === 'set-block-size') m.size = pick([512, 1024, 4096, 0]);
+        if (op === 'detach' || op === 'set-capacity' || op === 'mount' || op.startsWith('set-')) m.minor = rnd() < 0.5 ? pick(known.length ? known : [0]) : int(2 ** 20);
         if (op === 'mount' && rnd() < 0.5) m.fstype = pick(['ext4', 'squashfs', 'btrfs', 'xfs', 'vfat', 'Ext4', '../x']);
         // v2: FUSE mounts now and then (each one starts and ends a real driver)
         if (op === 'mount' && m.v === 2 && rnd() < 0.1) m.fuse = pick([true, false, 'yes']);

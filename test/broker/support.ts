@@ -17,6 +17,7 @@
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
+import { expect } from 'vitest';
 import { native, type FdWatcher, type RecvMsgResult } from '../../src/kernel/native.js';
 import { announceSkip, firstReason, REPO_ROOT } from '../helpers/env.js';
 import { runProgram, type RunResult } from '../helpers/run.js';
@@ -251,6 +252,44 @@ export async function waitFor(what: string, cond: () => boolean, timeoutMs = 20_
     await sleep(25);
   }
 }
+
+export interface BrokerCtx {
+  sb: BrokerSandbox;
+  server: Server;
+  inst: string;
+  more: string[];
+}
+
+/**
+ * A sandbox (`prefix`), an instance owned by the user (`--max 8` unless `flags.instance`),
+ * more instances named in `flags.more`, a server for all of them (`flags.serve`); stopped,
+ * destroyed and checked to have left no host mount in finally.
+ */
+export async function withBroker(
+  flags: { instance?: string[]; serve?: string[]; more?: string[]; prefix?: string },
+  body: (ctx: BrokerCtx) => Promise<void>,
+): Promise<void> {
+  const sb = new BrokerSandbox(flags.prefix ?? 'loopfs-broker');
+  let server: Server | null = null;
+  try {
+    const inst = await sb.instance('inst', flags.instance ?? ['--max', '8']);
+    const more: string[] = [];
+    for (const name of flags.more ?? []) more.push(await sb.instance(name, ['--max', '8']));
+    server = await Server.start(sb, [inst, ...more], flags.serve ?? []);
+    await body({ sb, server, inst, more });
+  } finally {
+    try {
+      await server?.stop();
+    } finally {
+      const mounts = sb.hostMounts();
+      await sb.teardown();
+      expect(mounts, 'nothing of the sandbox is mounted in the host namespace').toEqual([]);
+    }
+  }
+}
+
+/** Minors the instance holds (its state file). */
+export const heldMinors = (sb: BrokerSandbox, inst: string): number[] => Object.keys(sb.state(inst)?.devices ?? {}).map(Number);
 
 // ------------------------------------------------------------------ async raw client (in-process)
 

@@ -12,42 +12,11 @@ import { isBound, readLoopState } from '../helpers/devices.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { skipTitle } from '../instance/support.js';
 import { kernelHasFs, makeErofs, makeRandom, makeSquashfs } from '../mount/support.js';
-import { BrokerSandbox, brokerSkipReason, HELLO, LOSETUP, MOUNT_LOOP, Server, text, waitFor } from './support.js';
+import { BrokerSandbox, brokerSkipReason, heldMinors, HELLO, LOSETUP, MOUNT_LOOP, Server, text, waitFor, withBroker } from './support.js';
 
 const reason = brokerSkipReason('broker/unprivileged');
 
-interface Ctx {
-  sb: BrokerSandbox;
-  server: Server;
-  inst: string;
-}
-
-/** A sandbox, an instance owned by the user, a server for it; all cleaned up in finally. */
-async function withBroker(
-  flags: { instance?: string[]; serve?: string[]; more?: string[] },
-  body: (ctx: Ctx & { more: string[] }) => Promise<void>,
-): Promise<void> {
-  const sb = new BrokerSandbox('loopfs-broker');
-  let server: Server | null = null;
-  try {
-    const inst = await sb.instance('inst', flags.instance ?? ['--max', '8']);
-    const more: string[] = [];
-    for (const name of flags.more ?? []) more.push(await sb.instance(name, ['--max', '8']));
-    server = await Server.start(sb, [inst, ...more], flags.serve ?? []);
-    await body({ sb, server, inst, more });
-  } finally {
-    try {
-      await server?.stop();
-    } finally {
-      const mounts = sb.hostMounts();
-      await sb.teardown();
-      expect(mounts, 'nothing of the sandbox is mounted in the host namespace').toEqual([]);
-    }
-  }
-}
-
 const minorOf = (node: string) => Number(/loop(\d+)$/.exec(node)![1]);
-const heldMinors = (sb: BrokerSandbox, inst: string) => Object.keys(sb.state(inst)?.devices ?? {}).map(Number);
 
 describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: unprivileged clients in user namespaces', reason), () => {
   it('losetup -f --show, -a, -l, -c, -d work unchanged as root of a user namespace', async () => {
