@@ -20,6 +20,7 @@ import { readFileSync, symlinkSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { OciError } from './bundle.js';
+import { ociRoot } from './record.js';
 
 export const CONTAINER_INSTANCE_DIR = 'loopfs';
 
@@ -34,6 +35,12 @@ export interface ContainerDevRequest {
   nodes: string[];
   /** Link /dev/loop-control to the instance's own (brokered instances). */
   control: boolean;
+  /**
+   * Create the entries as this host uid/gid: the container's root as mapped on the host.
+   * A /dev mounted inside the container's user namespace refuses ids it does not map
+   * (EOVERFLOW for the host's root).
+   */
+  as?: { uid: number; gid: number };
 }
 
 const SAFE_NAME = /^loop\d+$/;
@@ -46,6 +53,7 @@ export function prepareContainerDev(req: ContainerDevRequest): void {
   } catch (e) {
     throw new OciError(`cannot open the container's /dev (${devPath}): ${(e as Error).message}`);
   }
+  const restore = req.as ? actAs(req.as) : () => {};
   try {
     try {
       dev.mkdir(CONTAINER_INSTANCE_DIR, 0o755);
@@ -60,9 +68,26 @@ export function prepareContainerDev(req: ContainerDevRequest): void {
       symlinkSync(target, `/proc/self/fd/${dev.fd}/${name}`);
     }
   } finally {
+    restore();
     dev.close();
   }
   bindInContainer(req.pid, req.dir, `${req.rootPath}/dev/${CONTAINER_INSTANCE_DIR}`);
+}
+
+/**
+ * Switch the effective ids (glibc applies them to every thread of the process) for the
+ * permission checks of entries created through an fd opened before; returns the undo.
+ */
+function actAs(id: { uid: number; gid: number }): () => void {
+  const uid = process.geteuid!();
+  const gid = process.getegid!();
+  if (id.uid === uid && id.gid === gid) return () => {};
+  process.setegid!(id.gid);
+  process.seteuid!(id.uid);
+  return () => {
+    process.seteuid!(uid);
+    process.setegid!(gid);
+  };
 }
 
 /** `mount --bind -o ro,nosuid,noexec DIR TARGET` inside the mount namespace of PID. */
@@ -95,4 +120,15 @@ export function nodevMountOf(path: string): string | null {
     }
   }
   return nodev ? best : null;
+}
+
+/**
+ * Refuse where container instances would live on a nodev mount and `who` cannot clear
+ * that flag in its bind (a rootless container, one with a user namespace).
+ */
+export function refuseNodevRuntime(who: string, env: NodeJS.ProcessEnv, path = ociRoot(env)): void {
+  const nodev = nodevMountOf(path);
+  if (nodev) {
+    throw new OciError(`${ociRoot(env)} is on ${nodev}, mounted nodev: ${who} cannot use devices through it (mount a tmpfs without nodev there)`);
+  }
 }

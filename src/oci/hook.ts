@@ -13,7 +13,8 @@
 import { readFileSync } from 'node:fs';
 import { native } from '../kernel/native.js';
 import { cgroupAllowsBlockMajor, hostIdOf, OciError, parseState, readConfig, type BundleConfig, type OciState } from './bundle.js';
-import { prepareContainerDev } from './container-dev.js';
+import { prepareContainerDev, refuseNodevRuntime } from './container-dev.js';
+import { allowLoopMinors, deviceCgroupAllowFile } from './device-cgroup.js';
 import { createContainerInstance, destroyContainerInstance } from './container-instance.js';
 import { ociRequest } from './oci-broker.js';
 import { enabled, policyOf, type Stage } from './policy.js';
@@ -63,17 +64,22 @@ function onCreateRuntime(state: OciState, config: BundleConfig, annotations: Rec
     const uid = hostIdOf(0, config.uidMappings);
     const gid = hostIdOf(0, config.gidMappings);
     if (uid === null || gid === null) throw new OciError("the container's root is not mapped to a host user (linux.uidMappings)");
-    checkDeviceAccess(config);
+    const allowFile = deviceAccess(config, pid);
+    // in its own user namespace, the container's mounts have their flags locked: the bind
+    // at /dev/loopfs cannot clear a nodev it inherits (without one, the host root can)
+    if (config.uidMappings.length > 0) refuseNodevRuntime('a container with a user namespace', env);
     const made = createContainerInstance({ requester: 0, container: state.id, pid, owner: { uid, gid }, policy }, env);
     try {
-      prepareContainerDev({ pid, rootPath: config.rootPath, dir: made.dir, nodes: made.nodes, control: false });
+      if (allowFile) allowLoopMinors(allowFile, made.nodes.map((n) => Number(n.slice(4))));
+      prepareContainerDev({ pid, rootPath: config.rootPath, dir: made.dir, nodes: made.nodes, control: false, as: { uid, gid } });
     } catch (e) {
       destroyContainerInstance(made.dir, env);
       throw e;
     }
     return { stage: 'createRuntime', container: state.id, action: 'created', ...made };
   }
-  // rootless: the OCI broker (root) makes and serves the instance for our uid
+  // rootless: the OCI broker (root) makes and serves the instance for our uid (and
+  // refuses a nodev runtime directory itself)
   const n = native();
   const pidfd = n.pidfdOpen(pid);
   let reply;
@@ -107,21 +113,28 @@ function onPoststop(state: OciState, env: NodeJS.ProcessEnv): HookOutcome {
 }
 
 /**
- * A rootful container reaches devices only through its device cgroup, which the runtime
- * set up before this hook runs and which a hook cannot widen portably (cgroup v2 uses a
- * BPF program). So the operator grants loop devices (`--device-cgroup-rule='b 7:* rw'`),
- * and the container must not be able to make nodes of its own: with CAP_MKNOD (in
- * podman's defaults; the default rules allow mknod of every device) it could create
- * /dev/loop0 and reach the host's devices through that rule. A container in a user
- * namespace cannot make device nodes at all.
+ * How a rootful container will reach its devices: a rule of the operator's that grants
+ * every loop device (then returns null), or rules this hook adds for exactly the
+ * instance's devices to a cgroup v1 devices controller (returns its devices.allow; see
+ * device-cgroup.ts). With the broad rule the container must not be able to make nodes:
+ * with CAP_MKNOD (in podman's defaults; the default rules allow mknod of every device)
+ * it could create /dev/loop0 and reach the host's devices through that rule. A container
+ * in a user namespace cannot make device nodes at all.
  */
-export function checkDeviceAccess(config: BundleConfig): void {
-  if (!cgroupAllowsBlockMajor(config.deviceRules, LOOP_MAJOR)) {
-    throw new OciError("the container may not open loop devices: run it with --device-cgroup-rule='b 7:* rw'");
+export function deviceAccess(config: BundleConfig, pid: number): string | null {
+  if (cgroupAllowsBlockMajor(config.deviceRules, LOOP_MAJOR)) {
+    if (config.uidMappings.length === 0 && config.boundingCaps.includes('CAP_MKNOD')) {
+      throw new OciError(
+        "the container could create nodes of the host's loop devices (CAP_MKNOD and access to every loop device): run it with --cap-drop=MKNOD",
+      );
+    }
+    return null;
   }
-  if (config.uidMappings.length === 0 && config.boundingCaps.includes('CAP_MKNOD')) {
+  const allowFile = deviceCgroupAllowFile(pid);
+  if (!allowFile) {
     throw new OciError(
-      'the container could create nodes of the host\'s loop devices (CAP_MKNOD and access to every loop device): run it with --cap-drop=MKNOD',
+      "the container may not open loop devices and its device cgroup is not one a hook can extend (cgroup v2): run it with --device-cgroup-rule='b 7:* rw'",
     );
   }
+  return allowFile;
 }

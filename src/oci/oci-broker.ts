@@ -32,7 +32,7 @@ import { BrokerServer } from '../broker/server.js';
 import { CONTAINER_ID, OciError } from './bundle.js';
 import { createContainerInstance, destroyContainerInstance } from './container-instance.js';
 import { MAX_POOL, type Policy } from './policy.js';
-import { nodevMountOf } from './container-dev.js';
+import { refuseNodevRuntime } from './container-dev.js';
 import { containerAlive, containerDirs, instanceDirFor, makeParent, ociRoot, processStartTime, readRecord } from './record.js';
 
 export const OCI_SOCKET = 'oci.sock';
@@ -235,12 +235,7 @@ export class OciBroker {
         throw new OciError(`create: the container init is not a process of uid ${cred.uid}`);
       }
       makeParent(cred.uid, this.env);
-      const nodev = nodevMountOf(`${ociRoot(this.env)}/${cred.uid}`);
-      if (nodev) {
-        throw new OciError(
-          `${ociRoot(this.env)} is on ${nodev}, mounted nodev: a rootless container cannot use devices through it (mount a tmpfs without nodev there)`,
-        );
-      }
+      refuseNodevRuntime('a rootless container', this.env, `${ociRoot(this.env)}/${cred.uid}`);
       const mine = containerDirs(this.env).filter((c) => c.requester === cred.uid).length;
       if (mine >= this.maxInstances) throw new OciError(`uid ${cred.uid}: limit of ${this.maxInstances} container instances reached`);
       const policy: Policy = { max: req.max, pool: req.pool };

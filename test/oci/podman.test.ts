@@ -163,6 +163,46 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
   });
 
+  it('a container in a user namespace: refused on a nodev runtime dir; elsewhere its instance is owned by its root as mapped on the host', async () => {
+    const map = 400000;
+    const flags = [...COMMON_FLAGS, '--uidmap', `0:${map}:65536`, '--gidmap', `0:${map}:65536`, '--annotation', 'io.loopfs.pool=1'];
+    // podman gives such a container no device-cgroup rules (node permissions decide) and it
+    // cannot make nodes; but its mounts' flags are locked, so the nodev of sb.runtime stays
+    await expect(podman.start(flags, [`${sb.image}:/img:ro`])).rejects.toThrow(/mounted nodev: a container with a user namespace cannot use devices/);
+    const ps = await podman.run(['ps', '-aq']);
+    for (const c of text(ps.stdout).split('\n').filter(Boolean)) await podman.rmForce(c);
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+
+    // a second installation of the hooks whose runtime dir is a plain directory
+    const runtime2 = sb.path('run2');
+    const hooks2 = sb.path('hooks2.d');
+    const inst = await sb.loopfs(
+      ['install', '--oci-hooks', hooks2, '--no-losetup', '--prefix', sb.path('prefix2'), '--helper-dir', sb.path('helpers2'), '--record', sb.path('install2.json')],
+      { env: { LOOPFS_RUNTIME_DIR: runtime2 } },
+    );
+    expect(inst.exitCode).toBe(0);
+    const podman2 = new Podman(sb, 'rootful-userns', hooks2);
+    const id = await podman2.start(flags, [`${sb.image}:/img:ro`]);
+    try {
+      const dir = path.join(runtime2, 'oci', '0', id.slice(0, 32));
+      const state = sb.state(dir);
+      expect(state?.owner).toEqual({ uid: map, gid: map });
+      const minor = Number(Object.keys(state?.devices ?? {})[0]);
+      seen.push(minor);
+      // the container's root (host uid 400000) opens the node it owns
+      const r = await podman2.exec(id, 'id -u; stat -c %u:%g /dev/loopfs/loop[0-9]*; losetup -r -f --show /img');
+      expect(text(r.stderr)).toBe('');
+      expect(text(r.stdout).split('\n')).toEqual(['0', '0:0', `/dev/loop${minor}`, '']);
+      expect(backingInode(minor)).toBe(fs.statSync(sb.image).ino);
+    } finally {
+      await podman2.rmForce(id);
+    }
+    for (let i = 0; i < 100 && safeList(path.join(runtime2, 'claims')).length > 0; i++) await sleep(100);
+    expect(safeList(path.join(runtime2, 'claims'))).toEqual([]);
+    expect(safeList(path.join(runtime2, 'oci', '0'))).toEqual([]);
+    expect(podman2.conmons()).toEqual([]);
+  });
+
   it('two containers at once get disjoint devices (io.loopfs.pool), and both are cleaned up', async () => {
     const flags = [...COMMON_FLAGS, ...ROOTFUL_FLAGS, '--annotation', 'io.loopfs.pool=2'];
     const a = await podman.start(flags, [`${sb.image}:/img:ro`]);
@@ -188,13 +228,39 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
   });
 
-  it('refuses to start a container that could not use its devices, or could reach the host\'s', async () => {
-    await expect(podman.start([...COMMON_FLAGS])).rejects.toThrow(/--device-cgroup-rule='b 7:\* rw'/);
+  it('refuses to start a container that could reach the host\'s devices (every loop device granted, CAP_MKNOD kept)', async () => {
     await expect(podman.start([...COMMON_FLAGS, '--device-cgroup-rule=b 7:* rw'])).rejects.toThrow(/--cap-drop=MKNOD/);
     // a refused start leaves nothing behind (the hook undid its instance, podman its container)
     await sleep(200);
     const r = await podman.run(['ps', '-aq']);
     for (const id of text(r.stdout).split('\n').filter(Boolean)) await podman.rmForce(id);
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+
+  const v1Reason = fs.existsSync('/sys/fs/cgroup/devices/devices.allow') ? undefined : 'no cgroup v1 devices controller';
+  it.skipIf(!!v1Reason)('without any device flag (cgroup v1): exactly the instance\'s devices are granted; a node made for the host\'s device stays denied', async () => {
+    const id = await podman.start([...COMMON_FLAGS, '--annotation', 'io.loopfs.pool=2'], [`${sb.image}:/img:ro`]);
+    try {
+      const state = sb.state(path.join(sb.runtime, 'oci', '0', id.slice(0, 32)));
+      const minors = Object.keys(state?.devices ?? {}).map(Number).sort((a, b) => a - b);
+      seen.push(...minors);
+      const hostMinor = Number(path.basename(hostDev).slice(4));
+      const r = await podman.exec(
+        id,
+        `grep '^b 7:' /sys/fs/cgroup/devices/devices.list | sort
+losetup -r -f --show /img
+mknod /tmp/hostdev b 7 ${hostMinor} && (head -c 1 /tmp/hostdev >/tmp/out 2>&1; echo "read=$?"; cat /tmp/out)`,
+      );
+      const out = text(r.stdout).split('\n');
+      expect(out.slice(0, 2)).toEqual(minors.map((m) => `b 7:${m} rw`).sort());
+      expect(out[2]).toBe(`/dev/loop${minors[0]}`);
+      // podman's default capabilities include CAP_MKNOD: the node can be made, not opened
+      expect(out[3]).toBe('read=1');
+      expect(out[4]).toMatch(/Operation not permitted/);
+      expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
+    } finally {
+      await podman.rmForce(id);
+    }
     expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
   });
 

@@ -53,6 +53,10 @@ export function buildRootfs(dir: string): void {
   fs.symlinkSync('usr/lib', path.join(dir, 'lib'));
   fs.symlinkSync('usr/lib64', path.join(dir, 'lib64'));
   fs.symlinkSync('usr/sbin', path.join(dir, 'sbin'));
+  // mount points podman binds files to: a runtime in a user namespace cannot create them
+  // in a rootfs owned by the host's root
+  fs.mkdirSync(path.join(dir, 'run'));
+  for (const f of ['img', 'etc/hosts', 'etc/hostname', 'etc/resolv.conf', 'run/.containerenv']) fs.writeFileSync(path.join(dir, f), '');
   // rootless podman cannot create it in a rootfs owned by root
   fs.symlinkSync('../proc/self/mounts', path.join(dir, 'etc', 'mtab'));
 }
