@@ -9,8 +9,9 @@ export default class OciHook extends LoopfsCommand {
   static description =
     'Reads the OCI state on stdin. For containers annotated io.loopfs.instance=true, createRuntime makes a private ' +
     'instance (io.loopfs.pool devices, default 4, at most io.loopfs.max), binds it read-only at /dev/loopfs and links ' +
-    'its devices to /dev/loopN; poststop detaches and removes them and the instance. Rootful containers need ' +
-    "--device-cgroup-rule='b 7:* rw' and --cap-drop=MKNOD; rootless ones need `loopfs oci-broker` running as root.";
+    'its devices to /dev/loopN; poststop detaches and removes them and the instance. Rootful: on cgroup v1 the hook ' +
+    "grants exactly those devices; on cgroup v2 the container needs --device-cgroup-rule='b 7:* rw' and --cap-drop=MKNOD. " +
+    'Rootless containers need `loopfs oci-broker` running as root.';
   static examples = ['<%= config.bin %> oci-hook createRuntime < state.json'];
   static args = {
     stage: Args.string({ required: true, options: [...STAGES], description: 'hook stage' }),

@@ -69,8 +69,9 @@ runtime = "runc"
 
 /**
  * What the documentation tells operators to pass (README, loopfs(8) OCI HOOK): the
- * annotation, loop devices in the device cgroup without CAP_MKNOD (rootful), and
- * /sys/dev/block unmasked so util-linux finds the devices' sysfs attributes.
+ * annotation and /sys/dev/block unmasked (so util-linux finds the devices' sysfs
+ * attributes); rootful on cgroup v2 also every loop device in the device cgroup without
+ * CAP_MKNOD (tested here on v1 too: the hook then adds no rules of its own).
  */
 export const ROOTFUL_FLAGS = ['--device-cgroup-rule=b 7:* rw', '--cap-drop=MKNOD'];
 export const COMMON_FLAGS = ['--annotation', 'io.loopfs.instance=true', '--security-opt', 'unmask=/sys/dev/block'];
