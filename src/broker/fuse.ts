@@ -28,6 +28,7 @@
  *  - Lifetime: the driver exits by itself when the filesystem goes away (last unmount of
  *    the mount, or its fd closed before it was attached: /dev/fuse then reads ENODEV).
  *    stopFuseDrivers() ends the ones still running (their mounts then fail with ENOTCONN).
+ *    If the broker is SIGKILLed they are orphans that still exit with their mounts.
  *  - Readiness: the driver is ready when it waits in read(2) on its /dev/fuse fd: by then
  *    it has answered FUSE_INIT (queued before it started). A driver that exits first
  *    (unreadable image, not that filesystem) fails the start with its last stderr line.
