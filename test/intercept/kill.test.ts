@@ -5,13 +5,14 @@
 // (autoclear frees them once the container's mount namespace is gone).
 //
 // Three workers run in parallel, each with its own instance, activated /dev, image and mount
-// point, so that a device in use can only belong to that worker's run.
+// point, so that a device in use can only belong to that worker's run. The third one runs
+// with --fuse (when fuse2fs is installed): no FUSE driver may outlive its run either.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { waitUnbound } from '../helpers/devices.js';
-import { LOOPFS, RunSandbox, runSkipReason, text } from './support.js';
+import { fuseDriversUnder, installed, LOOPFS, RunSandbox, runSkipReason } from './support.js';
 import { sleep } from '../broker/support.js';
 
 const reason = runSkipReason('loopfs run kill tests');
@@ -58,7 +59,7 @@ describe.skipIf(reason)(reason ? `loopfs run kill (skipped: ${reason})` : 'loopf
 
   it(`SIGKILL of CMD at ${KILLS} random points leaves no process, mount or bound device behind`, async () => {
     const failures: string[] = [];
-    const outcomes = { killedCmd: 0, beforeExec: 0, mountedBeforeKill: 0 };
+    const outcomes = { killedCmd: 0, beforeExec: 0, mountedBeforeKill: 0, fuseRuns: 0 };
 
     async function worker(w: number, iterations: number): Promise<void> {
       const [dir, dev] = await sb.activated(`inst${w}`, 2);
@@ -67,6 +68,8 @@ describe.skipIf(reason)(reason ? `loopfs run kill (skipped: ${reason})` : 'loopf
       sb.giveToUser(img);
       const mnt = sb.userDir(`mnt${w}`);
       const out = sb.userDir(`out${w}`);
+      const fuse = w === 2 && installed('fuse2fs');
+      if (fuse) outcomes.fuseRuns += iterations;
       for (let i = 0; i < iterations; i++) {
         const marker = `loopfs-kill-marker-${w}-${i}-${process.pid}`;
         const script = [
@@ -79,7 +82,7 @@ describe.skipIf(reason)(reason ? `loopfs run kill (skipped: ${reason})` : 'loopf
           'done',
         ].join('\n');
         fs.rmSync(path.join(out, 'mounted'), { force: true });
-        const child = spawn(LOOPFS, sb.runArgv(dir, dev, script), {
+        const child = spawn(LOOPFS, sb.runArgv(dir, dev, script, fuse ? ['--fuse'] : []), {
           env: { ...sb.env, RUN_DEV: dev, IMG: img, MNT: mnt, OUT: out },
           cwd: sb.root,
           stdio: ['ignore', 'ignore', 'pipe'],
@@ -117,6 +120,8 @@ describe.skipIf(reason)(reason ? `loopfs run kill (skipped: ${reason})` : 'loopf
         else failures.push(`w${w}#${i}: loopfs run ended with ${JSON.stringify(how)}: ${stderr}`);
         const left = processesWith(marker);
         if (left.length) failures.push(`w${w}#${i}: processes left: ${left.join(' ')}`);
+        const drivers = fuseDriversUnder(dir);
+        if (drivers.length) failures.push(`w${w}#${i}: FUSE drivers left: ${drivers.join(' ')}`);
         for (const m of sb.held(dir)) {
           if (!(await waitUnbound(`loop${m}`, 10_000))) failures.push(`w${w}#${i}: loop${m} still bound after the run`);
         }

@@ -14,7 +14,7 @@ import { waitUnbound } from '../helpers/devices.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { runProgram } from '../helpers/run.js';
 import { HELLO } from '../broker/support.js';
-import { describeRun, installed, LOOPFS, RunSandbox, runSkipReason, text } from './support.js';
+import { describeRun, fuseDriversUnder, installed, LOOPFS, RunSandbox, runSkipReason, text } from './support.js';
 
 const reason = runSkipReason('loopfs run tests');
 
@@ -265,13 +265,7 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
       expect(sb.held(dir), `${i.source} is an instance device`).toContain(minor);
       expect(await waitUnbound(`loop${minor}`), `${i.source} freed after umount`).toBe(true);
     }
-    const drivers = fs.readdirSync('/proc').filter((p) => {
-      try {
-        return /^\d+$/.test(p) && /^(fuse2fs|squashfuse)$/.test(fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim()) && fs.readdirSync(`/proc/${p}/fd`).some((fd) => fs.readlinkSync(`/proc/${p}/fd/${fd}`).startsWith(sb.root));
-      } catch {
-        return false;
-      }
-    });
+    const drivers = fuseDriversUnder(sb.root);
     expect(drivers, 'no FUSE driver of this run (holding an instance node) left running').toEqual([]);
   });
 

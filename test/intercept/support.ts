@@ -111,3 +111,18 @@ export class RunSandbox extends BrokerSandbox {
 export function shellQuote(s: string): string {
   return /^[A-Za-z0-9_./=:,@+-]+$/.test(s) ? s : `'${s.replace(/'/g, `'\\''`)}'`;
 }
+
+/** FUSE drivers (fuse2fs, squashfuse) holding an fd of something under `root` (an instance node). */
+export function fuseDriversUnder(root: string): number[] {
+  return fs.readdirSync('/proc').filter((p) => {
+    try {
+      return (
+        /^\d+$/.test(p) &&
+        /^(fuse2fs|squashfuse)$/.test(fs.readFileSync(`/proc/${p}/comm`, 'utf8').trim()) &&
+        fs.readdirSync(`/proc/${p}/fd`).some((fd) => fs.readlinkSync(`/proc/${p}/fd/${fd}`).startsWith(root))
+      );
+    } catch {
+      return false;
+    }
+  }).map(Number);
+}
