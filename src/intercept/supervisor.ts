@@ -156,12 +156,11 @@ export class Supervisor {
         case 'new':
           break;
       }
-      let source: string | null, target: string | null, fstype: string | null, data: string | null;
+      let source: string | null, target: string | null, fstype: string | null;
       try {
         source = t.readString(notif.args[0]);
         target = t.readString(notif.args[1]);
         fstype = t.readString(notif.args[2]);
-        data = t.readString(notif.args[4]);
       } catch (e) {
         if (e instanceof BadStringError) return t.valid() ? { code: e.code, why: 'unreadable mount argument' } : null;
         throw e;
@@ -180,6 +179,16 @@ export class Supervisor {
       // proc, fuse in a user namespace…). Should a racing thread turn the source into a
       // device meanwhile, the kernel refuses the caller a block filesystem by itself.
       if ((st.mode & c.S_IFMT) !== c.S_IFBLK) return 'continue';
+      // Filesystem options: read only now, for a block device (other filesystems may take
+      // binary data there), and only to refuse them: any that is not a string is refused too.
+      let data: string | null;
+      try {
+        data = t.readString(notif.args[4]);
+      } catch (e) {
+        if (e instanceof BadStringError) data = `(${e.code})`;
+        else throw e;
+      }
+      if (!t.valid()) return null;
       return await this.performer.mount(t, { source: st, sourcePath: source, target, fstype, flags, data });
     } finally {
       t.close();
