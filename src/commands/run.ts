@@ -22,6 +22,7 @@ export default class Run extends LoopfsCommand {
   static examples = [
     '<%= config.bin %> run --instance /run/loopfs/ct1 -- setpriv --reuid 1000 --regid 1000 --clear-groups unshare -r -m sh',
   ];
+  static usage = 'run [--instance DIR] [--allow-fs FS,...] [--fuse] [-v] -- CMD [ARG...]';
   static strict = false;
   static enableJsonFlag = false;
   static flags = {
