@@ -197,7 +197,8 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     } finally {
       await podman2.rmForce(id);
     }
-    for (let i = 0; i < 100 && safeList(path.join(runtime2, 'claims')).length > 0; i++) await sleep(100);
+    // podman's cleanup (poststop) and conmon's exit follow rm -f asynchronously
+    for (let i = 0; i < 100 && (safeList(path.join(runtime2, 'claims')).length > 0 || podman2.conmons().length > 0); i++) await sleep(100);
     expect(safeList(path.join(runtime2, 'claims'))).toEqual([]);
     expect(safeList(path.join(runtime2, 'oci', '0'))).toEqual([]);
     expect(podman2.conmons()).toEqual([]);
