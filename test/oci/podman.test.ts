@@ -24,6 +24,10 @@ import {
 } from './support.js';
 
 const reason = podmanSkipReason('OCI hook with podman');
+// podman gives a container with a user namespace no device rules, even those asked for:
+// only the hook's own rules (cgroup v1) let it open its devices
+const v1Reason = fs.existsSync('/sys/fs/cgroup/devices/devices.allow') ? undefined : 'no cgroup v1 devices controller';
+if (!reason && v1Reason) console.warn(`[skip] OCI hook device-cgroup tests: ${v1Reason}`);
 
 /** Instance directories of containers in the sandbox's runtime dir: RUNTIME/oci/UID/ID. */
 function containerInstances(sb: BrokerSandbox): string[] {
@@ -163,7 +167,7 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
   });
 
-  it('a container in a user namespace: refused on a nodev runtime dir; elsewhere its instance is owned by its root as mapped on the host', async () => {
+  it.skipIf(!!v1Reason)('a container in a user namespace: refused on a nodev runtime dir; elsewhere its instance is owned by its root as mapped on the host', async () => {
     const map = 400000;
     const flags = [...COMMON_FLAGS, '--uidmap', `0:${map}:65536`, '--gidmap', `0:${map}:65536`, '--annotation', 'io.loopfs.pool=1'];
     // podman gives such a container no device-cgroup rules (node permissions decide) and it
@@ -238,7 +242,6 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
   });
 
-  const v1Reason = fs.existsSync('/sys/fs/cgroup/devices/devices.allow') ? undefined : 'no cgroup v1 devices controller';
   it.skipIf(!!v1Reason)('without any device flag (cgroup v1): exactly the instance\'s devices are granted; a node made for the host\'s device stays denied', async () => {
     const id = await podman.start([...COMMON_FLAGS, '--annotation', 'io.loopfs.pool=2'], [`${sb.image}:/img:ro`]);
     try {
