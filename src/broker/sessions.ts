@@ -105,3 +105,25 @@ export function writeSessionRecord(env: Record<string, string | undefined>, id: 
     dir.close();
   }
 }
+
+/** Instance ids that have a record. */
+export function sessionRecordIds(env: Record<string, string | undefined>): string[] {
+  const dir = openDir(env, false);
+  if (!dir) return [];
+  try {
+    return dir.list().filter((n) => /^[0-9a-f]+\.json$/.test(n)).map((n) => n.slice(0, -'.json'.length));
+  } finally {
+    dir.close();
+  }
+}
+
+/** Drop the record of an instance that no longer exists. */
+export function removeSessionRecord(env: Record<string, string | undefined>, id: string): void {
+  const dir = openDir(env, false);
+  if (!dir) return;
+  try {
+    dir.unlinkQuiet(`${id}.json`);
+  } finally {
+    dir.close();
+  }
+}

@@ -117,52 +117,61 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: clients SIGKILLed
     }
   }, 900_000);
 
+  /**
+   * A broker with a session device (attached and found), an autoclear one and a plain one,
+   * SIGKILLed with the connection open: nobody ran its session cleanup.
+   */
+  async function brokerKilledWithSessions(sb: BrokerSandbox, clients: AsyncClient[]) {
+    const inst = await sb.instance('inst', ['--max', '8']);
+    const server = await Server.start(sb, [inst]);
+    const fs = await import('node:fs');
+    const n = (await import('../../src/kernel/native.js')).native();
+    const c = AsyncClient.connect(`${inst}/loop-control`);
+    clients.push(c);
+    const fd = n.open(sb.image, n.constants.O_RDONLY);
+    let session: number, auto: number, plain: number, found: number;
+    try {
+      const attach = async (fields: object) => {
+        const r = await c.request({ v: 2, id: 1, op: 'attach', ...fields }, [fd]);
+        expect(r?.ok, JSON.stringify(r)).toBe(true);
+        return r!.minor as number;
+      };
+      session = await attach({ session: true });
+      auto = await attach({ autoclear: true });
+      plain = await attach({});
+      const f = await c.request({ v: 2, id: 2, op: 'get-free', session: true });
+      found = f!.minor as number;
+    } finally {
+      n.close(fd);
+    }
+    const held = () => Object.keys(sb.state(inst)?.devices ?? {}).map(Number).sort((a, b) => a - b);
+    expect(held()).toEqual([session, auto, plain, found].sort((a, b) => a - b));
+    const record = `${sb.env.LOOPFS_RUNTIME_DIR}/broker/${sb.state(inst)!.id}.json`;
+    expect(JSON.parse(fs.readFileSync(record, 'utf8'))).toMatchObject({ sessions: [session, found].sort((a, b) => a - b), released: [auto] });
+
+    server.child.kill('SIGKILL');
+    await waitFor('broker gone', () => !server.alive);
+    c.close();
+    expect(sb.bound().length, 'the session device is still bound after the broker died').toBeGreaterThanOrEqual(2);
+    // what is left once the sessions are settled: the plain device, bound, claimed, recorded
+    const settled = () => {
+      expect(held()).toEqual([plain]);
+      expect(sb.bound()).toHaveLength(1);
+      expect(fs.existsSync(record)).toBe(false);
+      expect(sb.claims().map((cl) => cl.minor)).toEqual([plain]);
+    };
+    return { inst, settled };
+  }
+
   it('the broker SIGKILLed with live sessions: the next broker detaches and releases them before it serves', async () => {
     const sb = new BrokerSandbox('loopfs-kill');
     let server: Server | null = null;
     const clients: AsyncClient[] = [];
     try {
-      const inst = await sb.instance('inst', ['--max', '8']);
-      server = await Server.start(sb, [inst]);
-      const socket = `${inst}/loop-control`;
-      const fs = await import('node:fs');
-      const n = (await import('../../src/kernel/native.js')).native();
-      const c = AsyncClient.connect(socket);
-      clients.push(c);
-      const fd = n.open(sb.image, n.constants.O_RDONLY);
-      let session: number, auto: number, plain: number, found: number;
-      try {
-        const attach = async (fields: object) => {
-          const r = await c.request({ v: 2, id: 1, op: 'attach', ...fields }, [fd]);
-          expect(r?.ok, JSON.stringify(r)).toBe(true);
-          return r!.minor as number;
-        };
-        session = await attach({ session: true });
-        auto = await attach({ autoclear: true });
-        plain = await attach({});
-        const f = await c.request({ v: 2, id: 2, op: 'get-free', session: true });
-        found = f!.minor as number;
-      } finally {
-        n.close(fd);
-      }
-      const held = () => Object.keys(sb.state(inst)?.devices ?? {}).map(Number).sort((a, b) => a - b);
-      expect(held()).toEqual([session, auto, plain, found].sort((a, b) => a - b));
-      const record = `${sb.env.LOOPFS_RUNTIME_DIR}/broker/${sb.state(inst)!.id}.json`;
-      expect(JSON.parse(fs.readFileSync(record, 'utf8'))).toMatchObject({ sessions: [session, found].sort((a, b) => a - b), released: [auto] });
-
-      // the broker dies with the connection open: nobody ran its session cleanup
-      server.child.kill('SIGKILL');
-      await waitFor('broker gone', () => !server!.alive);
-      c.close();
-      expect(sb.bound().length, 'the session device is still bound after the broker died').toBeGreaterThanOrEqual(2);
-
-      // the next broker settles the record before it prints ready
+      const { inst, settled } = await brokerKilledWithSessions(sb, clients);
       server = await Server.start(sb, [inst]);
       expect(server.stderr.join('')).toContain('device(s) of a previous broker');
-      expect(held()).toEqual([plain]);
-      expect(sb.bound()).toHaveLength(1);
-      expect(fs.existsSync(record)).toBe(false);
-      expect(sb.claims().map((cl) => cl.minor)).toEqual([plain]);
+      settled();
     } finally {
       for (const cl of clients) cl.close();
       try {
@@ -170,6 +179,24 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: clients SIGKILLed
       } finally {
         await sb.teardown();
       }
+    }
+  }, 120_000);
+
+  it('the broker SIGKILLed with live sessions and never restarted: loopfs gc settles them', async () => {
+    const sb = new BrokerSandbox('loopfs-kill-gc');
+    const clients: AsyncClient[] = [];
+    try {
+      const { settled } = await brokerKilledWithSessions(sb, clients);
+      const r = await sb.loopfs(['gc']);
+      expect([r.exitCode, text(r.stderr)]).toEqual([0, '']);
+      expect(text(r.stdout).match(/settled session device of a dead broker/g)).toHaveLength(3);
+      settled();
+      // and a second gc finds nothing left to do for it
+      const again = await sb.loopfs(['gc']);
+      expect(text(again.stdout)).not.toContain('session');
+    } finally {
+      for (const cl of clients) cl.close();
+      await sb.teardown();
     }
   }, 120_000);
 });

@@ -1,3 +1,4 @@
+import { recoverAbandonedSessions } from '../../broker/recover.js';
 import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
 import { Progress } from '../../cli/progress.js';
 import { gc, type GcReport } from '../../instance/manage.js';
@@ -15,6 +16,8 @@ export default class InstanceGc extends LoopfsCommand {
     await this.parse(InstanceGc);
     // containers that vanished without their poststop hook first: their instances go whole
     const reaped = reapVanishedContainers();
+    // then session devices of brokers that died (SIGKILL) and were not restarted
+    const recovered = recoverAbandonedSessions(process.env);
     const progress = new Progress('gc'); // stderr, on a terminal only
     let report: GcReport;
     try {
@@ -22,7 +25,10 @@ export default class InstanceGc extends LoopfsCommand {
     } finally {
       progress.end();
     }
-    report.fixes.unshift(...reaped.map((r) => ({ dir: r.dir, minor: null, action: `destroyed the instance of vanished container ${r.container}` })));
+    report.fixes.unshift(
+      ...reaped.map((r) => ({ dir: r.dir, minor: null, action: `destroyed the instance of vanished container ${r.container}` })),
+      ...recovered,
+    );
     const rows = [
       ...report.fixes.map((f) => ['fixed', f.dir ?? '-', f.minor !== null ? `loop${f.minor}` : '-', f.action]),
       ...report.pending.map((p) => ['pending', p.dir ?? '-', p.minor !== null ? `loop${p.minor}` : '-', p.action]),
