@@ -408,13 +408,31 @@ function settleOrphan(c: Claim, rt: Runtime, report: GcReport): void {
   }
 }
 
+// The rules gc applies to a live instance, shared with gcPreview so that doctor reports
+// exactly what gc would settle.
+
+/** Devices claimed for the instance but not in its state (a crash while reserving or releasing). */
+function unrecordedClaims(s: InstanceState, claims: Claim[]): number[] {
+  return claims.filter((c) => c.id === s.id && !s.devices[c.minor]).map((c) => c.minor);
+}
+
+/**
+ * What is wrong with a device the state records, before its node is looked at:
+ * `unclaimed` (recorded without our claim), `half-released` (marked removing, or gone
+ * from the kernel), or null.
+ */
+function heldDeviceIssue(s: InstanceState, minor: number, claim: Claim | null | undefined): 'unclaimed' | 'half-released' | null {
+  if (!claim || claim.id !== s.id) return 'unclaimed';
+  if (s.devices[minor].state === 'removing' || SysfsLoop.forName(`loop${minor}`).devno() === null) return 'half-released';
+  return null;
+}
+
 function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): void {
   const s = inst.state();
   const fix = (minor: number | null, action: string) => report.fixes.push({ dir: inst.dir, minor, action });
   rt.lock();
-  const ours = rt.claims().filter((c) => c.id === s.id);
+  const unrecorded = unrecordedClaims(s, rt.claims());
   rt.unlock();
-  const claimed = new Set(ours.map((c) => c.minor));
 
   // Claimed but not recorded: a crash between claiming and recording (reserve), or
   // between forgetting and dropping the claim (release after its successful REMOVE, a
@@ -422,8 +440,7 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
   // process of the instance can hold it. reserve() binds only after recording, so a
   // binding on it now is somebody else's (a host tool that took the free device): it is
   // never adopted — that would hand a stranger's device to the instance owner.
-  for (const minor of claimed) {
-    if (s.devices[minor]) continue;
+  for (const minor of unrecorded) {
     const bound = SysfsLoop.forName(`loop${minor}`).isBound();
     // unbound: give back what reserve() took (busy: somebody else just opened it — theirs)
     if (!bound) removeIndex(minor);
@@ -436,7 +453,8 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
   const current = inst.state();
   for (const minor of heldMinors(current)) {
     const claim = rt.claimOf(minor);
-    if (!claim || claim.id !== current.id) {
+    const issue = heldDeviceIssue(inst.state(), minor, claim);
+    if (issue === 'unclaimed') {
       // Recorded without our claim: our own steps never do this (claims come first and go
       // last); a reboot that emptied /run, a restored backup or tampering can. The claim is
       // the truth: re-claiming could hand the owner a device somebody else uses now.
@@ -444,9 +462,8 @@ function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): 
       fix(minor, claim ? 'forgot device claimed by another instance' : 'forgot device recorded without a claim');
       continue;
     }
-    const entry = inst.state().devices[minor];
-    const exists = SysfsLoop.forName(`loop${minor}`).devno() !== null;
-    if (entry.state === 'removing' || !exists) {
+    if (issue === 'half-released') {
+      const exists = SysfsLoop.forName(`loop${minor}`).devno() !== null;
       if (inst.release(minor)) fix(minor, exists ? 'removed device left half-released' : 'forgot device that no longer exists');
       else report.pending.push({ dir: inst.dir, minor, action: 'device is still in use; removal deferred' });
       continue;
@@ -544,11 +561,11 @@ function inspectInstance(entry: RegistryEntry, claims: Claim[], env: NodeJS.Proc
     const s = inst.state();
     const add = (kind: LeftoverKind, minor: number | null) =>
       out.push({ kind, dir: inst.dir, id: s.id, minor, ...(minor === null ? {} : { bound: SysfsLoop.forName(`loop${minor}`).isBound() }) });
-    for (const c of claims) if (c.id === s.id && !s.devices[c.minor]) add('unrecorded-claim', c.minor);
+    for (const minor of unrecordedClaims(s, claims)) add('unrecorded-claim', minor);
     for (const minor of heldMinors(s)) {
-      const claim = claims.find((c) => c.minor === minor);
-      if (!claim || claim.id !== s.id) add('unclaimed-device', minor);
-      else if (s.devices[minor].state === 'removing' || SysfsLoop.forName(`loop${minor}`).devno() === null) add('half-released', minor);
+      const issue = heldDeviceIssue(s, minor, claims.find((c) => c.minor === minor));
+      if (issue === 'unclaimed') add('unclaimed-device', minor);
+      else if (issue === 'half-released') add('half-released', minor);
       else if (!inst.isPublished(minor)) add('missing-node', minor);
     }
     for (const name of inst.strayEntries()) out.push({ kind: 'stray-node', dir: inst.dir, id: s.id, minor: null, name });
