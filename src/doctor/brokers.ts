@@ -8,7 +8,8 @@ import { lstatSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
 import { BROKER_SOCKET } from '../instance/broker-scope.js';
-import { Runtime } from '../instance/runtime.js';
+import { Runtime, type RegistryEntry } from '../instance/runtime.js';
+import { readSessionRecord } from '../broker/sessions.js';
 import type { Check } from './check.js';
 
 /** Whether a broker listens on `socket`; null when we may not connect (not its owner, not root). */
@@ -30,34 +31,40 @@ export const brokersCheck: Check = {
   id: 'brokers',
   title: 'instance brokers',
   run(ctx) {
-    let dirs: string[];
+    let entries: RegistryEntry[];
     try {
       const rt = Runtime.open(ctx.env);
       try {
-        dirs = rt.instances().map((e) => e.dir);
+        entries = rt.instances();
       } finally {
         rt.close();
       }
     } catch {
       return { status: 'skip', detail: 'no instance registry we may read' };
     }
-    const served = dirs.filter((d) => {
+    const served = entries.filter((e) => {
       try {
-        return lstatSync(`${d}/${BROKER_SOCKET}`).isSocket();
+        return lstatSync(`${e.dir}/${BROKER_SOCKET}`).isSocket();
       } catch {
         return false;
       }
     });
-    const answers = served.map((d) => brokerAnswers(`${d}/${BROKER_SOCKET}`));
+    const answers = served.map((e) => brokerAnswers(`${e.dir}/${BROKER_SOCKET}`));
     const down = served.filter((_, i) => answers[i] === false);
+    // session devices the dead broker could not detach: the next broker, or gc, settles them
+    const stranded = (e: RegistryEntry) => {
+      const rec = readSessionRecord(ctx.env, e.id);
+      const n = rec ? rec.sessions.length + rec.released.length : 0;
+      return n > 0 ? `; ${n} session device(s) left attached (loopfs gc settles them)` : '';
+    };
     const unknown = answers.filter((a) => a === null).length;
     if (down.length > 0) {
       return {
         status: 'fail',
         detail: `${down.length} of ${served.length} brokered instance(s) without a running broker`,
-        items: down.map((d) => `${d}/${BROKER_SOCKET}: connection refused`),
+        items: down.map((e) => `${e.dir}/${BROKER_SOCKET}: connection refused${stranded(e)}`),
         // starting a daemon is the admin's decision (systemd unit or not): never automatic
-        fix: { command: `loopfs serve ${down.join(' ')}`, safe: false },
+        fix: { command: `loopfs serve ${down.map((e) => e.dir).join(' ')}`, safe: false },
       };
     }
     if (unknown > 0) return { status: 'skip', detail: `${unknown} of ${served.length} broker socket(s) not ours to try (needs root)` };

@@ -8,7 +8,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { readLoopState } from '../helpers/devices.js';
-import { Server } from '../broker/support.js';
+import { AsyncClient, Server } from '../broker/support.js';
+import { native } from '../../src/kernel/native.js';
 import { instanceSkipReason, LOOPFS, minorOf, Sandbox, skipTitle, text } from '../instance/support.js';
 
 const reason = instanceSkipReason('doctor tests');
@@ -178,11 +179,19 @@ describe.skipIf(reason)(skipTitle('loopfs doctor', reason), () => {
     const dir = sb.path('i');
     await sb.create(dir);
     const server = await Server.start(sb as never, [dir]);
+    const n = native();
+    const client = AsyncClient.connect(path.join(dir, 'loop-control'));
+    const fd = n.open(sb.file('f.img'), n.constants.O_RDONLY);
     try {
       expect(check((await doctor()).report, 'brokers')).toMatchObject({ status: 'ok', detail: '1 brokered instance(s), every broker answers' });
+      // a session device the broker will die holding
+      const reply = await client.request({ v: 2, id: 1, op: 'attach', session: true }, [fd]);
+      expect(reply?.ok, JSON.stringify(reply)).toBe(true);
       server.child.kill('SIGKILL');
       await server.stop();
     } finally {
+      n.close(fd);
+      client.close();
       await server.stop();
     }
     expect(fs.lstatSync(path.join(dir, 'loop-control')).isSocket()).toBe(true); // the stale socket
@@ -190,9 +199,12 @@ describe.skipIf(reason)(skipTitle('loopfs doctor', reason), () => {
     expect(r.exitCode).toBe(1);
     const c = check(r.report, 'brokers');
     expect(c.status).toBe('fail');
-    expect(c.items).toEqual([`${dir}/loop-control: connection refused`]);
+    expect(c.items).toEqual([`${dir}/loop-control: connection refused; 1 session device(s) left attached (loopfs gc settles them)`]);
     expect(c.fix).toEqual({ command: `loopfs serve ${dir}`, safe: false });
     expect(r.report.fixed).toEqual([]); // starting a daemon is never automatic
+    // gc settles the dead broker's session device, as the item says
+    expect((await sb.loopfs(['gc'])).exitCode).toBe(0);
+    expect(check((await doctor()).report, 'brokers').items).toEqual([`${dir}/loop-control: connection refused`]);
   });
 
   it('as an unprivileged user: the checks that need root say so instead of guessing', async () => {
