@@ -205,14 +205,19 @@ export class Server {
   }
 
   /** `loopfs serve DIR… FLAGS` in the sandbox's environment; resolves once it printed "ready". */
-  static async start(sb: Sandbox, dirs: string[], flags: string[] = [], timeoutMs = 20_000): Promise<Server> {
-    const child = spawn(LOOPFS, ['serve', ...dirs, ...flags], { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] });
+  static start(sb: Sandbox, dirs: string[], flags: string[] = [], timeoutMs = 20_000): Promise<Server> {
+    return Server.launch(sb, ['serve', ...dirs, ...flags], timeoutMs);
+  }
+
+  /** Any `loopfs` daemon (`serve`, `oci-broker`) as root in the sandbox's environment, once it printed "ready". */
+  static async launch(sb: Sandbox, args: string[], timeoutMs = 20_000): Promise<Server> {
+    const child = spawn(LOOPFS, args, { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] });
     const s = new Server(child);
     const end = Date.now() + timeoutMs;
     while (!s.stdout.join('').includes('ready\n')) {
       if (!s.alive || Date.now() > end) {
         await s.stop();
-        throw new Error(`loopfs serve did not start: ${s.stdout.join('')}${s.stderr.join('')}`);
+        throw new Error(`loopfs ${args[0]} did not start: ${s.stdout.join('')}${s.stderr.join('')}`);
       }
       await sleep(20);
     }

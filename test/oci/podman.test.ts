@@ -9,13 +9,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { readLoopState } from '../helpers/devices.js';
-import { BrokerSandbox, HELLO } from '../broker/support.js';
+import { BrokerSandbox, HELLO, Server } from '../broker/support.js';
 import { sleep } from '../instance/support.js';
 import { ociHookInstalled, ociHookStatus } from '../../src/oci/hooks-json.js';
 import {
   COMMON_FLAGS,
   installHooks,
-  OciBrokerProcess,
   Podman,
   podmanSkipReason,
   ROOTFUL_FLAGS,
@@ -292,7 +291,7 @@ describe.skipIf(!!reason)('OCI hook: rootless podman (through loopfs oci-broker)
   let sb: BrokerSandbox;
   let podman: Podman;
   let ranges: SubIdRanges;
-  let broker: OciBrokerProcess | null = null;
+  let broker: Server | null = null;
 
   beforeAll(async () => {
     sb = new BrokerSandbox('loopfs-oci-rl');
@@ -316,8 +315,8 @@ describe.skipIf(!!reason)('OCI hook: rootless podman (through loopfs oci-broker)
     }
   });
 
-  async function startBroker(): Promise<OciBrokerProcess> {
-    broker = await OciBrokerProcess.start(sb);
+  async function startBroker(): Promise<Server> {
+    broker = await Server.launch(sb, ['oci-broker']);
     return broker;
   }
 
@@ -363,7 +362,7 @@ mount -o loop /img /mnt 2>&1; echo "mount=$?"`,
       expect(out.find((l) => l.startsWith('mount='))).not.toBe('mount=0');
       expect(backingInode(minors[0])).toBe(fs.statSync(sb.image).ino);
       seen.push(...minors);
-      expect(b.stderr()).toContain(`uid ${sb.user.uid}: container ${id}`);
+      expect(b.stderr.join('')).toContain(`uid ${sb.user.uid}: container ${id}`);
     } finally {
       await podman.rmForce(id);
     }

@@ -14,12 +14,12 @@
 //    subuid/subgid lines added for the test user are removed again, exactly those lines;
 //  - cleanup then checks that nothing is left: no instance directory, no claim, no device
 //    bound to a sandbox file, no mount under the sandbox, no conmon of ours.
-import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { announceSkip, firstReason, REPO_ROOT } from '../helpers/env.js';
 import { runProgram, type RunResult } from '../helpers/run.js';
-import { LOOPFS, sleep, text } from '../instance/support.js';
+import { LOOPFS, text } from '../instance/support.js';
 import { BrokerSandbox, brokerSkipReason, type User } from '../broker/support.js';
 
 export { text };
@@ -281,45 +281,3 @@ export async function installHooks(sb: BrokerSandbox, hooks: string): Promise<Ru
 
 export { LOOPFS };
 
-/** `loopfs oci-broker` as root in the sandbox's environment; resolves once it printed "ready". */
-export class OciBrokerProcess {
-  private out = '';
-  private err = '';
-  private exited: Promise<void>;
-  private done = false;
-
-  private constructor(readonly child: ChildProcess) {
-    this.exited = new Promise((resolve) => child.once('exit', () => {
-      this.done = true;
-      resolve();
-    }));
-    child.stdout!.setEncoding('utf8').on('data', (s: string) => (this.out += s));
-    child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.err += s));
-  }
-
-  static async start(sb: BrokerSandbox, timeoutMs = 20_000): Promise<OciBrokerProcess> {
-    const p = new OciBrokerProcess(spawn(LOOPFS, ['oci-broker'], { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] }));
-    const end = Date.now() + timeoutMs;
-    while (!p.out.includes('ready\n')) {
-      if (p.done || Date.now() > end) {
-        await p.stop();
-        throw new Error(`loopfs oci-broker did not start: ${p.out}${p.err}`);
-      }
-      await sleep(20);
-    }
-    return p;
-  }
-
-  stderr(): string {
-    return this.err;
-  }
-
-  /** SIGTERM, SIGKILL after graceMs. */
-  async stop(graceMs = 15_000): Promise<void> {
-    if (this.done) return;
-    this.child.kill('SIGTERM');
-    const t = setTimeout(() => this.child.kill('SIGKILL'), graceMs);
-    await this.exited;
-    clearTimeout(t);
-  }
-}
