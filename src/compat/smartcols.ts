@@ -147,6 +147,18 @@ function joinLines(lines: Buffer[]): Buffer {
  * as ul_buffer_get_safe_data() does.
  */
 function safeEncode(s: Buffer, utf8: boolean): Encoded {
+  // Nearly every cell (device names, numbers, ordinary paths) is printable ASCII without a
+  // literal "\x": such a cell is its own encoding, one column per byte. Checking that first
+  // keeps a listing of thousands of devices from building a string per character.
+  let plain = true;
+  for (let i = 0; i < s.length; i++) {
+    const b = s[i];
+    if (b < 0x20 || b >= 0x7f || (b === 0x5c && s[i + 1] === 0x78)) {
+      plain = false;
+      break;
+    }
+  }
+  if (plain) return { text: s, width: s.length };
   let out = '';
   const raw: Buffer[] = [];
   let width = 0;

@@ -252,7 +252,7 @@ export interface NativeAddon {
    * Read many small files (sysfs attributes) in one call: each of `names` inside each of
    * `dirs` (result row-major, dirs x names), up to maxBytes each; null when unreadable.
    */
-  readFiles(dirs: string[], names: string[], maxBytes: number): Array<Buffer | null>;
+  readFiles(dirs: string[], names: string[], maxBytes: number): Array<string | null>;
 
   // Directory-relative calls for instance directories (native/fs_at.cc): a pinned
   // directory fd, and never a followed symlink in the last component.

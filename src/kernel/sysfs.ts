@@ -77,7 +77,7 @@ export class SysfsLoop {
     for (const l of loops) {
       for (const a of attrs) {
         const v = values[i++];
-        l.cache.set(a, v === null ? null : stripNewline(v.toString('latin1')));
+        l.cache.set(a, v === null ? null : stripNewline(v));
       }
     }
   }
