@@ -62,8 +62,8 @@ import {
   type Request,
 } from './protocol.js';
 import { InstanceWorker, WorkerError } from './worker-api.js';
+import { BROKER_SOCKET } from '../instance/broker-scope.js';
 
-export const SOCKET_NAME = 'loop-control';
 /** Protocol violations after which a connection is closed. */
 export const MAX_VIOLATIONS = 8;
 /** Datagrams read per readable event before yielding to other connections. */
@@ -105,7 +105,7 @@ class Endpoint {
   ) {}
 
   get socketPath(): string {
-    return `${this.dir}/${SOCKET_NAME}`;
+    return `${this.dir}/${BROKER_SOCKET}`;
   }
 
   listen(): void {
@@ -118,7 +118,7 @@ class Endpoint {
       if (st.uid !== 0 || (st.mode & 0o022) !== 0) {
         throw new ServeError(`${this.dir}: must be owned by root and not writable by group or others to be served`);
       }
-      const existing = root.lstat(SOCKET_NAME);
+      const existing = root.lstat(BROKER_SOCKET);
       if (existing) {
         if ((existing.mode & n.constants.S_IFMT) !== n.constants.S_IFSOCK) {
           throw new ServeError(`${this.socketPath} exists and is not a socket`);
@@ -134,17 +134,17 @@ class Endpoint {
           n.close(fd);
           throw new ServeError(`${this.dir}: already served by another broker`);
         }
-        root.unlink(SOCKET_NAME);
+        root.unlink(BROKER_SOCKET);
       }
       // created 0600 root-only, then handed to the owner: never reachable by anybody else
       this.listenFd = n.seqpacketListen(this.socketPath, LISTEN_BACKLOG, 0o600);
       try {
-        n.fchownat(root.fd, SOCKET_NAME, this.owner.uid, this.owner.gid);
-        this.socketIno = root.lstat(SOCKET_NAME)!.ino;
+        n.fchownat(root.fd, BROKER_SOCKET, this.owner.uid, this.owner.gid);
+        this.socketIno = root.lstat(BROKER_SOCKET)!.ino;
       } catch (e) {
         n.close(this.listenFd);
         this.listenFd = -1;
-        root.unlinkQuiet(SOCKET_NAME);
+        root.unlinkQuiet(BROKER_SOCKET);
         throw e;
       }
     } finally {
@@ -275,7 +275,7 @@ class Endpoint {
     try {
       const root = PinnedDir.open(this.dir);
       try {
-        if (root.lstat(SOCKET_NAME)?.ino === this.socketIno) root.unlinkQuiet(SOCKET_NAME);
+        if (root.lstat(BROKER_SOCKET)?.ino === this.socketIno) root.unlinkQuiet(BROKER_SOCKET);
       } finally {
         root.close();
       }

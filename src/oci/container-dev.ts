@@ -18,6 +18,7 @@
 import { spawnSync } from 'node:child_process';
 import { readFileSync, symlinkSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
+import { BROKER_SOCKET } from '../instance/broker-scope.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { OciError } from './bundle.js';
 import { ociRoot } from './record.js';
@@ -61,7 +62,7 @@ export function prepareContainerDev(req: ContainerDevRequest): void {
       if (!hasCode(e, 'EEXIST')) throw e;
     }
     const links = req.nodes.filter((n) => SAFE_NAME.test(n)).map((n) => [n, `${CONTAINER_INSTANCE_DIR}/${n}`]);
-    if (req.control) links.push(['loop-control', `${CONTAINER_INSTANCE_DIR}/loop-control`]);
+    if (req.control) links.push([BROKER_SOCKET, `${CONTAINER_INSTANCE_DIR}/${BROKER_SOCKET}`]);
     for (const [name, target] of links) {
       // the runtime's /dev holds no loop names; anything there now is not ours to keep
       dev.unlinkQuiet(name);
