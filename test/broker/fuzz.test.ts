@@ -13,20 +13,10 @@ import { describe, expect, it } from 'vitest';
 import { native } from '../../src/kernel/native.js';
 import { skipTitle } from '../instance/support.js';
 import { AsyncClient, BrokerSandbox, brokerSkipReason, LOSETUP, Server, text, waitFor } from './support.js';
+import { prng } from '../helpers/prng.js';
 
 const reason = brokerSkipReason('broker/fuzz');
 const MESSAGES = Number(process.env.LOOPFS_FUZZ_MESSAGES ?? 12_000);
-
-function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 const OPS = ['hello', 'list', 'get-free', 'attach', 'detach', 'set-capacity', 'mount', 'set-direct-io', 'set-block-size'];
 

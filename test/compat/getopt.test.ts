@@ -18,6 +18,7 @@ import {
   SHORTOPTS,
   UTIL_LINUX_LONGOPTS,
 } from '../../src/compat/losetup/options.js';
+import { prng } from '../helpers/prng.js';
 
 // losetup 2.38.1's table, in source order (the order matters for ambiguity messages)
 const LONGOPTS: LongOption[] = [...UTIL_LINUX_LONGOPTS];
@@ -377,18 +378,6 @@ function compilerSkipReason(): string | undefined {
 }
 const ccSkip = compilerSkipReason();
 
-/** Tiny deterministic PRNG (mulberry32) so failures are reproducible. */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 const hexOf = (s: string): string => (s === '' ? '-' : Buffer.from(s, 'utf8').toString('hex'));
 const unhexOf = (h: string): string => (h === '-' ? '' : Buffer.from(h, 'hex').toString('utf8'));
 
@@ -424,7 +413,7 @@ describe.skipIf(ccSkip !== undefined)(`getopt vs glibc getopt_long()${ccSkip ? `
     const build = spawnSync('cc', ['-O0', '-o', exe, path.join(dir, 'harness.c')], { encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
 
-    const rand = rng(20240601);
+    const rand = prng(20240601);
     const cases: Array<{ posix: boolean; optstr: string; args: string[] }> = [];
     for (let i = 0; i < 4000; i++) {
       const n = Math.floor(rand() * 7);

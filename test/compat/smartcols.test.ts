@@ -13,6 +13,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, describe, expect, it } from 'vitest';
 import { renderTable, renderTableBytes, type Cell, type ColumnSpec } from '../../src/compat/smartcols.js';
+import { prng } from '../helpers/prng.js';
 
 // losetup 2.38.1's columns (name, alignment, JSON type), in --output-all order.
 const ALL: ColumnSpec[] = [
@@ -459,17 +460,6 @@ function ccSkipReason(): string | undefined {
 }
 const ccSkip = ccSkipReason();
 
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
-
 describe.skipIf(ccSkip !== undefined)(`table encoding vs glibc C.UTF-8${ccSkip ? ` (skipped: ${ccSkip})` : ''}`, () => {
   const dir = ccSkip ? '' : mkdtempSync(path.join(os.tmpdir(), 'loopfs-smartcols-'));
   afterAll(() => {
@@ -482,7 +472,7 @@ describe.skipIf(ccSkip !== undefined)(`table encoding vs glibc C.UTF-8${ccSkip ?
     const build = spawnSync('cc', ['-o', exe, path.join(dir, 'enc.c')], { encoding: 'utf8' });
     expect(build.status, build.stderr).toBe(0);
 
-    const rand = rng(7);
+    const rand = prng(7);
     const utf8 = (cp: number): number[] => [...Buffer.from(String.fromCodePoint(cp), 'utf8')];
     const pieces: Array<() => number[]> = [
       () => [0x20 + Math.floor(rand() * 95)],
