@@ -20,8 +20,10 @@
 // hanging up. uv_poll_init puts fd in non-blocking mode. Close the watcher before closing
 // fd: libuv must not watch an fd number that may be reused.
 #include <node_api.h>
+#include <poll.h>
 #include <uv.h>
 
+#include <cerrno>
 #include <memory>
 #include <vector>
 
@@ -201,12 +203,34 @@ Napi::Value WatchFd(const Napi::CallbackInfo& info) {
   return ctor->New({info[0], info[1]});
 }
 
+// pollNow(fd) → { readable, hangup, error }: poll(2) with a zero timeout, for a watcher's
+// callback that must tell "readable" from "hung up" (watchFd fires for both). The seccomp
+// listener needs it: its RECV ioctl blocks when nothing is pending, and it reports
+// POLLHUP once every filtered process is gone.
+Napi::Value PollNow(const Napi::CallbackInfo& info) {
+  const int fd = ToFd(info[0], "pollNow", "fd");
+  pollfd p{fd, POLLIN, 0};
+  int n;
+  do n = poll(&p, 1, 0);
+  while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    const int err = errno;
+    ThrowFdError(info.Env(), err, "poll", fd);
+  }
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("readable", Napi::Boolean::New(info.Env(), (p.revents & POLLIN) != 0));
+  o.Set("hangup", Napi::Boolean::New(info.Env(), (p.revents & POLLHUP) != 0));
+  o.Set("error", Napi::Boolean::New(info.Env(), (p.revents & (POLLERR | POLLNVAL)) != 0));
+  return o;
+}
+
 } // namespace
 
 void RegisterFdWatch(Napi::Env env, Napi::Object exports) {
   Napi::FunctionReference* ctor = new Napi::FunctionReference(Napi::Persistent(FdWatcher::Class(env)));
   env.AddCleanupHook([ctor] { delete ctor; });
   exports.Set("watchFd", Napi::Function::New(env, WatchFd, "watchFd", ctor));
+  exports.Set("pollNow", Napi::Function::New(env, PollNow, "pollNow"));
 }
 
 } // namespace loopfs

@@ -436,10 +436,21 @@ void EnterTarget(int out, const TargetFds& t) {
   if (fchdir(t.cwd) < 0) ChildReport(out, "fchdir(cwd)", errno, nullptr);
 }
 
+// Whether fd is our own user namespace. setns(2) into the namespace a process is already
+// in fails with EINVAL, and a target without a user namespace of its own (a container
+// run without one: Docker's and rootful podman's default) is in ours: then only its mount
+// namespace is joined, and the child acts with our (the initial namespace's) privilege.
+bool IsOwnUserNs(int fd) {
+  struct stat mine, theirs;
+  if (fstat(fd, &theirs) < 0 || stat("/proc/self/ns/user", &mine) < 0) return false;
+  return mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino;
+}
+
 // Forks, runs `op` in the target (in the child), and returns what the child reported;
 // throws for a failed step, naming `path`.
 template <typename Op>
-struct stat InTarget(Napi::Env env, const TargetFds& t, const std::string& path, Op op) {
+struct stat InTarget(Napi::Env env, TargetFds t, const std::string& path, Op op) {
+  if (t.userns >= 0 && IsOwnUserNs(t.userns)) t.userns = -1;
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) {
     const int err = errno;

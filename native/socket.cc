@@ -1,6 +1,9 @@
 // Unix SOCK_SEQPACKET sockets for the broker: listen/connect/accept on a path, one
 // datagram per sendMsg/recvMsg with file descriptors passed as SCM_RIGHTS, and the
-// peer's kernel-attested identity (SO_PEERCRED, SO_PEERPIDFD).
+// peer's kernel-attested identity (SO_PEERCRED, SO_PEERPIDFD). The same calls serve
+// SOCK_STREAM sockets (streamListen/streamConnect) for the OCI seccomp agent, whose
+// peers (runc, crun) speak a byte stream: there recvMsg returns whatever bytes are
+// queued (a message may arrive in pieces) and eof is a real end of stream.
 //
 // Every socket is close-on-exec; listening and accepted sockets are non-blocking (the
 // server drives them from watchFd in fdwatch.cc), a connecting client's socket blocks.
@@ -61,8 +64,7 @@ void CloseQuietly(int fd) {
 // asked for, not even for an instant) and set again on the file afterwards (adding back
 // what the umask took; AT_SYMLINK_NOFOLLOW so a name swapped for a symlink is not
 // followed). EADDRINUSE when path exists: unlinking a stale socket is the caller's choice.
-Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
-  const char* fn = "seqpacketListen";
+Napi::Value ListenOn(const Napi::CallbackInfo& info, int type, const char* fn) {
   Napi::Env env = info.Env();
   const std::string path = ToPath(info[0], fn, "path");
   const int32_t backlog = ToInt32(info[1], fn, "backlog");
@@ -72,7 +74,7 @@ Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   sockaddr_un sa;
   const socklen_t len = UnixAddress(env, path, "bind", &sa);
 
-  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (fd < 0) {
     const int err = errno;
     ThrowPathError(env, err, "socket", path);
@@ -96,15 +98,24 @@ Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
+Napi::Value SeqpacketListen(const Napi::CallbackInfo& info) {
+  return ListenOn(info, SOCK_SEQPACKET, "seqpacketListen");
+}
+
+// streamListen(path, backlog, mode): the same for SOCK_STREAM (the OCI seccomp agent).
+Napi::Value StreamListen(const Napi::CallbackInfo& info) {
+  return ListenOn(info, SOCK_STREAM, "streamListen");
+}
+
 // seqpacketConnect(path): a blocking, close-on-exec socket connected to path. ECONNREFUSED
 // when nobody listens there (a stale socket file); the call waits while the listener's
 // backlog is full.
-Napi::Value SeqpacketConnect(const Napi::CallbackInfo& info) {
+Napi::Value ConnectTo(const Napi::CallbackInfo& info, int type, const char* fn) {
   Napi::Env env = info.Env();
-  const std::string path = ToPath(info[0], "seqpacketConnect", "path");
+  const std::string path = ToPath(info[0], fn, "path");
   sockaddr_un sa;
   const socklen_t len = UnixAddress(env, path, "connect", &sa);
-  const int fd = socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+  const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
   if (fd < 0) {
     const int err = errno;
     ThrowPathError(env, err, "socket", path);
@@ -117,10 +128,22 @@ Napi::Value SeqpacketConnect(const Napi::CallbackInfo& info) {
   return Napi::Number::New(env, fd);
 }
 
-// seqpacketAccept(listenFd): the next pending connection as a non-blocking, close-on-exec
-// fd, or null when none is pending (EAGAIN on a non-blocking listener).
-Napi::Value SeqpacketAccept(const Napi::CallbackInfo& info) {
-  const int lfd = ToFd(info[0], "seqpacketAccept", "listenFd");
+Napi::Value SeqpacketConnect(const Napi::CallbackInfo& info) {
+  return ConnectTo(info, SOCK_SEQPACKET, "seqpacketConnect");
+}
+
+// streamConnect(path): the same for SOCK_STREAM.
+Napi::Value StreamConnect(const Napi::CallbackInfo& info) {
+  return ConnectTo(info, SOCK_STREAM, "streamConnect");
+}
+
+// seqpacketAccept(listenFd) / streamAccept(listenFd): the next pending connection as a
+// non-blocking, close-on-exec fd, or null when none is pending (EAGAIN on a non-blocking
+// listener). accept4 takes the socket type from the listener: one function, two names.
+// EMFILE/ENFILE are thrown (the connection stays queued): the caller must back off, not
+// spin on a listener that stays readable.
+Napi::Value Accept(const Napi::CallbackInfo& info) {
+  const int lfd = ToFd(info[0], "accept", "listenFd");
   const int fd = accept4(lfd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   if (fd < 0) {
     const int err = errno;
@@ -355,7 +378,10 @@ Napi::Value SetRecvTimeout(const Napi::CallbackInfo& info) {
 void RegisterSocket(Napi::Env env, Napi::Object exports) {
   exports.Set("seqpacketListen", Napi::Function::New(env, SeqpacketListen, "seqpacketListen"));
   exports.Set("seqpacketConnect", Napi::Function::New(env, SeqpacketConnect, "seqpacketConnect"));
-  exports.Set("seqpacketAccept", Napi::Function::New(env, SeqpacketAccept, "seqpacketAccept"));
+  exports.Set("seqpacketAccept", Napi::Function::New(env, Accept, "seqpacketAccept"));
+  exports.Set("streamListen", Napi::Function::New(env, StreamListen, "streamListen"));
+  exports.Set("streamConnect", Napi::Function::New(env, StreamConnect, "streamConnect"));
+  exports.Set("streamAccept", Napi::Function::New(env, Accept, "streamAccept"));
   exports.Set("socketPair", Napi::Function::New(env, SocketPair, "socketPair"));
   exports.Set("sendMsg", Napi::Function::New(env, SendMsg, "sendMsg"));
   exports.Set("recvMsg", Napi::Function::New(env, RecvMsg, "recvMsg"));

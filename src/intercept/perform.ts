@@ -2,7 +2,9 @@
  * The mount `loopfs run` performs for a trapped mount(2) whose source is a block device:
  * only a bound loop device of the instance, only an allowed filesystem, always nosuid and
  * nodev, ID-mapped to the caller's user namespace, attached in the caller's own mount
- * namespace. Everything else is EPERM, as the kernel would answer the caller.
+ * namespace. Everything else is EPERM, as the kernel would answer the caller. The OCI
+ * seccomp agent uses it too, with the same checks (see PerformerOptions for the one
+ * caller it serves that `loopfs run` refuses).
  *
  * The mount is built here, as root in our namespace, from the host node /dev/loopN (never
  * from the caller's path, which it controls), with the broker's code (createMount); then a
@@ -36,6 +38,19 @@ export interface MountRequest {
 export interface Outcome {
   code: string | null;
   why: string;
+  /** The errno to answer, when it is not `code`'s (an engine's errnoRet may have no name). */
+  errno?: number;
+}
+
+export interface PerformerOptions {
+  /**
+   * Also perform for a caller without a user namespace of its own that is root (euid 0)
+   * in it: a container run without a user namespace (Docker's and rootful podman's
+   * default), whose root is host uid 0 without CAP_SYS_ADMIN. Its mount is not ID-mapped
+   * (its ids are the host's). `loopfs run` leaves this off: its CMD may run processes as
+   * host root before it drops privileges.
+   */
+  hostRootCallers?: boolean;
 }
 
 const refuse = (code: string, why: string): Outcome => ({ code, why });
@@ -53,6 +68,7 @@ export class MountPerformer {
     private readonly allowFs: string[],
     private readonly fuse: boolean,
     private readonly env: NodeJS.ProcessEnv,
+    private readonly options: PerformerOptions = {},
   ) {}
 
   /** Perform or refuse. null: the caller vanished meanwhile (nothing to answer). */
@@ -87,13 +103,21 @@ export class MountPerformer {
 
   /** The checks, and the detached mount; an Outcome is a refusal. */
   private prepare(t: TrappedProcess, req: MountRequest): Outcome | Prepared {
-    if (t.inOurUserNamespace) {
-      return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
+    const hostIds = t.inOurUserNamespace;
+    if (hostIds) {
+      if (!this.options.hostRootCallers) {
+        return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
+      }
+      // Only the container's root: the mover below joins just the mount namespace and
+      // attaches with our privilege there, so it must be the caller's own namespace
+      // (TrappedProcess opened it by tid) and the caller one that owns the container.
+      if (t.euid !== 0) return refuse('EPERM', 'the caller is not root in its container');
+    } else if (!t.hasSysAdmin) {
+      // The kernel would ask for CAP_SYS_ADMIN over the caller's mount namespace: in its own
+      // user namespace here (the mover below joins that user namespace and then the mount
+      // namespace, which fails unless the user namespace owns it).
+      return refuse('EPERM', 'the caller lacks CAP_SYS_ADMIN in its user namespace');
     }
-    // The kernel would ask for CAP_SYS_ADMIN over the caller's mount namespace: in its own
-    // user namespace here (the mover below joins that user namespace and then the mount
-    // namespace, which fails unless the user namespace owns it).
-    if (!t.hasSysAdmin) return refuse('EPERM', 'the caller lacks CAP_SYS_ADMIN in its user namespace');
     const { rdevMajor: major, rdevMinor: minor } = req.source;
     if (major !== LOOP_MAJOR) return refuse('EPERM', `${req.sourcePath} (${major}:${minor}) is not a loop device`);
     if (req.data) return refuse('EPERM', `filesystem options "${req.data}" are not the caller's to choose`);
@@ -134,7 +158,8 @@ export class MountPerformer {
         throw e;
       }
       try {
-        idmapTo(mntFd, t.fds.usernsFd);
+        // host ids need no mapping (and the initial user namespace cannot map a mount)
+        if (!hostIds) idmapTo(mntFd, t.fds.usernsFd);
       } catch (e) {
         n.close(mntFd);
         if (isSysError(e)) return refuse(e.code, `mount_setattr: ${e.description}`);

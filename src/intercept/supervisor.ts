@@ -9,20 +9,16 @@
  * open); when CMD ends, the supervisor (a child subreaper) kills what CMD left behind, so no
  * trapped process outlives it. Nothing crosses a socket, so no protocol is needed.
  *
- * Notifications are judged on node's event loop, each to its end (no threads, nothing to
- * cancel); only a FUSE mount waits (for its driver to start), and meanwhile other
- * notifications are served. As a child subreaper it also reaps the orphans of CMD's tree.
+ * Notifications are judged and answered by judge.ts (shared with the OCI seccomp agent) on
+ * node's event loop, each to its end (no threads, nothing to cancel); only a FUSE mount
+ * waits (for its driver to start), and meanwhile other notifications are served. As a
+ * child subreaper it also reaps the orphans of CMD's tree.
  */
-import { constants as osConstants } from 'node:os';
 import { readdirSync, readFileSync } from 'node:fs';
 import { runningFuseDrivers, stopFuseDrivers } from '../broker/fuse.js';
-import { native, type FdWatcher, type SeccompNotif } from '../kernel/native.js';
-import { classify, mountFlags, remountKeepsNosuidNodev } from './policy.js';
-import { MountPerformer, type Outcome } from './perform.js';
-import { BadStringError, TrappedProcess } from './trapped.js';
-
-const SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1;
-const NR_MOUNT = 165;
+import { native, type FdWatcher } from '../kernel/native.js';
+import { MountJudge } from './judge.js';
+import { MountPerformer } from './perform.js';
 
 export interface RunOptions {
   file: string;
@@ -42,10 +38,8 @@ export interface RunResult {
   signal: number | null;
 }
 
-type Answer = 'continue' | Outcome | null;
-
 export class Supervisor {
-  private readonly performer: MountPerformer;
+  private readonly judge: MountJudge;
   private listener: FdWatcher | null = null;
   private reaper: NodeJS.Timeout | null = null;
   /** Set once CMD ended: the listener fd is closed (its number may be reused), answer nothing. */
@@ -53,12 +47,19 @@ export class Supervisor {
   private exitWatcher: FdWatcher | null = null;
 
   private constructor(
-    private readonly opts: RunOptions,
+    opts: RunOptions,
     readonly pid: number,
     private readonly listenerFd: number,
     private readonly pidfd: number,
   ) {
-    this.performer = new MountPerformer(opts.instanceDir, opts.allowFs, opts.fuse, opts.env);
+    // Everything not performed goes to the kernel unchanged, which checks the caller's own
+    // privilege; callers without a user namespace of their own are refused (CMD may run
+    // processes as host root before it drops privileges: they must not be served).
+    this.judge = new MountJudge({
+      performer: new MountPerformer(opts.instanceDir, opts.allowFs, opts.fuse, opts.env),
+      notPerformed: () => 'continue',
+      log: opts.log,
+    });
   }
 
   /** Start CMD; resolves with how it ended, after everything it left behind is gone. */
@@ -115,84 +116,9 @@ export class Supervisor {
   }
 
   private onNotification(): void {
-    const n = native();
-    const notif = n.seccompNotifRecv(this.listenerFd);
+    const notif = native().seccompNotifRecv(this.listenerFd);
     if (!notif) return; // its process was killed, or none is left (then CMD's exit ends us)
-    void this.answer(notif);
-  }
-
-  private async answer(notif: SeccompNotif): Promise<void> {
-    const n = native();
-    let answer: Answer;
-    try {
-      answer = await this.judge(notif);
-    } catch (e) {
-      // an unexpected failure refuses the mount: never continue what was not judged
-      answer = { code: 'EPERM', why: `internal error: ${(e as Error).message}` };
-    }
-    if (answer === null || this.finished) return;
-    if (answer === 'continue') {
-      n.seccompNotifSend(this.listenerFd, notif.id, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE);
-      return;
-    }
-    const errno = answer.code === null ? 0 : -(osConstants.errno as Record<string, number>)[answer.code] || -1;
-    const delivered = n.seccompNotifSend(this.listenerFd, notif.id, errno, 0, 0);
-    this.opts.log?.(`pid ${notif.pid}: ${answer.code ?? 'ok'}: ${answer.why}${delivered ? '' : ' (caller gone)'}`);
-  }
-
-  /** The answer for one notification; null when its process is gone. */
-  private async judge(notif: SeccompNotif): Promise<Answer> {
-    if (notif.nr !== NR_MOUNT) return { code: 'ENOSYS', why: `unexpected syscall ${notif.nr}` };
-    const t = TrappedProcess.open(this.listenerFd, notif);
-    if (!t) return null;
-    try {
-      if (t.privileged) return 'continue';
-      const flags = mountFlags(notif.args[3]);
-      switch (classify(flags)) {
-        case 'remount':
-          return remountKeepsNosuidNodev(flags) ? 'continue' : { code: 'EPERM', why: 'a remount must keep nosuid,nodev' };
-        case 'passthrough':
-          return 'continue';
-        case 'new':
-          break;
-      }
-      let source: string | null, target: string | null, fstype: string | null;
-      try {
-        source = t.readString(notif.args[0]);
-        target = t.readString(notif.args[1]);
-        fstype = t.readString(notif.args[2]);
-      } catch (e) {
-        if (e instanceof BadStringError) return t.valid() ? { code: e.code, why: 'unreadable mount argument' } : null;
-        throw e;
-      }
-      // the strings are ours now; they were read from the trapped thread, not a successor
-      if (!t.valid()) return null;
-      if (source === null || target === null) return 'continue';
-      let st;
-      try {
-        st = native().nsStat(t.fds, source);
-      } catch {
-        return 'continue'; // no such source: not a device, the kernel answers
-      }
-      const c = native().constants;
-      // Not a block device: the kernel judges it with the caller's own privilege (tmpfs,
-      // proc, fuse in a user namespace…). Should a racing thread turn the source into a
-      // device meanwhile, the kernel refuses the caller a block filesystem by itself.
-      if ((st.mode & c.S_IFMT) !== c.S_IFBLK) return 'continue';
-      // Filesystem options: read only now, for a block device (other filesystems may take
-      // binary data there), and only to refuse them: any that is not a string is refused too.
-      let data: string | null;
-      try {
-        data = t.readString(notif.args[4]);
-      } catch (e) {
-        if (e instanceof BadStringError) data = `(${e.code})`;
-        else throw e;
-      }
-      if (!t.valid()) return null;
-      return await this.performer.mount(t, { source: st, sourcePath: source, target, fstype, flags, data });
-    } finally {
-      t.close();
-    }
+    void this.judge.answer(this.listenerFd, notif, () => !this.finished);
   }
 }
 

@@ -45,6 +45,8 @@ export class TrappedProcess {
     /** Its effective uid and gid, as our (the initial) user namespace sees them. */
     readonly euid: number,
     readonly egid: number,
+    /** Inode of its PID namespace (which container it is in). */
+    readonly pidNs: bigint,
   ) {}
 
   /**
@@ -67,10 +69,17 @@ export class TrappedProcess {
       opened.push(rootFd);
       const cwdFd = n.open(`${base}/cwd`, c.O_PATH | c.O_DIRECTORY);
       opened.push(cwdFd);
+      const pidnsFd = n.open(`${base}/ns/pid`, c.O_RDONLY);
+      let pidNs: bigint;
+      try {
+        pidNs = n.fstat(pidnsFd).ino;
+      } finally {
+        n.close(pidnsFd);
+      }
       const status = readFileSync(`${base}/status`, 'utf8');
       const cap = /^CapEff:\s+([0-9a-f]+)$/m.exec(status);
       const id = (key: string) => Number(new RegExp(`^${key}:\\s+\\d+\\s+(\\d+)`, 'm').exec(status)?.[1] ?? -1);
-      const t = new TrappedProcess(notif, listenerFd, memFd, { usernsFd, mntnsFd, rootFd, cwdFd }, cap ? BigInt(`0x${cap[1]}`) : 0n, id('Uid'), id('Gid'));
+      const t = new TrappedProcess(notif, listenerFd, memFd, { usernsFd, mntnsFd, rootFd, cwdFd }, cap ? BigInt(`0x${cap[1]}`) : 0n, id('Uid'), id('Gid'), pidNs);
       if (!t.valid()) {
         t.close();
         return null;
@@ -95,7 +104,12 @@ export class TrappedProcess {
 
   /** CAP_SYS_ADMIN in effect, in the thread's own user namespace. */
   get hasSysAdmin(): boolean {
-    return (this.capEff & (1n << CAP_SYS_ADMIN)) !== 0n;
+    return this.hasCap(Number(CAP_SYS_ADMIN));
+  }
+
+  /** Capability number `cap` in effect (CapEff), in the thread's own user namespace. */
+  hasCap(cap: number): boolean {
+    return cap >= 0 && cap < 64 && (this.capEff & (1n << BigInt(cap))) !== 0n;
   }
 
   /**

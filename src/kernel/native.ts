@@ -280,6 +280,16 @@ export interface NativeAddon {
   seqpacketConnect(path: string): number;
   /** accept4(NONBLOCK|CLOEXEC): the next connection, or null when none is pending. */
   seqpacketAccept(listenFd: number): number | null;
+  /**
+   * The same three for AF_UNIX SOCK_STREAM (the OCI seccomp agent: runc and crun connect
+   * with a stream socket). On a stream socket recvMsg returns the bytes queued so far (a
+   * message may come in pieces; never `truncated`), fds arrive with the first piece of
+   * the write that carried them, and `eof` is the end of the stream. accept throws EMFILE
+   * / ENFILE with the connection still queued: back off rather than retry at once.
+   */
+  streamListen(path: string, backlog: number, mode: number): number;
+  streamConnect(path: string): number;
+  streamAccept(listenFd: number): number | null;
   /** socketpair(AF_UNIX, SOCK_SEQPACKET): a connected pair, non-blocking when asked. */
   socketPair(nonblock?: boolean): [number, number];
   /**
@@ -318,6 +328,12 @@ export interface NativeAddon {
    * callback gets that SysError once and the watcher stops firing.
    */
   watchFd(fd: number, onReadable: (this: FdWatcher, error?: SysError) => void): FdWatcher;
+  /**
+   * poll(2) with a zero timeout: whether fd is readable now, hung up (POLLHUP), or in
+   * error (POLLERR/POLLNVAL). For a watchFd callback that must tell readable from hung up
+   * (a seccomp listener: its RECV blocks when nothing is pending).
+   */
+  pollNow(fd: number): { readable: boolean; hangup: boolean; error: boolean };
 
   // The new mount API (native/mount_api.cc). fds come back close-on-exec. A detached mount
   // lives while any fd refers to it: close mount fds once attached or sent.
@@ -377,9 +393,13 @@ export interface NativeAddon {
   seccompNotifSend(listenerFd: number, id: bigint, error: number, val: number, flags: number): boolean;
   /** SECCOMP_IOCTL_NOTIF_ID_VALID: the target is still blocked in that very syscall. */
   seccompNotifIdValid(listenerFd: number, id: bigint): boolean;
-  /** stat(2) (following symlinks) of path inside a target's user+mount namespaces, root and cwd (forked child). */
+  /**
+   * stat(2) (following symlinks) of path inside a target's user+mount namespaces, root and
+   * cwd (forked child). A usernsFd that is our own user namespace is not joined (setns
+   * would fail): the child then acts with our privilege in the target's mount namespace.
+   */
   nsStat(target: TargetFds, path: string): NativeStat;
-  /** move_mount(mntFd → path) inside a target's user+mount namespaces, root and cwd (forked child). */
+  /** move_mount(mntFd → path) inside a target's user+mount namespaces, root and cwd (forked child); usernsFd as for nsStat. */
   nsMoveMount(target: TargetFds, mntFd: number, path: string): void;
   /** prctl(PR_SET_CHILD_SUBREAPER, 1). */
   setChildSubreaper(): void;
