@@ -2,6 +2,7 @@ import { Flags } from '@oclif/core';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { LoopfsCommand } from '../cli/base-command.js';
+import { splitLauncherArgv, valueFlags } from '../cli/command-argv.js';
 import { DEFAULT_ALLOWED_FS } from '../broker/ops.js';
 import { LocalInstance } from '../instance/local-instance.js';
 import { instanceDirFor } from '../instance/resolve.js';
@@ -18,11 +19,15 @@ export default class Run extends LoopfsCommand {
     '/dev was prepared with `loopfs activate`. Other block devices and filesystems, filesystem options, and remounts ' +
     'dropping nosuid or nodev are refused with EPERM; every other mount goes to the kernel unchanged. The new mount API ' +
     '(fsopen, move_mount, mount_setattr, ...) answers ENOSYS under the filter, so tools fall back to mount(2). ' +
-    'Runs as root; exits with the status of CMD, killing whatever CMD left running.';
+    'Runs as root; exits with the status of CMD, killing whatever CMD left running. Every word after the first `--` ' +
+    'is passed to CMD exactly as given; without `--`, CMD starts at the first word that is not an option.';
   static examples = [
     '<%= config.bin %> run --instance /run/loopfs/ct1 -- setpriv --reuid 1000 --regid 1000 --clear-groups unshare -r -m sh',
   ];
-  static usage = 'run [--instance DIR] [--allow-fs FS,...] [--fuse] [-v] -- CMD [ARG...]';
+  static usage = 'run [--instance DIR] [--allow-fs FS,...] [--fuse] [-v] [--] CMD [ARG...]';
+  // CMD's words never reach oclif's parser (src/cli/command-argv.ts): the options end at the
+  // first `--` or at the first word that is not an option. Without `--`, oclif itself still
+  // answers a `--help` anywhere on the line, so `--` is the form to use for arbitrary CMDs.
   static strict = false;
   static enableJsonFlag = false;
   static flags = {
@@ -35,8 +40,8 @@ export default class Run extends LoopfsCommand {
   };
 
   async run(): Promise<void> {
-    const { argv, flags } = await this.parse(Run);
-    const cmd = (argv as string[]).slice();
+    const { options, command: cmd } = splitLauncherArgv(this.argv, valueFlags(Run.flags));
+    const { flags } = await this.parse(Run, options);
     if (cmd.length === 0) this.fail('run: no command given (loopfs run [--instance DIR] -- CMD [ARG...])');
     if (process.geteuid?.() !== 0) this.fail('run: must run as root');
     const dir = instanceDirFor(flags.instance ?? null, process.env);
