@@ -9,7 +9,7 @@
  * starts the container.
  */
 import { existsSync, readFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { basename, join } from 'node:path';
 import { ANNOTATION_INSTANCE, STAGES, type Stage } from './policy.js';
 
 /** Where podman and CRI-O look for hooks by default. */
@@ -19,15 +19,41 @@ export const hookFileName = (stage: Stage): string => `loopfs-${stage}.json`;
 
 const HOOK_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 /** Variables that choose loopfs's machine-wide files; copied into the hook when set at install. */
-const PINNED_ENV = ['LOOPFS_RUNTIME_DIR', 'LOOPFS_LIMITS'];
+export const PINNED_ENV = ['LOOPFS_RUNTIME_DIR', 'LOOPFS_LIMITS'] as const;
 
-export function hookFileContent(stage: Stage, packageRoot: string, nodePath: string, env: NodeJS.ProcessEnv): string {
+/** An OCI hook entry (config.json `hooks.STAGE[]`, and `hook` of a hooks.d file). */
+export interface HookCommand {
+  path: string;
+  args: string[];
+  env: string[];
+}
+
+/**
+ * The hook loopfs runs at `stage`: the one definition behind the hooks.d files written by
+ * `loopfs install --oci-hooks` and the hooks the runtime wrapper adds to config.json.
+ */
+export function hookCommand(stage: Stage, packageRoot: string, nodePath: string, env: NodeJS.ProcessEnv): HookCommand {
   // oclif reads plugin data from $HOME, which in a rootless runtime's user namespace is
   // root's (EACCES warning on stderr, which runtimes show as the hook's error): none
   const hookEnv = [`PATH=${HOOK_PATH}`, 'LOOPFS_DATA_DIR=/nonexistent', ...PINNED_ENV.filter((k) => env[k]).map((k) => `${k}=${env[k]}`)];
+  return { path: nodePath, args: ['node', join(packageRoot, 'bin', 'loopfs'), 'oci-hook', stage], env: hookEnv };
+}
+
+/**
+ * Whether `hook` (a config.json hook entry) is a loopfs hook for `stage`, from any
+ * installation: the wrapper must not add a second one where the engine already merged
+ * the hooks.d file (podman), or the container would get two instances.
+ */
+export function isLoopfsHook(hook: unknown, stage: Stage): boolean {
+  if (typeof hook !== 'object' || hook === null) return false;
+  const args = (hook as { args?: unknown }).args;
+  return Array.isArray(args) && typeof args[1] === 'string' && basename(args[1]) === 'loopfs' && args[2] === 'oci-hook' && args[3] === stage;
+}
+
+export function hookFileContent(stage: Stage, packageRoot: string, nodePath: string, env: NodeJS.ProcessEnv): string {
   const doc = {
     version: '1.0.0',
-    hook: { path: nodePath, args: ['node', join(packageRoot, 'bin', 'loopfs'), 'oci-hook', stage], env: hookEnv },
+    hook: hookCommand(stage, packageRoot, nodePath, env),
     when: { annotations: { [`^${ANNOTATION_INSTANCE.replace(/\./g, '\\.')}$`]: '(?i)^(true|1|yes|on)$' } },
     stages: [stage],
   };

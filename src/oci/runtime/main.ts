@@ -1,0 +1,113 @@
+/**
+ * The node half of bin/loopfs-runtime, run only for `create` and `run`:
+ *
+ *   node dist/oci/runtime-main.js I ARGV...
+ *
+ * ARGV is the runtime's argv as the engine gave it and I the 1-based position of the
+ * subcommand in it (the shell found it after the runtime's global options). This edits
+ * the bundle's config.json for a container that opted in (edit.ts) and exits 0; the shell
+ * then execs the real runtime with ARGV unchanged. On any failure: one line on stderr
+ * (also in the runtime's --log file, where containerd and dockerd read a runtime's
+ * errors), exit 1, the bundle as it was, and the shell does not run the real runtime.
+ */
+import { appendFileSync, readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { OciError } from '../bundle.js';
+import { editConfig } from './edit.js';
+import { replaceFile } from './replace-file.js';
+import { effectiveEnv, readWrapperConfig } from './wrapper-config.js';
+
+/** Options of runc/crun `create` and `run` that take a value (Go flag accepts -x and --x). */
+const VALUED = new Set(['bundle', 'b', 'console-socket', 'pid-file', 'preserve-fds', 'config', 'f']);
+
+/** The value of option `names` in `args` (last one wins, as for Go's flag package). */
+function optionValue(args: string[], names: string[], valued: Set<string>): string | undefined {
+  let found: string | undefined;
+  for (let i = 0; i < args.length; i++) {
+    const a = args[i];
+    if (a === '--') break;
+    const m = /^--?([^=]+)(=(.*))?$/s.exec(a);
+    if (!m) continue;
+    const [, name, eq, val] = m;
+    if (names.includes(name)) found = eq !== undefined ? val : args[++i];
+    else if (eq === undefined && valued.has(name)) i++;
+  }
+  return found;
+}
+
+export interface RuntimeCall {
+  global: string[];
+  sub: string;
+  args: string[];
+}
+
+export function splitCall(argv: string[]): RuntimeCall {
+  const i = Number(argv[0]);
+  const rest = argv.slice(1);
+  if (!Number.isInteger(i) || i < 1 || i > rest.length) throw new OciError('internal: bad subcommand position from bin/loopfs-runtime');
+  return { global: rest.slice(0, i - 1), sub: rest[i - 1], args: rest.slice(i) };
+}
+
+/** config.json of a create/run: `--bundle` (default: the current directory, as runc). */
+export function configPathOf(call: RuntimeCall, cwd: string = process.cwd()): string {
+  const bundle = resolve(cwd, optionValue(call.args, ['bundle', 'b'], VALUED) ?? '.');
+  // crun's --config: another file name, relative to the bundle
+  return resolve(bundle, optionValue(call.args, ['config', 'f'], VALUED) ?? 'config.json');
+}
+
+/** The package root: this module is dist/oci/runtime/main.js. */
+const packageRoot = (): string => resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
+
+export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.env): 'edited' | 'untouched' {
+  const cfg = readWrapperConfig(env);
+  const path = configPathOf(call);
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (e) {
+    throw new OciError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'No such file or directory' : (e as Error).message}`);
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new OciError(`${path}: not JSON`);
+  }
+  let edited;
+  try {
+    edited = editConfig(doc, { env: effectiveEnv(cfg, env), packageRoot: packageRoot(), nodePath: process.execPath });
+  } catch (e) {
+    throw e instanceof OciError ? new OciError(`${path}: ${e.message.replace(/^config\.json:? ?/, '')}`) : e;
+  }
+  if (edited === null) return 'untouched';
+  replaceFile(path, JSON.stringify(edited));
+  return 'edited';
+}
+
+/** runc's --log/--log-format, where engines look for a failed runtime's message. */
+function logError(global: string[], line: string): void {
+  const log = optionValue(global, ['log'], new Set(['root', 'log', 'log-format', 'criu', 'rootless', 'cgroup-manager']));
+  if (!log) return;
+  const format = optionValue(global, ['log-format'], new Set(['root', 'log', 'log-format', 'criu', 'rootless', 'cgroup-manager']));
+  const entry = format === 'json' ? JSON.stringify({ level: 'error', msg: line, time: new Date().toISOString() }) : line;
+  try {
+    appendFileSync(log, `${entry}\n`);
+  } catch {
+    // stderr has the message already
+  }
+}
+
+export function runtimeMain(argv: string[], env: NodeJS.ProcessEnv = process.env): number {
+  let call: RuntimeCall | undefined;
+  try {
+    call = splitCall(argv);
+    editBundle(call, env);
+    return 0;
+  } catch (e) {
+    const line = `loopfs-runtime: ${e instanceof Error ? e.message : String(e)}`;
+    process.stderr.write(`${line}\n`);
+    if (call) logError(call.global, line);
+    return 1;
+  }
+}
