@@ -10,7 +10,12 @@ export default class OciBrokerCommand extends LoopfsCommand {
     'createRuntime hook asks it for an instance for its container: the caller\'s uid (SO_PEERCRED) owns it, the ' +
     'container\'s init (a pidfd passed by the hook) must be that uid\'s, and the instance is served on ' +
     'DIR/loop-control by the broker in this process. It is destroyed at poststop or when the container\'s init exits. ' +
-    'Prints "ready" once listening.';
+    'It is also the seccomp agent on RUNTIME/seccomp.sock (/run/loopfs/seccomp.sock): a runtime (runc, crun) whose ' +
+    'container profile sends mount(2) there (loopfs-runtime, loopfs seccomp-profile) hands over the seccomp listener, ' +
+    'and a `mount -o loop` of the container\'s instance devices is performed for it (nosuid,nodev, allowed ' +
+    'filesystems only) while every other mount gets the engine\'s own verdict. Containers started before a restart of ' +
+    'this daemon keep running, but their trapped mount(2) fails with ENOSYS from then on (their listener is gone); ' +
+    'containers that opt in cannot start while it is not running. Prints "ready" once listening.';
   static examples = ['<%= config.bin %> oci-broker', '<%= config.bin %> oci-broker --max-instances 4'];
   static enableJsonFlag = false;
   static flags = {

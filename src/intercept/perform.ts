@@ -44,13 +44,16 @@ export interface Outcome {
 
 export interface PerformerOptions {
   /**
-   * Also perform for a caller without a user namespace of its own that is root (euid 0)
-   * in it: a container run without a user namespace (Docker's and rootful podman's
-   * default), whose root is host uid 0 without CAP_SYS_ADMIN. Its mount is not ID-mapped
-   * (its ids are the host's). `loopfs run` leaves this off: its CMD may run processes as
-   * host root before it drops privileges.
+   * Perform for exactly the callers whose effective uid (as the host sees it) is this one:
+   * a container's root, mapped (the instance owner). Then CAP_SYS_ADMIN is not asked for
+   * (Docker drops it by default; the engine's own verdict covers what the caller could
+   * mount itself), and a caller without a user namespace of its own is served too: a
+   * container run without one (Docker's and rootful podman's default), whose root is host
+   * uid 0. Its mount is not ID-mapped (its ids are the host's). Unset (`loopfs run`):
+   * callers must hold CAP_SYS_ADMIN in a user namespace of their own, because CMD may run
+   * processes as host root before it drops privileges.
    */
-  hostRootCallers?: boolean;
+  containerRoot?: number;
 }
 
 const refuse = (code: string, why: string): Outcome => ({ code, why });
@@ -104,14 +107,14 @@ export class MountPerformer {
   /** The checks, and the detached mount; an Outcome is a refusal. */
   private prepare(t: TrappedProcess, req: MountRequest): Outcome | Prepared {
     const hostIds = t.inOurUserNamespace;
-    if (hostIds) {
-      if (!this.options.hostRootCallers) {
-        return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
-      }
-      // Only the container's root: the mover below joins just the mount namespace and
-      // attaches with our privilege there, so it must be the caller's own namespace
-      // (TrappedProcess opened it by tid) and the caller one that owns the container.
-      if (t.euid !== 0) return refuse('EPERM', 'the caller is not root in its container');
+    const root = this.options.containerRoot;
+    if (root !== undefined) {
+      // Only the container's root. Without a user namespace of its own the mover below
+      // joins just its mount namespace (opened by tid: the caller's own) and attaches with
+      // our privilege there; the kernel keeps the target inside that namespace.
+      if (t.euid !== root) return refuse('EPERM', `the caller (uid ${t.euid}) is not the container's root (uid ${root})`);
+    } else if (hostIds) {
+      return refuse('EPERM', 'mounts are performed only for processes in a user namespace of their own');
     } else if (!t.hasSysAdmin) {
       // The kernel would ask for CAP_SYS_ADMIN over the caller's mount namespace: in its own
       // user namespace here (the mover below joins that user namespace and then the mount

@@ -17,6 +17,10 @@
  *   exit     the pidfd becomes readable when the container's init dies: the instance is
  *            destroyed then too, also when poststop never runs (runtime killed).
  *
+ * The same process is the seccomp agent (seccomp-agent.ts) on RUNTIME/seccomp.sock: the
+ * runtime of any container whose profile sends mount(2) there hands it the listener, and
+ * the container's `mount -o loop` of its instance devices is performed for it.
+ *
  * Limits: the per-uid device limit (/etc/loopfs/limits) applies as for every instance;
  * at most `maxInstances` instances per uid; pools are capped by the annotation policy.
  * Why not a broker socket per user, or `instance create` by the admin: an instance per
@@ -34,6 +38,9 @@ import { createContainerInstance, destroyContainerInstance } from './container-i
 import { MAX_POOL, type Policy } from './policy.js';
 import { refuseNodevRuntime } from './container-dev.js';
 import { containerAlive, containerDirs, instanceDirFor, makeParent, ociRoot, processStartTime, readRecord } from './record.js';
+import { DEFAULT_ALLOWED_FS } from '../broker/ops.js';
+import { seccompSocketPath } from './agent-contract.js';
+import { SeccompAgent, type AgentLimits } from './seccomp-agent.js';
 
 export const OCI_SOCKET = 'oci.sock';
 const MAX_REQUEST = 4096;
@@ -78,6 +85,8 @@ export function ociRequest(req: OciRequest, fds: number[], env: NodeJS.ProcessEn
 export interface OciBrokerOptions {
   maxInstances?: number;
   env?: NodeJS.ProcessEnv;
+  /** Bounds of a seccomp agent handshake (tests). */
+  agentLimits?: Partial<AgentLimits>;
   log?: (line: string) => void;
 }
 
@@ -89,6 +98,8 @@ interface Watched {
 export class OciBroker {
   private listenFd = -1;
   private watcher: FdWatcher | null = null;
+  private agent: SeccompAgent | null = null;
+  private readonly agentLimits: Partial<AgentLimits>;
   private readonly watched = new Map<string, Watched>();
   private queue: Promise<void> = Promise.resolve();
   private readonly env: NodeJS.ProcessEnv;
@@ -101,6 +112,7 @@ export class OciBroker {
   ) {
     this.env = opts.env ?? process.env;
     this.maxInstances = opts.maxInstances ?? 16;
+    this.agentLimits = opts.agentLimits ?? {};
     this.log = opts.log ?? ((l) => process.stderr.write(`loopfs oci-broker: ${l}\n`));
   }
 
@@ -144,23 +156,17 @@ export class OciBroker {
 
   private listen(): void {
     const n = native();
-    const path = this.socketPath;
     mkdirSync(runtimeDir(this.env), { recursive: true, mode: 0o755 });
-    try {
-      const fd = n.seqpacketConnect(path);
-      n.close(fd);
-      throw new OciError(`${path}: another OCI broker is running`);
-    } catch (e) {
-      if (e instanceof OciError) throw e;
-      if (!hasCode(e, 'ENOENT', 'ECONNREFUSED')) throw e;
-    }
-    try {
-      unlinkSync(path); // the stale socket of a killed broker (nobody answered on it)
-    } catch (e) {
-      if (!hasCode(e, 'ENOENT')) throw e;
-    }
     // anybody may ask: who they are is what SO_PEERCRED says, and they get only their own
-    this.listenFd = n.seqpacketListen(path, 64, 0o666);
+    const agentFd = listenFresh(seccompSocketPath(this.env), 'seccomp agent', n.streamConnect, n.streamListen);
+    try {
+      this.listenFd = listenFresh(this.socketPath, 'OCI broker', n.seqpacketConnect, n.seqpacketListen);
+    } catch (e) {
+      n.close(agentFd);
+      unlinkQuiet(seccompSocketPath(this.env));
+      throw e;
+    }
+    this.agent = new SeccompAgent(agentFd, { env: this.env, allowFs: DEFAULT_ALLOWED_FS, log: this.log, limits: this.agentLimits });
     this.watcher = n.watchFd(this.listenFd, () => {
       for (;;) {
         let fd: number | null;
@@ -268,6 +274,8 @@ export class OciBroker {
   }
 
   private async destroy(dir: string, why: string): Promise<void> {
+    // no mount is performed into a container whose instance is going
+    this.agent?.closeContainer(dir);
     const w = this.watched.get(dir);
     if (w) {
       w.watcher.close();
@@ -289,6 +297,12 @@ export class OciBroker {
   }
 
   async stop(): Promise<void> {
+    if (this.agent) {
+      // its listeners close with it: the containers' trapped mounts fail with ENOSYS from now on
+      this.agent.stop();
+      this.agent = null;
+      unlinkQuiet(seccompSocketPath(this.env));
+    }
     this.watcher?.close();
     if (this.listenFd >= 0) {
       native().close(this.listenFd);
@@ -307,6 +321,30 @@ export class OciBroker {
     }
     this.watched.clear();
     await this.server.stop();
+  }
+}
+
+/**
+ * Listen on `path` (mode 0666) unless a live daemon answers there; a stale socket of a
+ * killed one (nobody answers) is replaced.
+ */
+function listenFresh(path: string, what: string, connect: (p: string) => number, listen: (p: string, backlog: number, mode: number) => number): number {
+  try {
+    native().close(connect(path));
+    throw new OciError(`${path}: another ${what} is running`);
+  } catch (e) {
+    if (e instanceof OciError) throw e;
+    if (!hasCode(e, 'ENOENT', 'ECONNREFUSED')) throw e;
+  }
+  unlinkQuiet(path);
+  return listen(path, 64, 0o666);
+}
+
+function unlinkQuiet(path: string): void {
+  try {
+    unlinkSync(path);
+  } catch (e) {
+    if (!hasCode(e, 'ENOENT')) throw e;
   }
 }
 
