@@ -13,10 +13,12 @@
  *  - listenerPath is the agent's socket. A filter that already has a listener belongs to
  *    another agent: refused (a filter has one listener).
  */
+import { readFileSync } from 'node:fs';
+import { release as osRelease } from 'node:os';
 import { ENOSYS, ENOSYS_SYSCALLS, NOTIFIED_SYSCALLS, formatMetadata, seccompSocketPath, type EngineVerdict } from './agent-contract.js';
+import { toSysError } from '../kernel/errors.js';
 import { OciError } from './bundle.js';
 import { capabilityNumber } from './capabilities.js';
-import { release as osRelease } from 'node:os';
 
 export const EPERM = 1;
 
@@ -188,4 +190,27 @@ export function withAgent(filter: unknown, env: NodeJS.ProcessEnv, what: string,
     kept.push({ ...others, names: rest });
   }
   return { ...f, syscalls: [...kept, ...agentRules()], listenerPath: seccompSocketPath(env), listenerMetadata: formatMetadata(verdict) };
+}
+
+/** podman's (containers/common) default profile. */
+export const DEFAULT_PROFILE = '/usr/share/containers/seccomp.json';
+
+/**
+ * A seccomp profile file (containers/common or moby format) with the agent in it, for
+ * `--security-opt seccomp=FILE` without the wrapper: `loopfs seccomp-profile`.
+ */
+export function profileWithAgent(file: string, env: NodeJS.ProcessEnv = process.env, arch?: string, release?: string): SeccompFilter {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (e) {
+    throw new OciError(`${file}: ${toSysError(e).description}`);
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    throw new OciError(`${file}: not JSON`);
+  }
+  return withAgent(checkFilter(doc, file), env, file, arch, release);
 }

@@ -13,6 +13,7 @@
 import { appendFileSync, readFileSync } from 'node:fs';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { toSysError } from '../../kernel/errors.js';
 import { OciError } from '../bundle.js';
 import { editConfig } from './edit.js';
 import { replaceFile } from './replace-file.js';
@@ -66,7 +67,7 @@ export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.e
   try {
     text = readFileSync(path, 'utf8');
   } catch (e) {
-    throw new OciError(`${path}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'No such file or directory' : (e as Error).message}`);
+    throw new OciError(`${path}: ${toSysError(e).description}`);
   }
   let doc: unknown;
   try {

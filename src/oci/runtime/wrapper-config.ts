@@ -15,6 +15,7 @@
  * two would read differently never gets a container created.
  */
 import { readFileSync } from 'node:fs';
+import { toSysError } from '../../kernel/errors.js';
 import { OciError } from '../bundle.js';
 import { PINNED_ENV } from '../hooks-json.js';
 
@@ -83,7 +84,7 @@ export function readWrapperConfig(env: NodeJS.ProcessEnv = process.env): Wrapper
     text = readFileSync(file, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { runtime: null, env: {} };
-    throw new OciError(`${file}: ${(e as Error).message}`);
+    throw new OciError(`${file}: ${toSysError(e).description}`);
   }
   return parseWrapperConfig(text, file);
 }
