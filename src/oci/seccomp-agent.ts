@@ -197,9 +197,10 @@ export class SeccompAgent {
     const fd = fds[0];
     if (fdTarget(fd) !== SECCOMP_LISTENER_LINK) throw new Refused('the fd passed is not a seccomp listener');
     const c = this.containerFor(cred, h.id, h.initPid);
-    if (h.pid !== c.initPid && pidNamespaceOf(h.pid) !== c.pidNs) {
-      throw new Refused(`pid ${h.pid} is not a process of container ${h.id}`);
-    }
+    // An exec'd process may have ended already (`runc exec ID true`): then there is no
+    // process to tell about, and its descendants are checked at each notification anyway.
+    const ns = h.pid === c.initPid ? c.pidNs : pidNamespaceOf(h.pid);
+    if (ns !== null && ns !== c.pidNs) throw new Refused(`pid ${h.pid} is not a process of container ${h.id}`);
     const l = new Listener(fd, c, h.verdict, this.opts.log);
     c.listeners.add(l);
     l.onClosed = () => {

@@ -82,6 +82,12 @@ export function writeBundle(sb: BrokerSandbox, dir: string, o: BundleOptions): v
     compileMnt(path.join(rootfs, 'bin', 'mnt'));
   }
   const userns = o.root !== undefined;
+  // mount points for the binds: a runtime in a user namespace cannot create them in a
+  // rootfs owned by the host's root
+  for (const [, dst] of o.binds) {
+    const p = path.join(rootfs, dst);
+    if (!fs.existsSync(p)) fs.writeFileSync(p, '');
+  }
   const mounts: object[] = [
     { destination: '/proc', type: 'proc', source: 'proc' },
     { destination: '/dev', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'strictatime', 'mode=755', 'size=65536k'] },
@@ -90,6 +96,8 @@ export function writeBundle(sb: BrokerSandbox, dir: string, o: BundleOptions): v
     // sysfs cannot be mounted in a user namespace without a network namespace of its own: bind it
     { destination: '/sys', type: 'none', source: '/sys', options: ['rbind', 'nosuid', 'noexec', 'nodev', 'ro'] },
     { destination: '/usr', type: 'none', source: '/usr', options: ['rbind', 'ro'] },
+    // writable for the container's root (the rootfs is the host root's)
+    { destination: '/tmp', type: 'tmpfs', source: 'tmpfs', options: ['nosuid', 'nodev', 'mode=1777'] },
     ...o.binds.map(([src, dst]) => ({ destination: dst, type: 'none', source: src, options: ['rbind', 'rw'] })),
   ];
   const stage = (s: 'createRuntime' | 'poststop') => [hookCommand(s, REPO_ROOT, process.execPath, sb.env)];

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BrokerSandbox, HELLO, type Server } from '../broker/support.js';
+import { BrokerSandbox, HELLO, waitFor, type Server } from '../broker/support.js';
 import { agentSkipReason, brokerLog, DOCKER_CAPS, Runc, startBroker, text, writeBundle } from './agent-support.js';
 
 const reason = agentSkipReason('seccomp agent with runc');
@@ -90,5 +90,131 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
     expect(e2cat(sb.image, '/new.txt')).toBe('persisted\n');
     expect(brokerLog(broker)).toMatch(/seccomp agent: container agent-ct1 \(.*\/oci\/0\/agent-ct1\): serving pid \d+'s listener, mount verdict cap 21 else errno 1/);
     expect(boundUnder(sb.root)).toEqual([]);
+  });
+
+  it('refuses a host device, a filesystem outside the allow-list and a remount dropping nosuid/nodev; other mounts get the engine verdict; exec connections are served', async () => {
+    sb = new BrokerSandbox('loopfs-agent-runc');
+    runc = new Runc(sb);
+    broker = await startBroker(sb);
+    const ext2 = path.join(sb.files, 'ext2.img');
+    execFileSync('mkfs.ext2', ['-q', '-F', ext2, '4M'], { stdio: 'pipe' });
+    sb.giveToUser(ext2);
+    const hostDev = sb.hostAttach(sb.file('host.img', 4 << 20));
+    const bundle = sb.path('ct2');
+    fs.mkdirSync(bundle);
+    writeBundle(sb, bundle, {
+      root: { uid: sb.user.uid, gid: sb.user.gid },
+      caps: ALL_CAPS_USERNS,
+      verdict: { kind: 'cap', cap: 21, errno: 1 },
+      binds: [[sb.image, '/img'], [ext2, '/img2'], [hostDev, '/hostdev']],
+      args: ['sleep', '600'],
+    });
+    await runc.runDetached('agent-ct2', bundle);
+    const r = await runc.exec('agent-ct2', [
+      'mkdir -p /tmp/t',
+      'echo "host device: $(mnt mount /hostdev /mnt ext4 0)"',
+      'dev=$(losetup -f --show /img2)',
+      'echo "ext2: $(mnt mount $dev /mnt ext2 0)"',
+      'losetup -d $dev',
+      'mount -o loop /img /mnt || exit 10',
+      'echo "remount,bind: $(mnt mount none /mnt none 0x1020)"',
+      'echo "remount,bind,nosuid,nodev: $(mnt mount none /mnt none 0x1026)"',
+      'echo "tmpfs: $(mnt mount none /tmp/t tmpfs 0)"',
+      'umount /tmp/t',
+      'umount /mnt || exit 11',
+      'echo "new mount API: $(mnt fsopen ext4)"',
+    ].join('\n'));
+    expect({ code: r.exitCode, stderr: text(r.stderr) }).toEqual({ code: 0, stderr: '' });
+    expect(text(r.stdout).split('\n')).toEqual([
+      'host device: EPERM',
+      'ext2: EPERM',
+      'remount,bind: EPERM',
+      'remount,bind,nosuid,nodev: ok',
+      'tmpfs: ok',
+      'new mount API: ENOSYS',
+      '',
+    ]);
+    const log = brokerLog(broker);
+    expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: \/hostdev \(7:\d+\) is not|container agent-ct2: pid \d+: EPERM: loop\d+ is not a device of/);
+    expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: filesystem type ext2 is not allowed/);
+    expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: a remount must keep nosuid,nodev/);
+  });
+
+  it('a container without a user namespace (root is host uid 0 without CAP_SYS_ADMIN): mount -o loop is performed without ID mapping', async () => {
+    sb = new BrokerSandbox('loopfs-agent-runc');
+    runc = new Runc(sb);
+    broker = await startBroker(sb);
+    const bundle = sb.path('ct3');
+    fs.mkdirSync(bundle);
+    const script = [
+      'mount -o loop /img /mnt || exit 10',
+      'cat /mnt/hello.txt',
+      'echo persisted > /mnt/rootful.txt',
+      `awk '$5=="/mnt"{for(i=7;$i!="-";i++);print $6, $(i+1), $(i+2)}' /proc/self/mountinfo`,
+      // CAP_SYS_ADMIN is the engine's condition for everything else (cap:21:1)
+      'mkdir /tmp/t && echo "tmpfs: $(mnt mount none /tmp/t tmpfs 0)"',
+    ].join('\n');
+    writeBundle(sb, bundle, {
+      caps: DOCKER_CAPS,
+      verdict: { kind: 'cap', cap: 21, errno: 1 },
+      binds: [[sb.image, '/img']],
+      args: ['sh', '-c', script],
+    });
+    const r = await runc.runForeground('agent-ct3', bundle);
+    const out = text(r.stdout).split('\n');
+    expect({ code: r.exitCode, stderr: text(r.stderr) }).toEqual({ code: 0, stderr: '' });
+    expect(out[0]).toBe(HELLO.trim());
+    expect(out[1]).toMatch(/^rw,nosuid,nodev,relatime ext4 \/dev\/loop\d+$/);
+    expect(out.slice(2)).toEqual(['tmpfs: EPERM', '']);
+    await runc.removeAll();
+    expect(e2cat(sb.image, '/rootful.txt')).toBe('persisted\n');
+    // the mount died with the container's mount namespace, and with it the device (autoclear)
+    await waitFor('the device to be freed', () => boundUnder(sb!.root).length === 0);
+  });
+
+  it('after the agent restarts, the container keeps running but its trapped mount(2) fails with ENOSYS; new execs are served again', async () => {
+    sb = new BrokerSandbox('loopfs-agent-runc');
+    runc = new Runc(sb);
+    broker = await startBroker(sb);
+    const bundle = sb.path('ct4');
+    fs.mkdirSync(bundle);
+    // the init mounts once before and once after the restart, when told to
+    const init = [
+      'mkdir -p /tmp/a /tmp/b',
+      'while [ ! -e /tmp/go1 ]; do sleep 0.05; done',
+      'mnt mount none /tmp/a tmpfs 0 > /tmp/r1',
+      'while [ ! -e /tmp/go2 ]; do sleep 0.05; done',
+      'mnt mount none /tmp/b tmpfs 0 > /tmp/r2',
+      'mount -o loop /img /mnt 2> /tmp/r3; echo "exit $?" >> /tmp/r3',
+      'exec sleep 600',
+    ].join('\n');
+    writeBundle(sb, bundle, {
+      root: { uid: sb.user.uid, gid: sb.user.gid },
+      caps: ALL_CAPS_USERNS,
+      verdict: { kind: 'errno', errno: 13 },
+      binds: [[sb.image, '/img']],
+      args: ['sh', '-c', init],
+    });
+    await runc.runDetached('agent-ct4', bundle);
+    const wait = async (file: string) => {
+      for (let i = 0; i < 200; i++) {
+        const r = await runc!.exec('agent-ct4', `cat ${file} 2>/dev/null`);
+        if (text(r.stdout)) return text(r.stdout);
+        await new Promise((res) => setTimeout(res, 50));
+      }
+      throw new Error(`${file} never written; the broker said:\n${brokerLog(broker!)}`);
+    };
+    expect((await runc.exec('agent-ct4', 'touch /tmp/go1')).exitCode).toBe(0);
+    // the engine's verdict (errno 13) for a mount the agent does not perform
+    expect(await wait('/tmp/r1')).toBe('EACCES\n');
+
+    await broker.stop();
+    broker = await startBroker(sb);
+    expect((await runc.exec('agent-ct4', 'touch /tmp/go2')).exitCode).toBe(0);
+    expect(await wait('/tmp/r2')).toBe('ENOSYS\n');
+    expect(await wait('/tmp/r3')).toMatch(/exit [1-9]\d*\n$/);
+    // everything else works, and a process started now has a listener of the new agent
+    const r = await runc.exec('agent-ct4', 'cat /tmp/r1; mount -o loop /img /mnt && cat /mnt/hello.txt && umount /mnt');
+    expect({ code: r.exitCode, out: text(r.stdout), err: text(r.stderr) }).toEqual({ code: 0, out: `EACCES\n${HELLO}`, err: '' });
   });
 });
