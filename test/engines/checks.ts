@@ -1,0 +1,93 @@
+// The in-container scripts every engine test runs, and the host-side checks that go with them.
+// Each script prints `KEY VALUE` lines (answers() in support.ts reads them): the exit status
+// and the exact message of each tool, so a test compares what util-linux or busybox printed.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { runProgram } from '../helpers/run.js';
+import { REF_LOSETUP } from '../helpers/env.js';
+import { type BrokerSandbox } from '../broker/support.js';
+import { text } from './support.js';
+
+/** one MSG: a tool's whole message on one line, its newlines as '~' (util-linux prints two lines). */
+export const ONE = "one() { printf %s \"$1\" | tr '\\n' '~'; }\n";
+
+/** util-linux 2.38's two-line message for a mount(2) that failed with EPERM. */
+export const UL_EPERM = 'mount: /mnt: permission denied.~       dmesg(1) may have more information after failed mount system call.';
+/** busybox's, for any EPERM of mount(2). */
+export const BB_EPERM = 'mount: permission denied (are you root?)';
+
+/** The container's loop entries: `dev` its /dev/loopN names, `node-loopN` each node's major:minor (hex). */
+export const LIST_NODES = `echo "dev $(ls /dev | grep -E '^loop([0-9]+|-control)$' | sort | tr '\\n' ' ' | sed 's/ $//')"
+for d in $(ls /dev | grep -E '^loop[0-9]+$'); do echo "node-$d $(stat -L -c %t:%T /dev/$d)"; done
+echo "caps sys_admin=$(( ($(grep CapEff /proc/self/status | cut -f2 | sed 's/^/0x/') >> 21) & 1 ))"
+`;
+
+/**
+ * util-linux `losetup -f --show` + `-a` + `-d` (by full path: busybox sh runs its own applets
+ * before PATH), then busybox `losetup -f` + `-a`; the
+ * busybox device stays bound to /img for the host to check (ATTACH_DONE frees it).
+ */
+export const ATTACH = `echo "id $(id -u)"
+${LIST_NODES}echo "attach $(/usr/sbin/losetup -f --show /img 2>&1)"
+/usr/sbin/losetup -a | sed 's/^/list /'
+/usr/sbin/losetup -d /dev/loop0; echo "detach $?"
+busybox losetup -f /img; echo "bb-attach $?"
+busybox losetup -a | sed 's/^/bb-list /'
+`;
+export const ATTACH_DONE = 'busybox losetup -d /dev/loop0; echo "bb-detach $?"\n';
+
+/** Unmodified `mount -o loop` by util-linux and by busybox, each read back. */
+export const MOUNTS = `${ONE}out=$(/usr/bin/mount -o loop /img /mnt 2>&1); echo "mount $? $(one "$out")"
+echo "read $(cat /mnt/hello.txt)"
+echo "info $(grep ' /mnt ' /proc/self/mountinfo | cut -d' ' -f3,6)"
+mkdir -p /tmp/bb
+out=$(busybox mount -o loop /img /tmp/bb 2>&1); echo "bb-mount $? $(one "$out")"
+echo "bb-read $(cat /tmp/bb/hello.txt)"
+echo end
+`;
+
+/**
+ * What must be refused, as the container's root: /hostdev (a host device's node, bound in),
+ * /otherdev (another container's device), /btrfs.img (a filesystem the kernel has but the
+ * agent does not allow), and remounts of an agent-made mount dropping nosuid or nodev.
+ */
+export const REFUSALS = `${ONE}echo "dev $(ls /dev | grep -E '^loop[0-9]+$' | sort | tr '\\n' ' ' | sed 's/ $//')"
+echo "loopfs $(ls /dev/loopfs | grep -E '^loop[0-9]+$' | sort | tr '\\n' ' ' | sed 's/ $//')"
+out=$(/usr/bin/mount -t ext4 /hostdev /mnt 2>&1); echo "host $? $(one "$out")"
+out=$(/usr/bin/mount -t ext4 /otherdev /mnt 2>&1); echo "other $? $(one "$out")"
+out=$(/usr/bin/mount -o loop /btrfs.img /mnt 2>&1); echo "btrfs $? $(one "$out")"
+out=$(busybox mount -o loop /btrfs.img /mnt 2>&1); echo "bb-btrfs $? $(one "$out")"
+echo "freed $(/usr/sbin/losetup -a)"
+out=$(/usr/bin/mount -o loop /img /mnt 2>&1); echo "good $? $(one "$out")"
+out=$(/usr/bin/mount -o remount,suid /mnt 2>&1); echo "remount-suid $? $(one "$out")"
+out=$(/usr/bin/mount -o remount,dev /mnt 2>&1); echo "remount-dev $? $(one "$out")"
+out=$(busybox mount -o remount,suid /mnt 2>&1); echo "bb-remount-suid $? $(one "$out")"
+echo "info $(grep ' /mnt ' /proc/self/mountinfo | cut -d' ' -f3,6)"
+echo end
+`;
+
+/** lo_inode of loopN as the host sees it (the path in sysfs is the container's: /img). */
+export function backingInode(minor: number): number {
+  return Number(execFileSync(REF_LOSETUP, ['-n', '-O', 'BACK-INO', `/dev/loop${minor}`], { encoding: 'utf8' }).trim());
+}
+
+/** A btrfs image (mkfs.btrfs' minimum size, sparse), once per sandbox. */
+export function btrfsImage(sb: BrokerSandbox): string {
+  const p = sb.path('files', 'btrfs.img');
+  if (!fs.existsSync(p)) {
+    sb.file('btrfs.img', 128 << 20);
+    execFileSync('mkfs.btrfs', ['-q', p], { stdio: 'pipe' });
+    fs.chmodSync(p, 0o666);
+  }
+  return p;
+}
+
+/** new.txt of an ext4 image, read on the host in a private mount namespace (read-only). */
+export async function writtenOnHost(sb: BrokerSandbox, image: string): Promise<string> {
+  const mnt = sb.path('check-mnt');
+  fs.mkdirSync(mnt, { recursive: true });
+  const r = await runProgram('unshare', ['-m', '--propagation', 'private', 'sh', '-c', 'mount -o loop,ro "$IMG" "$MNT" && cat "$MNT/new.txt"'], {
+    env: { ...sb.env, IMG: image, MNT: mnt },
+  });
+  return text(r.stdout) + text(r.stderr);
+}
