@@ -11,11 +11,12 @@
  *    goes), so no engine rule can shadow ours; every other rule and field stays as it was;
  *  - one rule sends NOTIFIED_SYSCALLS to the agent, one answers ENOSYS_SYSCALLS with ENOSYS;
  *  - listenerPath is the agent's socket. A filter that already has a listener belongs to
- *    another agent: refused (a filter has one listener).
+ *    another agent: refused (a filter has one listener), unless it is loopfs's own (same
+ *    socket, loopfs metadata), which is kept as it is: the edit is idempotent.
  */
 import { readFileSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
-import { ENOSYS, ENOSYS_SYSCALLS, NOTIFIED_SYSCALLS, formatMetadata, seccompSocketPath, type EngineVerdict } from './agent-contract.js';
+import { ENOSYS, ENOSYS_SYSCALLS, NOTIFIED_SYSCALLS, formatMetadata, parseMetadata, seccompSocketPath, type EngineVerdict } from './agent-contract.js';
 import { toSysError } from '../kernel/errors.js';
 import { OciError } from './bundle.js';
 import { capabilityNumber } from './capabilities.js';
@@ -174,6 +175,9 @@ export function withAgent(filter: unknown, env: NodeJS.ProcessEnv, what: string,
     return { defaultAction: 'SCMP_ACT_ALLOW', syscalls: agentRules(), listenerPath: seccompSocketPath(env), listenerMetadata: formatMetadata(verdict) };
   }
   const f = checkFilter(filter, what);
+  // ours already (a second create of the same bundle, or a `loopfs seccomp-profile` file):
+  // the agent rules are in it and the verdict was computed from the engine's own filter
+  if (f.listenerPath === seccompSocketPath(env) && parseMetadata(f.listenerMetadata) !== null) return f;
   if (typeof f.listenerPath === 'string' && f.listenerPath !== '')
     throw new OciError(`${what}.listenerPath is already set (${f.listenerPath}): another seccomp agent serves this container`);
   const verdict = engineMountVerdict(f, arch, release ?? osRelease());

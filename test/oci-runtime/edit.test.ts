@@ -152,6 +152,18 @@ describe('runtime wrapper: config.json edit', () => {
     expect(editConfig(orig, CTX)!.hooks).toEqual({ prestart: [other], createRuntime: [other, merged], poststop: [other, hook('poststop')] });
   });
 
+  it('idempotent: an edited config (a second create from the same bundle) comes back unchanged; another runtime dir is another agent', () => {
+    const once = editConfig(fixture('podman-4.3.json'), { ...CTX, env: CTX.env });
+    const orig = fixture('podman-4.3.json');
+    orig.annotations['io.loopfs.instance'] = 'true';
+    const first = editConfig(orig, CTX)!;
+    expect(once).toBeNull();
+    expect(editConfig(clone(first), CTX)).toEqual(first);
+    expect(() => editConfig(clone(first), { ...CTX, env: { LOOPFS_RUNTIME_DIR: '/run/other' } })).toThrow(
+      'config.json linux.seccomp.listenerPath is already set (/run/rt-test/seccomp.sock): another seccomp agent serves this container',
+    );
+  });
+
   it('not opted in: null (the bundle is left alone), whatever else the config says', () => {
     for (const doc of [
       fixture('docker-20.10-cap-sys-admin.json'),

@@ -81,7 +81,8 @@ export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.e
   } catch (e) {
     throw e instanceof OciError ? new OciError(`${path}: ${e.message.replace(/^config\.json:? ?/, '')}`) : e;
   }
-  if (edited === null) return 'untouched';
+  // not opted in, or edited already (an engine creating from the same bundle again)
+  if (edited === null || JSON.stringify(edited) === JSON.stringify(doc)) return 'untouched';
   replaceFile(path, JSON.stringify(edited));
   return 'edited';
 }
