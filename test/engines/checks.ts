@@ -36,13 +36,21 @@ busybox losetup -a | sed 's/^/bb-list /'
 `;
 export const ATTACH_DONE = 'busybox losetup -d /dev/loop0; echo "bb-detach $?"\n';
 
-/** Unmodified `mount -o loop` by util-linux and by busybox, each read back. */
+/** Unmodified util-linux `mount -o loop`, read back. */
 export const MOUNTS = `${ONE}out=$(/usr/bin/mount -o loop /img /mnt 2>&1); echo "mount $? $(one "$out")"
 echo "read $(cat /mnt/hello.txt)"
 echo "info $(grep ' /mnt ' /proc/self/mountinfo | cut -d' ' -f3,6)"
-mkdir -p /tmp/bb
+echo end
+`;
+
+/**
+ * Unmodified busybox `mount -o loop` (no -t: busybox tries each type in /proc/filesystems,
+ * ext3 and ext2 before ext4, and gives up at the first EPERM), read back.
+ */
+export const BB_MOUNTS = `${ONE}mkdir -p /tmp/bb
 out=$(busybox mount -o loop /img /tmp/bb 2>&1); echo "bb-mount $? $(one "$out")"
 echo "bb-read $(cat /tmp/bb/hello.txt)"
+echo "bb-info $(grep ' /tmp/bb ' /proc/self/mountinfo | cut -d' ' -f3,6)"
 echo end
 `;
 
