@@ -200,7 +200,10 @@ export class SeccompAgent {
     // An exec'd process may have ended already (`runc exec ID true`): then there is no
     // process to tell about, and its descendants are checked at each notification anyway.
     const ns = h.pid === c.initPid ? c.pidNs : pidNamespaceOf(h.pid);
-    if (ns !== null && ns !== c.pidNs) throw new Refused(`pid ${h.pid} is not a process of container ${h.id}`);
+    if (ns !== null && ns !== c.pidNs) {
+      if (c.listeners.size === 0) this.dropContainer(c); // made for this handshake: its pidfd goes too
+      throw new Refused(`pid ${h.pid} is not a process of container ${h.id}`);
+    }
     const l = new Listener(fd, c, h.verdict, this.opts.log);
     c.listeners.add(l);
     l.onClosed = () => {
