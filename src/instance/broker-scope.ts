@@ -36,6 +36,7 @@ import {
   type Op,
 } from '../broker/protocol.js';
 import { QuotaError } from './local-instance.js';
+import { DeviceNames } from './device-names.js';
 import { checkMember, devicePathIn, type LoopScope } from './scope.js';
 
 export const BROKER_SOCKET = 'loop-control';
@@ -159,6 +160,8 @@ export class BrokerScope implements LoopScope {
     dir: string,
     private fd: number,
     private readonly timeoutMs: number,
+    /** How the devices handed out are named (a container's /dev names; see device-names.ts). */
+    private readonly names: DeviceNames,
   ) {
     this.dir = dir;
     this.controlPath = `${dir}/${BROKER_SOCKET}`;
@@ -169,7 +172,7 @@ export class BrokerScope implements LoopScope {
    * is waited for at most $LOOPFS_BROKER_TIMEOUT seconds (SO_RCVTIMEO): a broker that
    * accepts and never answers (stopped, hung) is an error, not a hang.
    */
-  static connect(dir: string, client = 'losetup', env: NodeJS.ProcessEnv = process.env): BrokerScope {
+  static connect(dir: string, client = 'losetup', env: NodeJS.ProcessEnv = process.env, names = DeviceNames.NONE): BrokerScope {
     dir = resolvePath(dir); // names we print must work again as operands
     const n = native();
     let fd: number;
@@ -180,7 +183,7 @@ export class BrokerScope implements LoopScope {
       throw new BrokerUnavailableError(dir, `cannot reach the loopfs broker: ${toSysError(e).description}`);
     }
     const timeoutMs = brokerTimeoutMs(env);
-    const scope = new BrokerScope(dir, fd, timeoutMs);
+    const scope = new BrokerScope(dir, fd, timeoutMs, names);
     try {
       n.setRecvTimeout(fd, timeoutMs);
       scope.call('hello', { client });
@@ -265,6 +268,11 @@ export class BrokerScope implements LoopScope {
     return `${this.dir}/loop${minor}`;
   }
 
+  /** A device's name as handed out: its container name where it has one, else DIR/loopN. */
+  private deviceName(minor: number): string {
+    return this.names.pathOf(minor) ?? this.nodePath(minor);
+  }
+
   /** Every device the instance holds, as the broker describes it. */
   devices(): BrokerDevice[] {
     const all: DeviceEntry[] = [];
@@ -278,7 +286,7 @@ export class BrokerScope implements LoopScope {
       start = next;
     }
     const seen = new Set<number>();
-    return all.filter((d) => !seen.has(d.minor) && seen.add(d.minor)).map((d) => new BrokerDevice(this.nodePath(d.minor), d));
+    return all.filter((d) => !seen.has(d.minor) && seen.add(d.minor)).map((d) => new BrokerDevice(this.deviceName(d.minor), d));
   }
 
   usedDevices(): LoopDevice[] {
@@ -286,7 +294,7 @@ export class BrokerScope implements LoopScope {
   }
 
   devicePath(arg: string): string {
-    return devicePathIn(this.dir, arg);
+    return devicePathIn(this.dir, arg, this.names);
   }
 
   checkDevice(arg: string): void {
@@ -300,7 +308,7 @@ export class BrokerScope implements LoopScope {
 
   findFree(): LoopDevice {
     const { reply } = this.call('get-free');
-    return new LoopDevice(this.nodePath(reply.minor as number));
+    return new LoopDevice(this.deviceName(reply.minor as number));
   }
 
   /**
@@ -337,7 +345,7 @@ export class BrokerScope implements LoopScope {
       if (opts.session) fields.session = true;
       if (Buffer.byteLength(req.file) > 4096) delete fields.name;
       const { reply } = this.call('attach', fields, [fd]);
-      return { device: new LoopDevice(this.nodePath(reply.minor as number)), readOnly: reply.readOnly === true };
+      return { device: new LoopDevice(this.deviceName(reply.minor as number)), readOnly: reply.readOnly === true };
     } catch (e) {
       // the broker could not bind a device to the file: util-linux blames the file
       if (isSysError(e) && !(e instanceof AttachError)) throw new AttachError(e, false);

@@ -28,6 +28,7 @@ import { jitterMs, sleepMs } from '../kernel/sleep.js';
 import { limitForUid } from './limits.js';
 import { PinnedDir } from './pinned-dir.js';
 import { Runtime } from './runtime.js';
+import { DeviceNames } from './device-names.js';
 import { checkMember, devicePathIn, type LoopScope } from './scope.js';
 import {
   heldMinors,
@@ -70,6 +71,8 @@ const RESERVE_TRIES = 64;
 export class LocalInstance implements LoopScope {
   readonly controlPath = null;
   private lockFd = -1;
+  /** How the devices handed out are named (a container's /dev names; see device-names.ts). */
+  private names = DeviceNames.NONE;
 
   private constructor(
     readonly dir: string,
@@ -89,7 +92,7 @@ export class LocalInstance implements LoopScope {
     }
   }
 
-  static open(dir: string, env: NodeJS.ProcessEnv = process.env): LocalInstance {
+  static open(dir: string, env: NodeJS.ProcessEnv = process.env, names = DeviceNames.NONE): LocalInstance {
     // Absolute from here on: `-f --show` prints DIR/loopN and that name must work again as
     // an operand (relative operands are looked up inside DIR, as util-linux looks them up in
     // /dev); claims and the registry record DIR for gc, which runs from any directory.
@@ -103,6 +106,7 @@ export class LocalInstance implements LoopScope {
       throw e;
     }
     const inst = new LocalInstance(dir, root, stateDir, env);
+    inst.names = names;
     if (!readState(stateDir)) {
       inst.close();
       throw sysError('ENOENT', 'open', `${dir}/${STATE_DIR}/state.json`);
@@ -214,17 +218,18 @@ export class LocalInstance implements LoopScope {
     return `${this.dir}/${nodeName(minor)}`;
   }
 
+  /** A device as handed out: under its container name where it has one, else DIR/loopN. */
   private device(minor: number): LoopDevice {
-    return new LoopDevice(this.nodePath(minor));
+    return new LoopDevice(this.names.pathOf(minor) ?? this.nodePath(minor));
   }
 
-  /** Held and bound devices, in /sys/block order like util-linux, named DIR/loopN. */
+  /** Held and bound devices, in /sys/block order like util-linux, named as device() names them. */
   usedDevices(): LoopDevice[] {
     const s = this.state();
     const result: LoopDevice[] = [];
     for (const name of loopNamesInSysfs()) {
-      const minor = Number(name.slice(4));
-      if (!/^loop\d+$/.test(name) || s.devices[minor]?.state !== 'held') continue;
+      const minor = this.names.sysBlockMinor(name);
+      if (minor === null || s.devices[minor]?.state !== 'held') continue;
       if (!this.isPublished(minor)) continue;
       const dev = this.device(minor);
       if (dev.sysfs()?.offset() == null) continue; // not bound
@@ -235,7 +240,7 @@ export class LocalInstance implements LoopScope {
 
   /** A relative device name is looked up in the instance directory, not /dev. */
   devicePath(arg: string): string {
-    return devicePathIn(this.dir, arg);
+    return devicePathIn(this.dir, arg, this.names);
   }
 
   /** Names resolve inside the instance; a device of anybody else does not exist here. */

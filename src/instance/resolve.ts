@@ -4,8 +4,10 @@
  * everything behaves exactly like util-linux.
  */
 import { existsSync, lstatSync } from 'node:fs';
+import { resolve as resolvePath } from 'node:path';
 import { native, type NativeStatfs } from '../kernel/native.js';
 import { BrokerScope, BrokerUnavailableError } from './broker-scope.js';
+import { DeviceNames } from './device-names.js';
 import { HostScope } from './host.js';
 import { KernelInstance, LOOPFS_SUPER_MAGIC } from './kernel-instance.js';
 import { LocalInstance } from './local-instance.js';
@@ -50,16 +52,24 @@ export function detectKind(dir: string, statfs: (p: string) => NativeStatfs = (p
   return null;
 }
 
+/**
+ * The names of the devices of the instance at DIR: a container's own (/dev/loopK linking
+ * into /dev/loopfs, see device-names.ts) where DIR is the seeds' /dev/loopfs, else none.
+ */
+export function deviceNamesFor(dir: string, linkDir = '/dev'): DeviceNames {
+  return resolvePath(dir) === DEFAULT_INSTANCE ? DeviceNames.read(DEFAULT_INSTANCE, linkDir) : DeviceNames.NONE;
+}
+
 export function openScope(dir: string, env: NodeJS.ProcessEnv, statfs?: (p: string) => NativeStatfs): LoopScope {
   const kind = detectKind(dir, statfs);
   switch (kind) {
     case 'kernel':
       return new KernelInstance(dir);
     case 'local':
-      return LocalInstance.open(dir, env);
+      return LocalInstance.open(dir, env, deviceNamesFor(dir));
     case 'broker':
       try {
-        return BrokerScope.connect(dir, undefined, env);
+        return BrokerScope.connect(dir, undefined, env, deviceNamesFor(dir));
       } catch (e) {
         if (e instanceof BrokerUnavailableError) throw new InstanceError(dir, e.reason);
         throw e;

@@ -8,6 +8,7 @@ import type { AttachRequest } from '../kernel/attach.js';
 import type { Allocated } from '../kernel/allocate.js';
 import { sysError } from '../kernel/errors.js';
 import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { DeviceNames } from './device-names.js';
 
 export interface LoopScope {
   /**
@@ -48,9 +49,13 @@ export interface LoopScope {
   readonly controlPath: string | null;
 }
 
-/** In an instance a relative device name is looked up in the instance directory, not /dev. */
-export function devicePathIn(dir: string, arg: string): string {
-  return arg.startsWith('/') ? arg : `${dir}/${arg}`;
+/**
+ * In an instance a relative device name is looked up in the instance directory, not /dev;
+ * a name the container gives a device (device-names.ts: "loop0") is that device.
+ */
+export function devicePathIn(dir: string, arg: string, names: DeviceNames = DeviceNames.NONE): string {
+  if (arg.startsWith('/')) return arg;
+  return names.operand(arg) ?? `${dir}/${arg}`;
 }
 
 /**

@@ -15,8 +15,10 @@ import { ociHookInstalled, ociHookStatus } from '../../src/oci/hooks-json.js';
 import {
   COMMON_FLAGS,
   installHooks,
+  OUR_LOSETUP,
   Podman,
   podmanSkipReason,
+  REPO_VOLUME,
   ROOTFUL_FLAGS,
   SubIdRanges,
   text,
@@ -78,9 +80,35 @@ async function waitNothingLeft(sb: BrokerSandbox, podman: Podman): Promise<Recor
   return now;
 }
 
-/** Minors of the /dev/loopfs/loopN nodes and of the /dev/loopN links, as the container sees them. */
-const LIST_DEV =
-  'ls /dev/loopfs | grep -E "^loop[0-9]+$" | tr "\\n" " "; echo; ls /dev | grep -E "^loop([0-9]+|-control)$" | tr "\\n" " "; echo\n';
+/**
+ * The container's view, four lines: the /dev/loopfs/loopN nodes; the loop names in /dev;
+ * each /dev/loopK link as "loopK->TARGET"; each /sys/block/loop* entry the same way.
+ */
+const LIST_DEV = [
+  'ls /dev/loopfs | grep -E "^loop[0-9]+$" | tr "\\n" " "; echo',
+  'ls /dev | grep -E "^loop([0-9]+|-control)$" | tr "\\n" " "; echo',
+  'for l in /dev/loop[0-9]*; do printf "%s->%s " "${l#/dev/}" "$(readlink "$l")"; done; echo',
+  'for l in /sys/block/loop*; do printf "%s->%s " "${l#/sys/block/}" "$(readlink "$l")"; done; echo',
+  '',
+].join('\n');
+
+/**
+ * The layout LIST_DEV must show (lines 1-3, each as a sorted list of words) for an instance
+ * holding `minors`: /dev/loopK -> loopfs/loopN and /sys/block/loopK -> the real sysfs
+ * directory of loopN, K = 0, 1, ... in ascending order of N, so that busybox's probe from
+ * loop0 and util-linux's /sys/block scan both find exactly the instance's devices.
+ */
+function containerLayout(minors: number[]): { names: string[]; links: string[]; sys: string[] } {
+  const sorted = [...minors].sort((a, b) => a - b);
+  return {
+    names: sorted.map((_, k) => `loop${k}`).sort(),
+    links: sorted.map((m, k) => `loop${k}->loopfs/loop${m}`).sort(),
+    sys: sorted.map((m, k) => `loop${k}->/sys/devices/virtual/block/loop${m}`).sort(),
+  };
+}
+
+/** Line i of a LIST_DEV output as a sorted list of words. */
+const words = (line: string): string[] => line.trim().split(' ').filter(Boolean).sort();
 
 describe.skipIf(!!reason)('OCI hook: rootful podman', () => {
   let sb: BrokerSandbox;
@@ -137,33 +165,108 @@ losetup -a
 mkdir -p /mnt/m && mount -o loop /img /mnt/m && cat /mnt/m/hello.txt && umount /mnt/m
 ls -la /dev/loop-control 2>&1 | head -1
 losetup /dev/loopfs/$(ls /dev/loopfs | grep -E '^loop[0-9]+$' | tail -1) /img && losetup -d /dev/loopfs/$(ls /dev/loopfs | grep -E '^loop[0-9]+$' | tail -1) && echo direct-ok
-grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
+grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6
+grep ' /sys/block ' /proc/self/mountinfo | cut -d' ' -f6
+ls /sys/block | grep -v '^loop' | tr '\\n' ' '; echo`,
       );
       expect(text(r.stderr)).toBe('');
       expect(r.exitCode).toBe(0);
       const out = text(r.stdout).split('\n');
-      const names = minors.map((m) => `loop${m}`).sort();
-      expect(out[0].trim().split(' ').sort()).toEqual(names);
-      expect(out[1].trim().split(' ').sort()).toEqual(names);
-      // util-linux scanned /dev (there is no loop-control) and took the instance's first device
-      expect(out[2]).toBe(`/dev/loop${minors[0]}`);
-      expect(out[3]).toBe(`/dev/loop${minors[0]}: [${fs.statSync(sb.image).dev}]:${fs.statSync(sb.image).ino} (/img)`);
-      expect(out[4]).toBe(HELLO.trim());
-      expect(out[5]).toMatch(/No such file or directory/);
+      const layout = containerLayout(minors);
+      expect(words(out[0])).toEqual(minors.map((m) => `loop${m}`).sort());
+      expect(words(out[1])).toEqual(layout.names);
+      expect(words(out[2])).toEqual(layout.links);
+      expect(words(out[3])).toEqual(layout.sys);
+      // util-linux scanned /dev (there is no loop-control) and took the first device: loop0,
+      // the instance's lowest minor; -a names it as the container does
+      expect(out[4]).toBe('/dev/loop0');
+      expect(out[5]).toBe(`/dev/loop0: [${fs.statSync(sb.image).dev}]:${fs.statSync(sb.image).ino} (/img)`);
+      expect(out[6]).toBe(HELLO.trim());
+      expect(out[7]).toMatch(/No such file or directory/);
       // the instance's own nodes work through the bind, although the runtime dir is nodev
-      expect(out[6]).toBe('direct-ok');
-      expect(out[7].split(',').sort()).toEqual(['noexec', 'nosuid', 'relatime', 'ro']);
+      expect(out[8]).toBe('direct-ok');
+      expect(out[9].split(',').sort()).toEqual(['noexec', 'nosuid', 'relatime', 'ro']);
+      expect(out[10].split(',').sort()).toEqual(['nodev', 'noexec', 'nosuid', 'relatime', 'ro']);
+      // the other block devices stay in the container's /sys/block, the host's loop devices do not
+      expect(words(out[11])).toEqual(fs.readdirSync('/sys/block').filter((n) => !n.startsWith('loop')).sort());
       // seen from the host: that device is bound to the image, the host's device is as it was
       expect(backingInode(minors[0])).toBe(fs.statSync(sb.image).ino);
       seen.push(...minors);
       expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
-      expect(names).not.toContain(path.basename(hostDev));
+      expect(minors).not.toContain(Number(path.basename(hostDev).slice(4)));
     } finally {
       const rm = await podman.rmForce(id);
       expect(text(rm.stderr)).toBe('');
     }
     expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
     expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
+  });
+
+  it('busybox and util-linux in one container: busybox losetup -f and mount -o loop from /dev/loop0, util-linux losetup -f; losetup -a of busybox, util-linux and ours name the same devices', async () => {
+    const id = await podman.start([...COMMON_FLAGS, ...ROOTFUL_FLAGS, '--cap-add=SYS_ADMIN'], [`${sb.image}:/img`, REPO_VOLUME]);
+    try {
+      const minors = Object.keys(sb.state(path.join(sb.runtime, 'oci', '0', id.slice(0, 32)))?.devices ?? {})
+        .map(Number)
+        .sort((a, b) => a - b);
+      expect(minors.length).toBe(4);
+      seen.push(...minors);
+      const r = await podman.exec(
+        id,
+        `set -e
+busybox losetup -f
+busybox losetup -f /img
+losetup -f --show /img
+mkdir -p /mnt/b
+busybox mount -o loop /img /mnt/b
+cat /mnt/b/hello.txt
+awk '$5 == "/mnt/b" { for (i = 7; $i != "-"; i++); print $3, $(i + 2) }' /proc/self/mountinfo
+echo "== util-linux"; losetup -a
+echo "== busybox"; busybox losetup -a
+echo "== ours"; ${OUR_LOSETUP} -a
+echo "== util-linux -j"; losetup -j /img | cut -d" " -f1
+echo "== ours -j"; ${OUR_LOSETUP} -j /img | cut -d" " -f1
+echo "== sysfs"; for d in 0 1 2; do readlink -f /sys/block/loop$d; done`,
+      );
+      expect(text(r.stderr)).toBe('');
+      expect(r.exitCode).toBe(0);
+      const { dev, ino } = fs.statSync(sb.image);
+      const ul = (k: number) => `/dev/loop${k}: [${dev}]:${ino} (/img)`;
+      const out = text(r.stdout).split('\n');
+      const section = (title: string) => {
+        const i = out.indexOf(`== ${title}`);
+        const j = out.findIndex((l, n) => n > i && l.startsWith('== '));
+        return out.slice(i + 1, j < 0 ? undefined : j);
+      };
+      // busybox probes from /dev/loop0: free, then bound; util-linux takes the next one;
+      // busybox mount -o loop the one after, mounted as the container names it
+      expect(out.slice(0, 4)).toEqual(['/dev/loop0', '/dev/loop1', HELLO.trim(), `7:${minors[2]} /dev/loop2`]);
+      // util-linux lists in /sys/block order, and so do we (the same overlay); busybox by number
+      expect(section('util-linux').slice().sort()).toEqual([ul(0), ul(1), ul(2)]);
+      expect(section('ours')).toEqual(section('util-linux'));
+      expect(section('busybox')).toEqual(['/dev/loop0: 0 /img', '/dev/loop1: 0 /img', '/dev/loop2: 0 /img']);
+      expect(section('util-linux -j').sort()).toEqual(['/dev/loop0:', '/dev/loop1:', '/dev/loop2:']);
+      expect(section('ours -j')).toEqual(section('util-linux -j'));
+      // each container name is the instance device of the same rank, and the host agrees
+      expect(section('sysfs')).toEqual([...[0, 1, 2].map((k) => `/sys/devices/virtual/block/loop${minors[k]}`), '']);
+      for (const k of [0, 1, 2]) expect(backingInode(minors[k])).toBe(ino);
+      expect(readLoopState(`loop${minors[3]}`)?.backingFile ?? null).toBeNull();
+
+      const end = await podman.exec(
+        id,
+        `set -e
+busybox umount /mnt/b
+busybox losetup -d /dev/loop0
+losetup -d /dev/loop1
+losetup -a; busybox losetup -a; ${OUR_LOSETUP} -a; echo "."`,
+      );
+      expect(text(end.stderr)).toBe('');
+      // busybox's mount -o loop set autoclear: its umount freed loop2
+      expect(text(end.stdout)).toBe('.\n');
+    } finally {
+      const rm = await podman.rmForce(id);
+      expect(text(rm.stderr)).toBe('');
+    }
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
   });
 
   it.skipIf(!!v1Reason)('a container in a user namespace: refused on a nodev runtime dir; elsewhere its instance is owned by its root as mapped on the host', async () => {
@@ -185,7 +288,7 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     );
     expect(inst.exitCode).toBe(0);
     const podman2 = new Podman(sb, 'rootful-userns', hooks2);
-    const id = await podman2.start(flags, [`${sb.image}:/img:ro`]);
+    const id = await podman2.start(flags, [`${sb.image}:/img:ro`, REPO_VOLUME]);
     try {
       const dir = path.join(runtime2, 'oci', '0', id.slice(0, 32));
       const state = sb.state(dir);
@@ -193,9 +296,26 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
       const minor = Number(Object.keys(state?.devices ?? {})[0]);
       seen.push(minor);
       // the container's root (host uid 400000) opens the node it owns
-      const r = await podman2.exec(id, 'id -u; stat -c %u:%g /dev/loopfs/loop[0-9]*; losetup -r -f --show /img');
+      // util-linux and busybox find it as /dev/loop0 and name it so, as do we (REPO_VOLUME)
+      const r = await podman2.exec(
+        id,
+        `id -u; stat -c %u:%g /dev/loopfs/loop[0-9]*; readlink /dev/loop0 /sys/block/loop0; ls /sys/block | grep -c '^loop'
+busybox losetup -f; losetup -r -f --show /img; busybox losetup -a; losetup -a | cut -d' ' -f1; ${OUR_LOSETUP} -a | cut -d' ' -f1`,
+      );
       expect(text(r.stderr)).toBe('');
-      expect(text(r.stdout).split('\n')).toEqual(['0', '0:0', `/dev/loop${minor}`, '']);
+      expect(text(r.stdout).split('\n')).toEqual([
+        '0',
+        '0:0',
+        `loopfs/loop${minor}`,
+        `/sys/devices/virtual/block/loop${minor}`,
+        '1',
+        '/dev/loop0',
+        '/dev/loop0',
+        '/dev/loop0: 0 /img',
+        '/dev/loop0:',
+        '/dev/loop0:',
+        '',
+      ]);
       expect(backingInode(minor)).toBe(fs.statSync(sb.image).ino);
     } finally {
       await podman2.rmForce(id);
@@ -213,18 +333,28 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
     let b = '';
     try {
       b = await podman.start(flags, [`${sb.image}:/img:ro`]);
-      const ra = await podman.exec(a, `${LIST_DEV}losetup -r -f --show /img`);
-      const rb = await podman.exec(b, `${LIST_DEV}losetup -r -f --show /img`);
+      // the device losetup took, and the instance node its name links to
+      const script = `${LIST_DEV}dev=$(losetup -r -f --show /img); echo "$dev"; readlink "$dev"`;
+      const ra = await podman.exec(a, script);
+      const rb = await podman.exec(b, script);
       expect(ra.exitCode).toBe(0);
       expect(rb.exitCode).toBe(0);
-      const devsA = text(ra.stdout).split('\n')[0].trim().split(' ');
-      const devsB = text(rb.stdout).split('\n')[0].trim().split(' ');
+      const outA = text(ra.stdout).split('\n');
+      const outB = text(rb.stdout).split('\n');
+      const devsA = words(outA[0]);
+      const devsB = words(outB[0]);
       seen.push(...[...devsA, ...devsB].map((d) => Number(d.slice(4))));
       expect(devsA.length).toBe(2);
       expect(devsB.length).toBe(2);
       expect(devsA.filter((d) => devsB.includes(d))).toEqual([]);
-      expect(devsA).toContain(path.basename(text(ra.stdout).split('\n')[2]));
-      expect(devsB).toContain(path.basename(text(rb.stdout).split('\n')[2]));
+      // both name their devices loop0 and loop1, each its own instance's
+      const minorsOf = (devs: string[]) => devs.map((d) => Number(d.slice(4)));
+      expect(words(outA[2])).toEqual(containerLayout(minorsOf(devsA)).links);
+      expect(words(outB[2])).toEqual(containerLayout(minorsOf(devsB)).links);
+      expect(outA[4]).toBe('/dev/loop0');
+      expect(outB[4]).toBe('/dev/loop0');
+      expect(devsA).toContain(path.basename(outA[5]));
+      expect(devsB).toContain(path.basename(outB[5]));
     } finally {
       await podman.rmForce(a);
       if (b) await podman.rmForce(b);
@@ -251,12 +381,12 @@ grep ' /dev/loopfs ' /proc/self/mountinfo | cut -d' ' -f6`,
       const r = await podman.exec(
         id,
         `grep '^b 7:' /sys/fs/cgroup/devices/devices.list | sort
-losetup -r -f --show /img
+losetup -r -f --show /img | xargs readlink
 mknod /tmp/hostdev b 7 ${hostMinor} && (head -c 1 /tmp/hostdev >/tmp/out 2>&1; echo "read=$?"; cat /tmp/out)`,
       );
       const out = text(r.stdout).split('\n');
       expect(out.slice(0, 2)).toEqual(minors.map((m) => `b 7:${m} rw`).sort());
-      expect(out[2]).toBe(`/dev/loop${minors[0]}`);
+      expect(out[2]).toBe(`loopfs/loop${minors[0]}`);
       // podman's default capabilities include CAP_MKNOD: the node can be made, not opened
       expect(out[3]).toBe('read=1');
       expect(out[4]).toMatch(/Operation not permitted/);
@@ -351,18 +481,71 @@ mount -o loop /img /mnt 2>&1; echo "mount=$?"`,
       );
       expect(r.exitCode).toBe(0);
       const out = text(r.stdout).split('\n');
-      const names = minors.map((m) => `loop${m}`).sort();
-      expect(out[0].trim().split(' ').sort()).toEqual(names);
-      expect(out[1].trim().split(' ').sort()).toEqual([...names, 'loop-control'].sort());
-      expect(out[2]).toBe('0');
-      expect(out[3]).toBe(`/dev/loop${minors[0]}`);
-      expect(out[4]).toMatch(new RegExp(`^/dev/loop${minors[0]}: .*\\(/img\\)$`));
-      expect(out[5]).toBe('loopfs/loop-control');
+      const layout = containerLayout(minors);
+      expect(words(out[0])).toEqual(minors.map((m) => `loop${m}`).sort());
+      expect(words(out[1])).toEqual([...layout.names, 'loop-control'].sort());
+      expect(words(out[2])).toEqual(layout.links);
+      expect(words(out[3])).toEqual(layout.sys);
+      expect(out[4]).toBe('0');
+      expect(out[5]).toBe('/dev/loop0');
+      expect(out[6]).toBe(`/dev/loop0: [${fs.statSync(sb.image).dev}]:${fs.statSync(sb.image).ino} (/img)`);
+      expect(out[7]).toBe('loopfs/loop-control');
       // unprivileged: the kernel refuses the mount itself (the broker mounts for loopfs's tools)
       expect(out.find((l) => l.startsWith('mount='))).not.toBe('mount=0');
       expect(backingInode(minors[0])).toBe(fs.statSync(sb.image).ino);
       seen.push(...minors);
       expect(b.stderr.join('')).toContain(`uid ${sb.user.uid}: container ${id}`);
+    } finally {
+      await podman.rmForce(id);
+    }
+    expect(await waitNothingLeft(sb, podman)).toEqual(NOTHING);
+  });
+
+  it('busybox in a rootless container: losetup -f from /dev/loop0; losetup -a of busybox, util-linux and ours name the same devices', async () => {
+    await (broker ?? (await startBroker()));
+    const id = await podman.start([...COMMON_FLAGS, '--annotation', 'io.loopfs.pool=2'], [`${sb.image}:/img`, REPO_VOLUME]);
+    try {
+      const dir = path.join(sb.runtime, 'oci', String(sb.user.uid), id.slice(0, 32));
+      const minors = Object.keys(sb.state(dir)?.devices ?? {}).map(Number).sort((x, y) => x - y);
+      expect(minors.length).toBe(2);
+      seen.push(...minors);
+      const r = await podman.exec(
+        id,
+        `set -e
+${LIST_DEV}busybox losetup -f
+busybox losetup -f /img
+losetup -f --show /img
+echo "== busybox"; busybox losetup -a
+echo "== util-linux"; losetup -a
+echo "== ours"; ${OUR_LOSETUP} -a
+busybox losetup -d /dev/loop0
+${OUR_LOSETUP} -d loop1
+echo "== end"; busybox losetup -a; losetup -a; ${OUR_LOSETUP} -a; echo .`,
+      );
+      expect(text(r.stderr)).toBe('');
+      expect(r.exitCode).toBe(0);
+      const { dev, ino } = fs.statSync(sb.image);
+      const out = text(r.stdout).split('\n');
+      const layout = containerLayout(minors);
+      expect(words(out[1])).toEqual([...layout.names, 'loop-control'].sort());
+      expect(words(out[2])).toEqual(layout.links);
+      expect(words(out[3])).toEqual(layout.sys);
+      expect(out.slice(4)).toEqual([
+        '/dev/loop0',
+        '/dev/loop1',
+        '== busybox',
+        '/dev/loop0: 0 /img',
+        '/dev/loop1: 0 /img',
+        '== util-linux',
+        `/dev/loop0: [${dev}]:${ino} (/img)`,
+        `/dev/loop1: [${dev}]:${ino} (/img)`,
+        '== ours',
+        `/dev/loop0: [${dev}]:${ino} (/img)`,
+        `/dev/loop1: [${dev}]:${ino} (/img)`,
+        '== end',
+        '.',
+        '',
+      ]);
     } finally {
       await podman.rmForce(id);
     }

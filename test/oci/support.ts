@@ -59,7 +59,14 @@ export function buildRootfs(dir: string): void {
   for (const f of ['img', 'etc/hosts', 'etc/hostname', 'etc/resolv.conf', 'run/.containerenv']) fs.writeFileSync(path.join(dir, f), '');
   // rootless podman cannot create it in a rootfs owned by root
   fs.symlinkSync('../proc/self/mounts', path.join(dir, 'etc', 'mtab'));
+  // where REPO_VOLUME binds this checkout (our own losetup): a runtime in a user namespace
+  // cannot create the mount point either
+  fs.mkdirSync(path.join(dir, REPO_ROOT), { recursive: true });
 }
+
+/** This checkout, read-only at the same path in a container, so that OUR_LOSETUP runs there (node is in /usr). */
+export const REPO_VOLUME = `${REPO_ROOT}:${REPO_ROOT}:ro`;
+export const OUR_LOSETUP = path.join(REPO_ROOT, 'bin', 'losetup');
 
 const CONTAINERS_CONF = `[containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
