@@ -254,10 +254,11 @@ echo end`,
       expect(a('remount'), log).toBe(`32 ${UL_EPERM}`);
       expect(a('host'), log).toBe(`32 ${UL_EPERM.replace('/mnt', '/tmp')}`);
       expect(a('btrfs'), log).toBe(`32 ${UL_EPERM}`);
-      expect(a('umount'), log).toBe('0 ');
-      expect(a('after'), log).toBe('0');
+      // soft: the rest (nothing left, the write persisted) is checked also when umount fails
+      expect.soft(a('umount'), log).toBe('0 ');
+      expect.soft(a('after'), log).toBe('0');
       // autoclear: the umount freed the device (it stays the instance's)
-      for (const m of minors) expect(readLoopState(`loop${m}`), `loop${m} freed`).toBeUndefined();
+      for (const m of minors) expect.soft(readLoopState(`loop${m}`), `loop${m} freed by umount`).toBeUndefined();
     } finally {
       await engine.remove(id);
     }
