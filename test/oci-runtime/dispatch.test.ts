@@ -214,9 +214,9 @@ describe.skipIf(reason)('loopfs-runtime dispatcher', () => {
 
   it('a malformed, missing or unreadable config.json: one line, exit 1, the runtime never runs, nothing written (also to --log as json)', () => {
     const bad = bundle();
-    writeFileSync(path.join(bad, 'config.json'), '{"process": ');
+    writeFileSync(path.join(bad, 'config.json'), '{"process": {"env": ["LOOPFS_OCI=1"');
     const notObj = bundle();
-    writeFileSync(path.join(notObj, 'config.json'), '[]');
+    writeFileSync(path.join(notObj, 'config.json'), '["io.loopfs.instance"]');
     const badOpt = bundle({ process: { env: ['LOOPFS_OCI=1', 'LOOPFS_OCI_POOL=999'] } });
     const other = bundle({ annotations: { 'io.loopfs.instance': 'true' }, linux: { seccomp: { defaultAction: 'SCMP_ACT_ALLOW', listenerPath: '/run/agent.sock' } } });
     const dirAsFile = bundle();
@@ -245,6 +245,25 @@ describe.skipIf(reason)('loopfs-runtime dispatcher', () => {
     const log = path.join(tmp, 'log-text');
     expect(run(WRAPPER, ['--log', log, 'run', '--bundle', bad, 'ID'], cwd).status).toBe(1);
     expect(readFileSync(log, 'utf8')).toBe(`loopfs-runtime: ${bad}/config.json: not JSON\n`);
+  });
+
+  it('a config.json without the opt-in words goes to the runtime without node, even a malformed one (the runtime reports it)', () => {
+    const plain = bundle({ ociVersion: '1.0.2', process: { args: ['true'], env: ['PATH=/bin'] }, root: { path: 'rootfs' } });
+    const broken = bundle();
+    writeFileSync(path.join(broken, 'config.json'), '{"process": ');
+    for (const b of [plain, broken]) {
+      const sum = sha(path.join(b, 'config.json'));
+      expectSameAsDirect(['--root', '/run/x', 'create', '--bundle', b, 'ID'], cwd);
+      expect([sha(path.join(b, 'config.json')), readdirSync(b)]).toEqual([sum, ['config.json']]);
+    }
+    // what runs before the runtime: the wrapper, one grep, and no node
+    const trace = path.join(tmp, 'trace-create');
+    const st = spawnSync('strace', ['-f', '-qq', '-e', 'trace=execve', '-o', trace, WRAPPER, 'create', '--bundle', plain, 'ID'], { env: { ...BASE_ENV } });
+    if (st.error) announceSkip('loopfs-runtime: the no-node check', 'strace not installed');
+    else {
+      const execs = readFileSync(trace, 'utf8').trim().split('\n').filter((l) => / execve\(/.test(l)).map((l) => l.replace(/^\d+ +execve\("([^"]+)".*$/, '$1'));
+      expect(execs.slice(0, 3).map((e) => path.basename(e))).toEqual(['loopfs-runtime', 'grep', 'runc']);
+    }
   });
 
   it('a malformed wrapper config: create refuses with one line (nothing run), other commands still exec', () => {

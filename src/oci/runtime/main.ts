@@ -1,10 +1,10 @@
 /**
  * The node half of bin/loopfs-runtime, run only for `create` and `run`:
  *
- *   node dist/oci/runtime-main.js I ARGV...
+ *   node dist/oci/runtime-main.js CONFIG I ARGV...
  *
- * ARGV is the runtime's argv as the engine gave it and I the 1-based position of the
- * subcommand in it (the shell found it after the runtime's global options). This edits
+ * ARGV is the runtime's argv as the engine gave it, I the 1-based position of the
+ * subcommand in it and CONFIG the bundle's config.json (the shell parsed both). This edits
  * the bundle's config.json for a container that opted in (edit.ts) and exits 0; the shell
  * then execs the real runtime with ARGV unchanged. On any failure: one line on stderr
  * (also in the runtime's --log file, where containerd and dockerd read a runtime's
@@ -19,42 +19,35 @@ import { editConfig } from './edit.js';
 import { replaceFile } from './replace-file.js';
 import { effectiveEnv, readWrapperConfig } from './wrapper-config.js';
 
-/** Options of runc/crun `create` and `run` that take a value (Go flag accepts -x and --x). */
-const VALUED = new Set(['bundle', 'b', 'console-socket', 'pid-file', 'preserve-fds', 'config', 'f']);
-
-/** The value of option `names` in `args` (last one wins, as for Go's flag package). */
-function optionValue(args: string[], names: string[], valued: Set<string>): string | undefined {
+/** The value of option `name` (-name, --name, --name=V) in `args`; the last one wins, as for Go's flag package. */
+function optionValue(args: string[], name: string, valued: Set<string>): string | undefined {
   let found: string | undefined;
   for (let i = 0; i < args.length; i++) {
-    const a = args[i];
-    if (a === '--') break;
-    const m = /^--?([^=]+)(=(.*))?$/s.exec(a);
+    const m = /^--?([^=]+)(=(.*))?$/s.exec(args[i]);
     if (!m) continue;
-    const [, name, eq, val] = m;
-    if (names.includes(name)) found = eq !== undefined ? val : args[++i];
-    else if (eq === undefined && valued.has(name)) i++;
+    const [, opt, eq, val] = m;
+    if (opt === name) found = eq !== undefined ? val : args[++i];
+    else if (eq === undefined && valued.has(opt)) i++;
   }
   return found;
 }
 
+/** runc's and crun's global options that take a value. */
+const GLOBAL_VALUED = new Set(['root', 'log', 'log-format', 'criu', 'rootless', 'cgroup-manager']);
+
 export interface RuntimeCall {
+  /** config.json of the bundle, as the shell found it from --bundle (and crun's --config). */
+  config: string;
+  /** The runtime's global options, before the subcommand. */
   global: string[];
-  sub: string;
-  args: string[];
 }
 
+/** `CONFIG I ARGV...` from bin/loopfs-runtime: I is the subcommand's 1-based position in ARGV. */
 export function splitCall(argv: string[]): RuntimeCall {
-  const i = Number(argv[0]);
-  const rest = argv.slice(1);
-  if (!Number.isInteger(i) || i < 1 || i > rest.length) throw new OciError('internal: bad subcommand position from bin/loopfs-runtime');
-  return { global: rest.slice(0, i - 1), sub: rest[i - 1], args: rest.slice(i) };
-}
-
-/** config.json of a create/run: `--bundle` (default: the current directory, as runc). */
-export function configPathOf(call: RuntimeCall, cwd: string = process.cwd()): string {
-  const bundle = resolve(cwd, optionValue(call.args, ['bundle', 'b'], VALUED) ?? '.');
-  // crun's --config: another file name, relative to the bundle
-  return resolve(bundle, optionValue(call.args, ['config', 'f'], VALUED) ?? 'config.json');
+  const [config, pos, ...rest] = argv;
+  const i = Number(pos);
+  if (!config || !Number.isInteger(i) || i < 1 || i > rest.length) throw new OciError('internal: bad arguments from bin/loopfs-runtime');
+  return { config: resolve(config), global: rest.slice(0, i - 1) };
 }
 
 /** The package root: this module is dist/oci/runtime/main.js. */
@@ -62,7 +55,7 @@ const packageRoot = (): string => resolve(dirname(fileURLToPath(import.meta.url)
 
 export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.env): 'edited' | 'untouched' {
   const cfg = readWrapperConfig(env);
-  const path = configPathOf(call);
+  const path = call.config;
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -89,9 +82,9 @@ export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.e
 
 /** runc's --log/--log-format, where engines look for a failed runtime's message. */
 function logError(global: string[], line: string): void {
-  const log = optionValue(global, ['log'], new Set(['root', 'log', 'log-format', 'criu', 'rootless', 'cgroup-manager']));
+  const log = optionValue(global, 'log', GLOBAL_VALUED);
   if (!log) return;
-  const format = optionValue(global, ['log-format'], new Set(['root', 'log', 'log-format', 'criu', 'rootless', 'cgroup-manager']));
+  const format = optionValue(global, 'log-format', GLOBAL_VALUED);
   const entry = format === 'json' ? JSON.stringify({ level: 'error', msg: line, time: new Date().toISOString() }) : line;
   try {
     appendFileSync(log, `${entry}\n`);
