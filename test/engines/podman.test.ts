@@ -179,7 +179,7 @@ describe.skipIf(!!reason)('podman --runtime loopfs-runtime', () => {
     expect(describeRun(p)).toBe('exit 0\n--- stdout\n--- stderr\n');
     const doc = JSON.parse(fs.readFileSync(profile, 'utf8'));
     expect(doc.listenerPath).toBe(path.join(sb.runtime, 'seccomp.sock'));
-    const withHooks = new Podman(sb, 'rootless-profile', hooks, { user: sb.user });
+    const withHooks = new Podman(sb, 'rlp', hooks, { user: sb.user });
     try {
       await userNsMount(
         { ...c, engine: podmanEngine(withHooks, []) },
