@@ -8,11 +8,12 @@ export default class Uninstall extends LoopfsCommand {
     record: Flags.string({ description: 'the install record (default: /var/lib/loopfs/install.json)' }),
   };
 
-  async run(): Promise<{ removed: Change[]; skipped: string[] }> {
+  async run(): Promise<{ removed: Change[]; skipped: string[]; notes: string[] }> {
     const { flags } = await this.parse(Uninstall);
     try {
       const result = uninstall(flags.record ?? defaultRecord());
       for (const c of result.removed) this.log(`undone: ${c.path}`);
+      for (const n of result.notes) this.log(n);
       for (const s of result.skipped) this.warn(s);
       return result;
     } catch (e) {

@@ -6,6 +6,11 @@
  * Nothing that belongs to the system is ever replaced silently: an existing file at a
  * target is an error, except `/usr/sbin/losetup` with `--replace-losetup`, which is
  * first renamed to a backup that uninstall puts back.
+ *
+ * `--runtime ENGINE` registers the runtime wrapper with container engines (engines.ts):
+ * their configuration files are edited, not replaced, and the record keeps what each
+ * file held before, so uninstall gives back exactly that. It may follow an earlier
+ * install: the new changes join that install's record.
  */
 import {
   copyFileSync,
@@ -24,8 +29,31 @@ import {
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { spawnSync } from 'node:child_process';
+import { tmpdir } from 'node:os';
 import { hookFileContent, hookFileName } from '../oci/hooks-json.js';
 import { STAGES } from '../oci/policy.js';
+import { DEFAULT_RUNTIME_CONFIG } from '../oci/runtime/wrapper-config.js';
+import {
+  containerdEdit,
+  containerdRegistration,
+  containerdUnblock,
+  DEFAULT_CONTAINERD_CONFIG,
+  DEFAULT_CONTAINERS_CONF_DIR,
+  DEFAULT_DOCKER_CONFIG,
+  dockerEdit,
+  dockerUnmerge,
+  EngineConfigError,
+  findRealRuntime,
+  PODMAN_DROPIN,
+  podmanEdit,
+  readText,
+  RESTART,
+  RUNTIME_NAME,
+  runtimeConfigContent,
+  type Edit,
+  type Engine,
+} from './engines.js';
 
 /** mount(8) searches /sbin:/sbin/fs.d:/sbin/fs for helpers; /sbin is /usr/sbin on Debian. */
 export const HELPER_DIR = '/sbin';
@@ -39,13 +67,30 @@ export interface InstallOptions {
   record: string;
   /** Write the OCI hook files (oci/hooks-json.ts) into this directory; null or absent: none. */
   ociHooksDir?: string | null;
+  /** Register bin/loopfs-runtime as runtime `loopfs` with these engines. */
+  runtimes?: Engine[];
+  dockerConfig?: string;
+  containerdConfig?: string;
+  containersConfDir?: string;
+  /** The wrapper's configuration file, written when a runtime is registered and it is missing. */
+  runtimeConfig?: string;
 }
+
+/** What an engine's entry in the record is about; 'runtime-config' is the wrapper's own file. */
+export type Subject = Engine | 'runtime-config';
 
 export type Change =
   | { kind: 'dir'; path: string }
   | { kind: 'symlink'; path: string; target: string }
-  | { kind: 'file'; path: string; sha256: string }
-  | { kind: 'backup'; path: string; backup: string };
+  | { kind: 'file'; path: string; sha256: string; subject?: Subject }
+  | { kind: 'backup'; path: string; backup: string }
+  /**
+   * An engine's configuration file we edited: `previous` is its content before (base64,
+   * byte for byte; null when we created it), `sha256` its content after. `entry` is what we
+   * added (docker: the wrapper's path; containerd: the block), for an uninstall after the
+   * admin changed the file since.
+   */
+  | { kind: 'edit'; path: string; subject: Engine; previous: string | null; sha256: string; entry: string; hadRuntimes?: boolean };
 
 export interface InstallRecord {
   version: 1;
@@ -61,7 +106,29 @@ export function packageRoot(): string {
 }
 
 function sha256(path: string): string {
-  return createHash('sha256').update(readFileSync(path)).digest('hex');
+  return sha256Of(readFileSync(path));
+}
+
+function sha256Of(data: string | Buffer): string {
+  return createHash('sha256').update(data).digest('hex');
+}
+
+/** Replace a file's content atomically, keeping its mode (engines read these files at any time). */
+function replaceFile(path: string, data: string | Buffer): void {
+  let mode = 0o644;
+  try {
+    mode = lstatSync(path).mode & 0o7777;
+  } catch {
+    /* a new file */
+  }
+  const tmp = `${path}.loopfs-${process.pid}.tmp`;
+  try {
+    writeFileSync(tmp, data, { mode });
+    renameSync(tmp, path);
+  } catch (e) {
+    rmSync(tmp, { force: true });
+    throw e;
+  }
 }
 
 /** Directories created by the current step (mkdirs() records the topmost new one). */
@@ -104,10 +171,27 @@ function writeRecord(path: string, rec: InstallRecord): void {
  * Plan first, then apply: every conflict is found before anything is touched, so a
  * refused install changes nothing. A failure while applying undoes what was applied.
  */
-export function install(opts: InstallOptions): InstallRecord {
-  if (readRecord(opts.record)) throw new InstallError(`already installed (see ${opts.record}); run 'loopfs uninstall' first`);
+export interface InstallResult {
+  record: InstallRecord;
+  /** The changes this run made (an install on top of an earlier one adds to its record). */
+  added: Change[];
+  /** Lines for the user: runtimes already registered, snippets to add by hand, restarts. */
+  notes: string[];
+}
+
+export function install(opts: InstallOptions): InstallResult {
+  const earlier = readRecord(opts.record);
+  const runtimes = opts.runtimes ?? [];
+  if (earlier && (runtimes.length === 0 || opts.replaceLosetup || opts.ociHooksDir)) {
+    throw new InstallError(`already installed (see ${opts.record}); run 'loopfs uninstall' first`);
+  }
   const root = packageRoot();
   const plan: Array<() => Change> = [];
+  const notes: string[] = [];
+  if (earlier) {
+    planRuntimes(opts, root, earlier, plan, notes);
+    return apply(opts.record, earlier, plan, notes);
+  }
 
   const link = (path: string, target: string) => {
     if (occupied(path)) throw new InstallError(`${path} exists; not replacing it`);
@@ -166,7 +250,13 @@ export function install(opts: InstallOptions): InstallRecord {
     }
   }
 
-  const rec: InstallRecord = { version: 1, package: root, changes: [] };
+  planRuntimes(opts, root, null, plan, notes);
+  return apply(opts.record, { version: 1, package: root, changes: [] }, plan, notes);
+}
+
+function apply(record: string, rec: InstallRecord, plan: Array<() => Change>, notes: string[]): InstallResult {
+  const kept = rec.changes.length;
+  const restore = rec.changes.length > 0 ? structuredClone(rec) : null;
   try {
     for (const step of plan) {
       const before = rec.changes.length;
@@ -174,18 +264,131 @@ export function install(opts: InstallOptions): InstallRecord {
       // directories the step had to create come first, so that undo removes them last
       rec.changes.splice(before, 0, ...createdDirs.splice(0).map((path): Change => ({ kind: 'dir', path })));
       rec.changes.push(change);
-      writeRecord(opts.record, rec); // after each step: a crash leaves an exact record
+      writeRecord(record, rec); // after each step: a crash leaves an exact record
     }
   } catch (e) {
-    undo(rec.changes);
-    rmSync(opts.record, { force: true });
+    createdDirs.splice(0); // a failed step's own directories stay with its error; not ours to record
+    undo(rec.changes.slice(kept));
+    if (restore) writeRecord(record, restore);
+    else rmSync(record, { force: true });
     throw e;
   }
-  return rec;
+  return { record: rec, added: rec.changes.slice(kept), notes };
+}
+
+/**
+ * Plan the runtime registrations: for each engine not in the earlier record, the edit of
+ * its file (nothing when the runtime is registered there already), and the wrapper's
+ * configuration file when it is missing. Conflicts throw before anything is applied.
+ */
+function planRuntimes(opts: InstallOptions, root: string, earlier: InstallRecord | null, plan: Array<() => Change>, notes: string[]): void {
+  const runtimes = opts.runtimes ?? [];
+  if (runtimes.length === 0) return;
+  const planned = plan.length;
+  const wrapper = join(root, 'bin', 'loopfs-runtime');
+  const recorded = new Set(earlier?.changes.map((c) => ('subject' in c ? c.subject : undefined)));
+  const guard = <T>(f: () => T): T => {
+    try {
+      return f();
+    } catch (e) {
+      if (e instanceof EngineConfigError) throw new InstallError(e.message);
+      throw e;
+    }
+  };
+
+  const editStep = (engine: Engine, path: string, before: string | null, edit: Edit, entry: string, hadRuntimes?: boolean) => {
+    if ('registered' in edit) {
+      notes.push(`${engine}: runtime ${RUNTIME_NAME} is already registered in ${path}`);
+      return;
+    }
+    const previous = before === null ? null : readFileSync(path).toString('base64');
+    plan.push(() => {
+      // the file must still be what we planned against: an engine or admin may write it meanwhile
+      const now = readText(path);
+      if (now !== before) throw new InstallError(`${path} changed while installing; nothing was changed`);
+      mkdirs(dirname(path));
+      replaceFile(path, edit.content);
+      return { kind: 'edit', path, subject: engine, previous, sha256: sha256(path), entry, ...(hadRuntimes === undefined ? {} : { hadRuntimes }) };
+    });
+    notes.push(`${engine}: ${RESTART[engine]}`);
+  };
+
+  for (const engine of runtimes) {
+    if (recorded.has(engine)) {
+      notes.push(`${engine}: runtime ${RUNTIME_NAME} is already registered (see ${opts.record})`);
+      continue;
+    }
+    if (engine === 'docker') {
+      const path = resolve(opts.dockerConfig ?? DEFAULT_DOCKER_CONFIG);
+      const before = guard(() => readText(path));
+      const edit = guard(() => dockerEdit(before, path, wrapper));
+      const hadRuntimes = before !== null && before.trim() !== '' && (JSON.parse(before) as Record<string, unknown>).runtimes !== undefined;
+      editStep(engine, path, before, edit, wrapper, hadRuntimes);
+    } else if (engine === 'containerd') {
+      const path = resolve(opts.containerdConfig ?? DEFAULT_CONTAINERD_CONFIG);
+      const before = guard(() => readText(path));
+      const edit = guard(() => containerdEdit(before, path, wrapper));
+      if ('manual' in edit) {
+        notes.push(`containerd: ${edit.manual}`, ...edit.snippet.trimEnd().split('\n'));
+        continue;
+      }
+      if ('content' in edit) guard(() => checkContainerdLoads(path, edit.content, wrapper));
+      editStep(engine, path, before, edit, 'block' in edit ? (edit.block ?? '') : '');
+    } else {
+      const path = resolve(opts.containersConfDir ?? DEFAULT_CONTAINERS_CONF_DIR, PODMAN_DROPIN);
+      const before = guard(() => readText(path));
+      const edit = guard(() => podmanEdit(before, path, wrapper));
+      if ('registered' in edit) {
+        notes.push(`${engine}: runtime ${RUNTIME_NAME} is already registered in ${path}`);
+        continue;
+      }
+      plan.push(() => {
+        if (occupied(path)) throw new InstallError(`${path} exists; not replacing it`);
+        mkdirs(dirname(path));
+        writeFileSync(path, edit.content, { mode: 0o644, flag: 'wx' });
+        return { kind: 'file', path, sha256: sha256(path), subject: engine };
+      });
+      notes.push(`${engine}: ${RESTART[engine]}`);
+    }
+  }
+
+  if (plan.length === planned || recorded.has('runtime-config')) return;
+  const config = resolve(opts.runtimeConfig ?? DEFAULT_RUNTIME_CONFIG);
+  if (occupied(config)) {
+    notes.push(`${config} exists; kept as it is`);
+    return;
+  }
+  const content = runtimeConfigContent(findRealRuntime(wrapper), process.env);
+  plan.push(() => {
+    mkdirs(dirname(config));
+    writeFileSync(config, content, { mode: 0o644, flag: 'wx' });
+    return { kind: 'file', path: config, sha256: sha256(config), subject: 'runtime-config' };
+  });
+}
+
+/**
+ * Where containerd is installed, have it load the edited config before it is written
+ * (`containerd --config COPY config dump`): a file it cannot parse, or one where our
+ * runtime does not come out, is refused with nothing changed.
+ */
+function checkContainerdLoads(path: string, content: string, wrapper: string): void {
+  const copy = join(tmpdir(), `loopfs-containerd-${process.pid}.toml`);
+  writeFileSync(copy, content, { mode: 0o600 });
+  try {
+    const r = spawnSync('containerd', ['--config', copy, 'config', 'dump'], { encoding: 'utf8', timeout: 20_000 });
+    if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') return; // not installed here: nothing to ask
+    const loaded = r.status === 0 ? containerdRegistration(r.stdout) : null;
+    if (loaded !== wrapper) {
+      const why = (r.stderr || r.stdout || '').trim().split('\n').pop() ?? '';
+      throw new InstallError(`${path}: containerd does not load it with the runtime added${why ? ` (${why})` : ''}; not changing it`);
+    }
+  } finally {
+    rmSync(copy, { force: true });
+  }
 }
 
 /** Undo changes in reverse order; only what is still exactly what we made. */
-function undo(changes: Change[]): string[] {
+function undo(changes: Change[], notes: string[] = []): string[] {
   const skipped: string[] = [];
   for (const c of [...changes].reverse()) {
     switch (c.kind) {
@@ -216,17 +419,49 @@ function undo(changes: Change[]): string[] {
         if (!occupied(c.path) && occupied(c.backup)) renameSync(c.backup, c.path);
         else skipped.push(`${c.backup} (could not be restored to ${c.path})`);
         break;
+      case 'edit':
+        undoEdit(c, skipped, notes);
+        break;
     }
   }
   return skipped;
 }
 
-export function uninstall(record: string): { removed: Change[]; skipped: string[] } {
+/**
+ * Give an engine's file back: byte for byte what it was when it is still what we wrote;
+ * otherwise (edited since) only our entry comes out, the admin's edits stay.
+ */
+function undoEdit(c: Extract<Change, { kind: 'edit' }>, skipped: string[], notes: string[]): void {
+  const now = occupied(c.path) ? readFileSync(c.path) : null;
+  if (now === null) {
+    skipped.push(`${c.path} (gone since install; nothing to restore)`);
+    return;
+  }
+  if (sha256Of(now) === c.sha256) {
+    if (c.previous === null) rmSync(c.path);
+    else replaceFile(c.path, Buffer.from(c.previous, 'base64'));
+  } else {
+    const text = now.toString('utf8');
+    const without = c.subject === 'docker' ? dockerUnmerge(text, c.entry, c.hadRuntimes ?? false) : containerdUnblock(text, c.entry);
+    if (without === null) {
+      skipped.push(`${c.path} (changed since install and runtime ${RUNTIME_NAME} is no longer ours there; left alone)`);
+      return;
+    }
+    replaceFile(c.path, without);
+    notes.push(`${c.path}: changed since install; removed only runtime ${RUNTIME_NAME}`);
+  }
+  // a reload makes dockerd drop runtimes only where daemon.json still names some (dockerd 20.10)
+  if (c.subject === 'docker') notes.push(`docker: ${c.hadRuntimes ? 'reload' : 'restart'} dockerd to drop runtime ${RUNTIME_NAME}: systemctl ${c.hadRuntimes ? 'reload' : 'restart'} docker`);
+  else notes.push(`containerd: restart containerd to drop runtime ${RUNTIME_NAME}: systemctl restart containerd`);
+}
+
+export function uninstall(record: string): { removed: Change[]; skipped: string[]; notes: string[] } {
   const rec = readRecord(record);
   if (!rec) throw new InstallError(`not installed (no ${record})`);
-  const skipped = undo(rec.changes);
+  const notes: string[] = [];
+  const skipped = undo(rec.changes, notes);
   rmSync(record, { force: true });
-  return { removed: rec.changes, skipped };
+  return { removed: rec.changes, skipped, notes };
 }
 
 /** Remove a directory tree that contains only (empty) directories. */
