@@ -9,9 +9,9 @@
 //  - with nobody listening on listenerPath runc refuses to start the container.
 // The listener here is the test's own (it only reads the handshake); the real agent is
 // engineer C's `loopfs oci-broker`, tested with real engines in test/engines.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -137,6 +137,53 @@ describe.skipIf(reason)('loopfs-runtime with real runc', () => {
     }
     expect(leftovers()).toEqual([]); // poststop destroyed the instance
     expect(readdirSync(RUNC_ROOT)).toEqual([]);
+  });
+
+  it('engine-style create, state, delete of an opted-in container: created with the annotations in its state; delete runs poststop', async () => {
+    const sock = path.join(RT, 'seccomp.sock');
+    mkdirSync(RT, { recursive: true });
+    writeFileSync(WRAPPER_CONFIG, JSON.stringify({ runtime: RUNC, env: { LOOPFS_RUNTIME_DIR: RT, LOOPFS_LIMITS: path.join(tmp, 'limits') } }));
+    const agent = await listener(sock);
+    const id = `loopfs-rt-created-${process.pid}`;
+    const log = path.join(tmp, `${id}.log`);
+    try {
+      const b = bundle('echo never started', (c) => c.process.env.push('LOOPFS_OCI=1'));
+      // the container's stdio is runc create's: a file, as engines give it one
+      const out = openSync(path.join(tmp, `${id}.out`), 'w');
+      const created = await new Promise<number | null>((res, rej) => {
+        const child = spawn(WRAPPER, ['--root', RUNC_ROOT, '--log', log, '--log-format', 'json', 'create', '--bundle', b, '--pid-file', path.join(tmp, `${id}.pid`), id], {
+          env: env(),
+          stdio: ['ignore', out, out],
+        });
+        child.on('error', rej).on('exit', (code) => res(code));
+      });
+      closeSync(out);
+      expect([created, readFileSync(path.join(tmp, `${id}.out`), 'utf8')]).toEqual([0, '']);
+      const state = JSON.parse((await runc(WRAPPER, ['state', id])).stdout);
+      expect([state.status, state.annotations]).toEqual(['created', { 'io.loopfs.instance': 'true' }]);
+      expect(agent.messages.map((m) => (m as Record<string, any>).metadata)).toEqual(['loopfs/1 mount=allow']); // runc spec has no filter
+      expect(leftovers().filter((f) => f.startsWith('instances/'))).toHaveLength(1); // createRuntime made the instance
+      expect(await runc(WRAPPER, ['delete', id])).toEqual({ status: 0, stdout: '', stderr: '' });
+    } finally {
+      await agent.close();
+      spawnSync(RUNC, ['--root', RUNC_ROOT, 'delete', '--force', id]);
+    }
+    expect(leftovers()).toEqual([]); // poststop destroyed it
+    expect(readdirSync(RUNC_ROOT)).toEqual([]);
+  });
+
+  it('version, help and state of a missing container: the same bytes and status as the runtime itself (runc, and crun where installed)', async () => {
+    writeFileSync(WRAPPER_CONFIG, '{}');
+    const crun = spawnSync('sh', ['-c', 'command -v crun'], { encoding: 'utf8' }).stdout.trim();
+    if (!crun) announceSkip('loopfs-runtime: crun pass-through', 'crun not installed');
+    for (const rt of [RUNC, ...(crun ? [crun] : [])]) {
+      for (const args of [['--version'], ['-v'], ['--help'], ['state', 'no-such-container'], ['features']]) {
+        const direct = await runProgram(rt, args, { env: env() });
+        const wrapped = await runProgram(WRAPPER, args, { env: { ...env(), LOOPFS_REAL_RUNTIME: rt } });
+        const norm = (r: typeof direct) => [r.exitCode, r.stdout.toString(), r.stderr.toString().replace(/time="[^"]+"/g, 'time=T')];
+        expect([rt, ...args, ...norm(wrapped)]).toEqual([rt, ...args, ...norm(direct)]);
+      }
+    }
   });
 
   it('nobody listening on listenerPath: runc refuses to start the container, nothing is left', async () => {
