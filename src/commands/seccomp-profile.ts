@@ -24,8 +24,7 @@ export default class SeccompProfile extends LoopfsCommand {
 
   async run(): Promise<{ output: string | null; listenerPath: string; listenerMetadata: string }> {
     const { flags } = await this.parse(SeccompProfile);
-    const profile = profileWithAgent(flags.from);
-    const text = `${JSON.stringify(profile, null, 2)}\n`;
+    const { profile, text } = profileWithAgent(flags.from);
     if (flags.output) writeWhole(flags.output, text);
     else this.log(text.trimEnd());
     return { output: flags.output ?? null, listenerPath: profile.listenerPath ?? '', listenerMetadata: profile.listenerMetadata ?? '' };

@@ -19,6 +19,7 @@ import { release as osRelease } from 'node:os';
 import { ENOSYS, ENOSYS_SYSCALLS, NOTIFIED_SYSCALLS, formatMetadata, parseMetadata, seccompSocketPath, type EngineVerdict } from './agent-contract.js';
 import { toSysError } from '../kernel/errors.js';
 import { OciError } from './bundle.js';
+import { parseExact } from './exact-json.js';
 import { capabilityNumber } from './capabilities.js';
 
 export const EPERM = 1;
@@ -201,20 +202,22 @@ export const DEFAULT_PROFILE = '/usr/share/containers/seccomp.json';
 
 /**
  * A seccomp profile file (containers/common or moby format) with the agent in it, for
- * `--security-opt seccomp=FILE` without the wrapper: `loopfs seccomp-profile`.
+ * `--security-opt seccomp=FILE` without the wrapper: `loopfs seccomp-profile`. `text` is
+ * the profile as JSON (2-space indent), with every number exactly as in FILE.
  */
-export function profileWithAgent(file: string, env: NodeJS.ProcessEnv = process.env, arch?: string, release?: string): SeccompFilter {
+export function profileWithAgent(file: string, env: NodeJS.ProcessEnv = process.env, arch?: string, release?: string): { profile: SeccompFilter; text: string } {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
   } catch (e) {
     throw new OciError(`${file}: ${toSysError(e).description}`);
   }
-  let doc: unknown;
+  let json;
   try {
-    doc = JSON.parse(text);
+    json = parseExact(text);
   } catch {
     throw new OciError(`${file}: not JSON`);
   }
-  return withAgent(checkFilter(doc, file), env, file, arch, release);
+  const profile = withAgent(checkFilter(json.doc, file), env, file, arch, release);
+  return { profile, text: `${json.stringify(profile, 2)}\n` };
 }

@@ -202,6 +202,16 @@ describe.skipIf(reason)('loopfs-runtime dispatcher', () => {
     expect(readdirSync(b)).toEqual(['config.json']);
   });
 
+  it('64-bit seccomp argument values in the engine filter are written back exactly', () => {
+    const b = bundle();
+    const f = path.join(b, 'config.json');
+    const rule = '{"names":["personality"],"action":"SCMP_ACT_ALLOW","args":[{"index":0,"value":18446744073709551615,"valueTwo":18446744073709551614,"op":"SCMP_CMP_MASKED_EQ"}]}';
+    writeFileSync(f, `{"process":{"env":["LOOPFS_OCI=1"]},"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[${rule}]}}}`);
+    expect(run(WRAPPER, ['create', '--bundle', b, 'ID'], cwd).status).toBe(7);
+    const text = readFileSync(f, 'utf8');
+    expect(text).toContain(`"syscalls":[${rule},{"names":["mount"],"action":"SCMP_ACT_NOTIFY"},`);
+  });
+
   it('not opted in: the bundle is not even rewritten (same bytes, same inode, same mtime)', () => {
     const b = bundle({ ociVersion: '1.0.2', process: { args: ['true'], env: ['PATH=/bin', 'LOOPFS_OCI=0'] }, root: { path: 'rootfs' }, annotations: { a: 'b' } });
     const f = path.join(b, 'config.json');

@@ -15,6 +15,7 @@ import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { toSysError } from '../../kernel/errors.js';
 import { OciError } from '../bundle.js';
+import { parseExact } from '../exact-json.js';
 import { editConfig } from './edit.js';
 import { replaceFile } from './replace-file.js';
 import { effectiveEnv, readWrapperConfig } from './wrapper-config.js';
@@ -62,21 +63,23 @@ export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.e
   } catch (e) {
     throw new OciError(`${path}: ${toSysError(e).description}`);
   }
-  let doc: unknown;
+  let json;
   try {
-    doc = JSON.parse(text);
+    json = parseExact(text);
   } catch {
     throw new OciError(`${path}: not JSON`);
   }
   let edited;
   try {
-    edited = editConfig(doc, { env: effectiveEnv(cfg, env), packageRoot: packageRoot(), nodePath: process.execPath });
+    edited = editConfig(json.doc, { env: effectiveEnv(cfg, env), packageRoot: packageRoot(), nodePath: process.execPath });
   } catch (e) {
     throw e instanceof OciError ? new OciError(`${path}: ${e.message.replace(/^config\.json:? ?/, '')}`) : e;
   }
   // not opted in, or edited already (an engine creating from the same bundle again)
-  if (edited === null || JSON.stringify(edited) === JSON.stringify(doc)) return 'untouched';
-  replaceFile(path, JSON.stringify(edited));
+  if (edited === null) return 'untouched';
+  const out = json.stringify(edited);
+  if (out === json.stringify(json.doc)) return 'untouched';
+  replaceFile(path, out);
   return 'edited';
 }
 
