@@ -23,6 +23,7 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -34,6 +35,7 @@
 #include <cstddef>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #define LOOPFS_WANT_SECCOMP_IOCTLS
@@ -411,13 +413,15 @@ struct ChildResult {
   char stage[24]; // the failed step, "" on success
   int err;
   struct stat st;
+  int declined; // nsUmount: the path is not a mount of one of the devices (nothing done)
 };
 
-[[noreturn]] void ChildReport(int fd, const char* stage, int err, const struct stat* st) {
+[[noreturn]] void ChildReport(int fd, const char* stage, int err, const struct stat* st, int declined = 0) {
   ChildResult r;
   std::memset(&r, 0, sizeof r);
   std::strncpy(r.stage, stage, sizeof r.stage - 1);
   r.err = err;
+  r.declined = declined;
   if (st) r.st = *st;
   ssize_t ignored = write(fd, &r, sizeof r);
   (void)ignored;
@@ -449,7 +453,7 @@ bool IsOwnUserNs(int fd) {
 // Forks, runs `op` in the target (in the child), and returns what the child reported;
 // throws for a failed step, naming `path`.
 template <typename Op>
-struct stat InTarget(Napi::Env env, TargetFds t, const std::string& path, Op op) {
+ChildResult InTargetResult(Napi::Env env, TargetFds t, const std::string& path, int (*before)(), Op op) {
   if (t.userns >= 0 && IsOwnUserNs(t.userns)) t.userns = -1;
   int p[2];
   if (pipe2(p, O_CLOEXEC) < 0) {
@@ -459,8 +463,9 @@ struct stat InTarget(Napi::Env env, TargetFds t, const std::string& path, Op op)
   const pid_t pid = ForkOrThrow(env, p);
   if (pid == 0) {
     close(p[0]);
+    const int pre = before ? before() : -1;
     EnterTarget(p[1], t);
-    op(p[1]);
+    op(p[1], pre);
     _exit(0);
   }
   close(p[1]);
@@ -473,7 +478,18 @@ struct stat InTarget(Napi::Env env, TargetFds t, const std::string& path, Op op)
   ReapQuietly(pid);
   if (n != static_cast<ssize_t>(sizeof r)) ThrowPathError(env, EIO, "fork", path);
   if (r.stage[0]) ThrowPathError(env, r.err ? r.err : EIO, std::string(r.stage, strnlen(r.stage, sizeof r.stage)).c_str(), path);
-  return r.st;
+  return r;
+}
+
+template <typename Op>
+struct stat InTarget(Napi::Env env, TargetFds t, const std::string& path, Op op) {
+  return InTargetResult(env, t, path, nullptr, [op](int out, int) { op(out); }).st;
+}
+
+// In nsUmount's child, before it leaves our mount namespace: its own fd directory in our
+// /proc (the target's /proc, if any, would not show a process outside its PID namespace).
+int OpenOwnFdDir() {
+  return static_cast<int>(syscall(SYS_openat, AT_FDCWD, "/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC));
 }
 
 // nsStat(target, path) → NativeStat: stat(2) of path (following symlinks, as mount(2)
@@ -508,6 +524,50 @@ Napi::Value NsMoveMount(const Napi::CallbackInfo& info) {
     ChildReport(out, "", 0, nullptr);
   });
   return info.Env().Undefined();
+}
+
+// nsUmount(target, path, flags, minors) → true (unmounted) or false (declined): inside
+// the target's namespaces, root and cwd, umount2(path) only when path is the root of a
+// mount whose device is loop device (major 7) with one of `minors`. The path is opened
+// once (O_PATH; O_NOFOLLOW when flags has UMOUNT_NOFOLLOW), checked on that fd (statx:
+// STATX_ATTR_MOUNT_ROOT and the device), and the very mount behind the fd is unmounted
+// through /proc/self/fd/N, so a path swapped after the check cannot redirect it. That fd
+// is itself a reference to the mount, so the unmount is always lazy (MNT_DETACH): the
+// mount leaves the namespace at once and the filesystem goes when its last user does.
+Napi::Value NsUmount(const Napi::CallbackInfo& info) {
+  const char* fn = "nsUmount";
+  const TargetFds t = ToTargetFds(info[0], fn);
+  const std::string path = ToPath(info[1], fn, "path");
+  const uint32_t flags = ToBits(info[2], fn, "flags");
+  if (!info[3].IsArray()) ThrowArgType(info[3], fn, "minors", "an array of loop device minors");
+  const Napi::Array a = info[3].As<Napi::Array>();
+  std::vector<uint32_t> minors;
+  for (uint32_t i = 0; i < a.Length(); ++i) minors.push_back(ToUint32(a.Get(i), fn, "minors[i]"));
+  const char* cpath = path.c_str();
+  const uint32_t* mdata = minors.data();
+  const size_t mcount = minors.size();
+  const ChildResult r = InTargetResult(info.Env(), t, path, OpenOwnFdDir, [cpath, flags, mdata, mcount](int out, int fdDir) {
+    if (fdDir < 0) ChildReport(out, "open(/proc/self/fd)", errno, nullptr);
+    const int o = O_PATH | O_CLOEXEC | ((flags & UMOUNT_NOFOLLOW) ? O_NOFOLLOW : 0);
+    const int fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, cpath, o));
+    if (fd < 0) ChildReport(out, "open", errno, nullptr);
+    struct statx sx;
+    std::memset(&sx, 0, sizeof sx);
+    if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH, STATX_BASIC_STATS, &sx) < 0) ChildReport(out, "statx", errno, nullptr);
+    bool ours = (sx.stx_attributes_mask & STATX_ATTR_MOUNT_ROOT) && (sx.stx_attributes & STATX_ATTR_MOUNT_ROOT) && sx.stx_dev_major == 7;
+    bool listed = false;
+    for (size_t i = 0; i < mcount; ++i) listed = listed || mdata[i] == sx.stx_dev_minor;
+    if (!ours || !listed) ChildReport(out, "", 0, nullptr, 1);
+    char name[16];
+    int len = 0;
+    for (int v = fd; v > 0 || len == 0; v /= 10) name[len++] = static_cast<char>('0' + v % 10);
+    for (int i = 0; i < len / 2; ++i) std::swap(name[i], name[len - 1 - i]);
+    name[len] = 0;
+    if (fchdir(fdDir) < 0) ChildReport(out, "fchdir(/proc/self/fd)", errno, nullptr);
+    if (syscall(SYS_umount2, name, MNT_DETACH) < 0) ChildReport(out, "umount2", errno, nullptr);
+    ChildReport(out, "", 0, nullptr);
+  });
+  return Napi::Boolean::New(info.Env(), r.declined == 0);
 }
 
 // ------------------------------------------------------------------ supervising
@@ -556,6 +616,7 @@ void RegisterSeccomp(Napi::Env env, Napi::Object exports) {
   exports.Set("seccompNotifIdValid", Napi::Function::New(env, SeccompNotifIdValid, "seccompNotifIdValid"));
   exports.Set("nsStat", Napi::Function::New(env, NsStat, "nsStat"));
   exports.Set("nsMoveMount", Napi::Function::New(env, NsMoveMount, "nsMoveMount"));
+  exports.Set("nsUmount", Napi::Function::New(env, NsUmount, "nsUmount"));
   exports.Set("setChildSubreaper", Napi::Function::New(env, SetChildSubreaper, "setChildSubreaper"));
   exports.Set("waitPid", Napi::Function::New(env, WaitPid, "waitPid"));
 }

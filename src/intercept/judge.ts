@@ -23,6 +23,8 @@ import { BadStringError, TrappedProcess } from './trapped.js';
 
 const SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1;
 const NR_MOUNT = 165;
+/** Trapped only by profiles that send it to the OCI agent (agent-contract JUDGED_SYSCALLS). */
+const NR_UMOUNT2 = 166;
 
 /** Continue to the kernel, an outcome (0 or an errno), or null: the caller is gone. */
 export type Answer = 'continue' | Outcome | null;
@@ -64,13 +66,14 @@ export class MountJudge {
 
   /** The answer for one notification; null when its process is gone. */
   async judge(listenerFd: number, notif: SeccompNotif): Promise<Answer> {
-    if (notif.nr !== NR_MOUNT) return { code: 'ENOSYS', why: `unexpected syscall ${notif.nr}` };
+    if (notif.nr !== NR_MOUNT && notif.nr !== NR_UMOUNT2) return { code: 'ENOSYS', why: `unexpected syscall ${notif.nr}` };
     const t = TrappedProcess.open(listenerFd, notif);
     if (!t) return null;
     try {
       const refused = this.opts.admit?.(t);
       if (refused) return refused;
       if (t.privileged) return this.opts.notPerformed(t);
+      if (notif.nr === NR_UMOUNT2) return await this.judgeUmount(t);
       const flags = mountFlags(notif.args[3]);
       switch (classify(flags)) {
         case 'remount':
@@ -117,6 +120,21 @@ export class MountJudge {
     } finally {
       t.close();
     }
+  }
+
+  /** umount2(target, flags): performed for a mount of an instance device, else notPerformed. */
+  private async judgeUmount(t: TrappedProcess): Promise<Answer> {
+    let target: string | null;
+    try {
+      target = t.readString(t.notif.args[0]);
+    } catch (e) {
+      if (e instanceof BadStringError) return t.valid() ? { code: e.code, why: 'unreadable umount argument' } : null;
+      throw e;
+    }
+    if (!t.valid()) return null;
+    if (target === null) return this.opts.notPerformed(t);
+    const done = this.opts.performer.umount(t, target, Number(t.notif.args[1] & 0xffffffffn));
+    return done ?? this.opts.notPerformed(t);
   }
 }
 

@@ -104,6 +104,31 @@ export class MountPerformer {
     return { code: null, why: `mounted ${p.what} on ${req.target}` };
   }
 
+  /**
+   * umount2 for the container's root (see PerformerOptions.containerRoot) of the root of
+   * a mount of one of the instance's devices, which it may not unmount itself without
+   * CAP_SYS_ADMIN. null: not such a caller or not such a mount (the caller's own rules
+   * apply). The check and the unmount act on one open of the path (native nsUmount).
+   */
+  umount(t: TrappedProcess, target: string, flags: number): Outcome | null {
+    const root = this.options.containerRoot;
+    if (root === undefined || t.euid !== root) return null;
+    const inst = LocalInstance.open(this.instanceDir);
+    let minors: number[];
+    try {
+      minors = Object.keys(inst.state().devices).map(Number);
+    } finally {
+      inst.close();
+    }
+    try {
+      if (!native().nsUmount(t.fds, target, flags, minors)) return null;
+    } catch (e) {
+      if (isSysError(e)) return refuse(e.code, `${target}: ${e.syscall}: ${e.description}`);
+      throw e;
+    }
+    return { code: null, why: `unmounted ${target}` };
+  }
+
   /** The checks, and the detached mount; an Outcome is a refusal. */
   private prepare(t: TrappedProcess, req: MountRequest): Outcome | Prepared {
     const hostIds = t.inOurUserNamespace;

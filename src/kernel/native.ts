@@ -401,6 +401,14 @@ export interface NativeAddon {
   nsStat(target: TargetFds, path: string): NativeStat;
   /** move_mount(mntFd → path) inside a target's user+mount namespaces, root and cwd (forked child); usernsFd as for nsStat. */
   nsMoveMount(target: TargetFds, mntFd: number, path: string): void;
+  /**
+   * umount2(path) inside a target's namespaces (as nsMoveMount), only when path (opened
+   * once, O_NOFOLLOW with UMOUNT_NOFOLLOW in flags) is the root of a mount of loop device
+   * 7:M for M in `minors`; it unmounts the very mount it checked (through /proc/self/fd),
+   * always lazily (MNT_DETACH: the checked fd itself keeps the mount busy). False:
+   * declined (not such a mount), nothing done.
+   */
+  nsUmount(target: TargetFds, path: string, flags: number, minors: number[]): boolean;
   /** prctl(PR_SET_CHILD_SUBREAPER, 1). */
   setChildSubreaper(): void;
   /** waitpid(pid, WNOHANG?|__WALL): null when still running (noHang) or no such child. */

@@ -30,6 +30,14 @@ export function seccompSocketPath(env: NodeJS.ProcessEnv = process.env): string 
 
 /** Sent to the agent (SCMP_ACT_NOTIFY). */
 export const NOTIFIED_SYSCALLS = ['mount'] as const;
+/**
+ * What the agent can also judge when a profile sends it: umount2(2). Without
+ * CAP_SYS_ADMIN (Docker's and podman's default capabilities) the container's root cannot
+ * unmount what the agent mounted for it; for it the agent unmounts the root of a mount of
+ * one of the container's instance devices, and gives every other umount2 the engine's
+ * verdict on mount(2) (the engines' default profiles gate both on CAP_SYS_ADMIN alike).
+ */
+export const JUDGED_SYSCALLS = ['mount', 'umount2'] as const;
 /** Answered with ENOSYS by the filter itself (SCMP_ACT_ERRNO, errnoRet 38). */
 export const ENOSYS_SYSCALLS = ['open_tree', 'move_mount', 'fsopen', 'fsconfig', 'fsmount', 'fspick', 'mount_setattr'] as const;
 export const ENOSYS = 38;

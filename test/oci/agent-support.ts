@@ -66,6 +66,8 @@ export interface BundleOptions {
   /** Host files bound into the container: [host path, container path]. */
   binds: Array<[string, string]>;
   args: string[];
+  /** Syscalls sent to the agent (default: the contract's NOTIFIED_SYSCALLS). */
+  notify?: readonly string[];
 }
 
 /** Docker's default capabilities (no CAP_SYS_ADMIN). */
@@ -133,7 +135,7 @@ export function writeBundle(sb: BrokerSandbox, dir: string, o: BundleOptions): v
         listenerPath: seccompSocketPath(sb.env),
         listenerMetadata: formatMetadata(o.verdict),
         syscalls: [
-          { names: [...NOTIFIED_SYSCALLS], action: 'SCMP_ACT_NOTIFY' },
+          { names: [...(o.notify ?? NOTIFIED_SYSCALLS)], action: 'SCMP_ACT_NOTIFY' },
           { names: [...ENOSYS_SYSCALLS], action: 'SCMP_ACT_ERRNO', errnoRet: 38 },
         ],
       },

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
 import { BrokerSandbox, HELLO, waitFor, type Server } from '../broker/support.js';
+import { JUDGED_SYSCALLS } from '../../src/oci/agent-contract.js';
 import { agentSkipReason, brokerLog, DOCKER_CAPS, Runc, startBroker, text, writeBundle } from './agent-support.js';
 
 const reason = agentSkipReason('seccomp agent with runc');
@@ -140,7 +141,7 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
     expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: a remount must keep nosuid,nodev/);
   });
 
-  it('a container without a user namespace (root is host uid 0 without CAP_SYS_ADMIN): mount -o loop is performed without ID mapping', async () => {
+  it('a container without a user namespace (root is host uid 0 without CAP_SYS_ADMIN): mount -o loop is performed without ID mapping, and umount of it (only of it) when umount2 is sent too', async () => {
     sb = new BrokerSandbox('loopfs-agent-runc');
     runc = new Runc(sb);
     broker = await startBroker(sb);
@@ -153,23 +154,37 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
       `awk '$5=="/mnt"{for(i=7;$i!="-";i++);print $6, $(i+1), $(i+2)}' /proc/self/mountinfo`,
       // CAP_SYS_ADMIN is the engine's condition for everything else (cap:21:1)
       'mkdir /tmp/t && echo "tmpfs: $(mnt mount none /tmp/t tmpfs 0)"',
+      // umount2 sent to the agent too: only the instance's mount is unmounted for it
+      'umount /proc/kcore 2>/dev/null; echo "umount of a masked path: $?"',
+      'umount /tmp 2>/dev/null; echo "umount of another mount: $?"',
+      'losetup -a | wc -l',
+      'umount /mnt; echo "umount /mnt: $?"',
+      'losetup -a | wc -l',
     ].join('\n');
     writeBundle(sb, bundle, {
       caps: DOCKER_CAPS,
       verdict: { kind: 'cap', cap: 21, errno: 1 },
       binds: [[sb.image, '/img']],
       args: ['sh', '-c', script],
+      notify: JUDGED_SYSCALLS,
     });
     const r = await runc.runForeground('agent-ct3', bundle);
     const out = text(r.stdout).split('\n');
     expect({ code: r.exitCode, stderr: text(r.stderr) }).toEqual({ code: 0, stderr: '' });
     expect(out[0]).toBe(HELLO.trim());
     expect(out[1]).toMatch(/^rw,nosuid,nodev,relatime ext4 \/dev\/loop\d+$/);
-    expect(out.slice(2)).toEqual(['tmpfs: EPERM', '']);
+    expect(out.slice(2)).toEqual([
+      'tmpfs: EPERM',
+      'umount of a masked path: 32',
+      'umount of another mount: 32',
+      '1',
+      'umount /mnt: 0',
+      '0',
+      '',
+    ]);
     await runc.removeAll();
     expect(e2cat(sb.image, '/rootful.txt')).toBe('persisted\n');
-    // the mount died with the container's mount namespace, and with it the device (autoclear)
-    await waitFor('the device to be freed', () => boundUnder(sb!.root).length === 0);
+    expect(boundUnder(sb.root)).toEqual([]);
   });
 
   it('after the agent restarts, the container keeps running but its trapped mount(2) fails with ENOSYS; new execs are served again', async () => {
