@@ -3,10 +3,13 @@
 // and the exact message of each tool, so a test compares what util-linux or busybox printed.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+import { expect } from 'vitest';
+import { readLoopState } from '../helpers/devices.js';
 import { runProgram } from '../helpers/run.js';
 import { REF_LOSETUP } from '../helpers/env.js';
-import { type BrokerSandbox } from '../broker/support.js';
-import { text } from './support.js';
+import { HELLO, type BrokerSandbox } from '../broker/support.js';
+import { answers, describeRun, deviceNode, instanceOf, NOTHING, text, waitNothingLeft, type Engine } from './support.js';
 
 /** one MSG: a tool's whole message on one line, its newlines as '~' (util-linux prints two lines). */
 export const ONE = "one() { printf %s \"$1\" | tr '\\n' '~'; }\n";
@@ -16,9 +19,13 @@ export const UL_EPERM = 'mount: /mnt: permission denied.~       dmesg(1) may hav
 /** busybox's, for any EPERM of mount(2). */
 export const BB_EPERM = 'mount: permission denied (are you root?)';
 
-/** The container's loop entries: `dev` its /dev/loopN names, `node-loopN` each node's major:minor (hex). */
+/**
+ * The container's loop entries: `dev` its /dev/loopN names, `node-loopN` each node's
+ * major:minor (hex), `sysblock` the loop entries of its /sys/block (no host device may show).
+ */
 export const LIST_NODES = `echo "dev $(ls /dev | grep -E '^loop([0-9]+|-control)$' | sort | tr '\\n' ' ' | sed 's/ $//')"
 for d in $(ls /dev | grep -E '^loop[0-9]+$'); do echo "node-$d $(stat -L -c %t:%T /dev/$d)"; done
+echo "sysblock $(ls /sys/block | grep -E '^loop' | sort | tr '\\n' ' ' | sed 's/ $//')"
 echo "caps sys_admin=$(( ($(grep CapEff /proc/self/status | cut -f2 | sed 's/^/0x/') >> 21) & 1 ))"
 `;
 
@@ -99,3 +106,80 @@ export async function writtenOnHost(sb: BrokerSandbox, image: string): Promise<s
   });
   return text(r.stdout) + text(r.stderr);
 }
+
+/**
+ * Unmodified util-linux `mount -o loop` as the container's (unprivileged) root: read back,
+ * write, a remount dropping nosuid refused, the host device and btrfs refused, umount.
+ */
+export const USERNS_MOUNT = `${ONE}echo "id $(id -u)"
+echo "sys_admin $(( ($(grep CapEff /proc/self/status | cut -f2 | sed 's/^/0x/') >> 21) & 1 ))"
+out=$(/usr/bin/mount -o loop /img /mnt 2>&1); echo "mount $? $(one "$out")"
+echo "read $(cat /mnt/hello.txt)"
+echo "info $(grep ' /mnt ' /proc/self/mountinfo | cut -d' ' -f3,6)"
+echo "$WRITE" > /mnt/new.txt; echo "write $?"
+out=$(/usr/bin/mount -o remount,suid /mnt 2>&1); echo "remount-suid $? $(one "$out")"
+out=$(/usr/bin/mount -o remount,dev /mnt 2>&1); echo "remount-dev $? $(one "$out")"
+echo "loopfs $(ls /dev/loopfs | grep -E '^loop[0-9]+$' | sort | tr '\\n' ' ' | sed 's/ $//')"
+out=$(/usr/bin/mount -t ext4 /hostdev /tmp 2>&1); echo "host $? $(one "$out")"
+out=$(/usr/bin/mount -t ext4 /otherdev /tmp 2>&1); echo "other $? $(one "$out")"
+out=$(/usr/bin/mount -o loop /btrfs.img /tmp 2>&1); echo "btrfs $? $(one "$out")"
+out=$(/usr/bin/umount /mnt 2>&1); echo "umount $? $(one "$out")"
+echo "after $(grep -c ' /mnt ' /proc/self/mountinfo)"
+echo end
+`;
+
+export interface Case {
+  sb: BrokerSandbox;
+  engine: Engine;
+  hostFile: string;
+  hostDev: string;
+}
+
+/**
+ * USERNS_MOUNT as the root of a container started with FLAGS (another container of the same
+ * flags runs meanwhile: its device is bound in as /otherdev), then the host's view: the host
+ * device untouched, nothing left after removal, the write in the image.
+ */
+export async function userNsMount(c: Case, flags: string[], image: string, requester: number, owner: { uid: number; gid: number }, word: string): Promise<void> {
+  const { sb, engine, hostFile, hostDev } = c;
+  const hostNode = deviceNode(sb, 'host', Number(path.basename(hostDev).slice(4)));
+  const other = await engine.start(flags, []);
+  let id = '';
+  try {
+    const otherInst = instanceOf(sb, other, requester);
+    expect(otherInst.minors.length).toBeGreaterThan(0);
+    const otherNode = deviceNode(sb, 'other', otherInst.minors[0]);
+    id = await engine.start(flags, [`${image}:/img`, `${hostNode}:/hostdev`, `${otherNode}:/otherdev`, `${btrfsImage(sb)}:/btrfs.img`]);
+    const inst = instanceOf(sb, id, requester);
+    expect(inst.owner).toEqual(owner);
+    const r = await engine.exec(id, `WRITE='${word}'\n${USERNS_MOUNT}`);
+    const a = answers(r);
+    const log = describeRun(r);
+    expect(a('end'), log).toBe('');
+    expect(a('id'), log).toBe('0');
+    expect(a('sys_admin'), 'no CAP_SYS_ADMIN').toBe('0');
+    expect(a('mount'), log).toBe('0 ');
+    expect(a('read'), log).toBe(HELLO.trim());
+    expect(a('info'), log).toMatch(new RegExp(`^7:(${inst.minors.join('|')}) rw,nosuid,nodev,relatime,idmapped$`));
+    expect(a('write'), log).toBe('0');
+    expect(a('remount-suid'), log).toBe(`32 ${UL_EPERM}`);
+    expect(a('remount-dev'), log).toBe(`32 ${UL_EPERM}`);
+    expect(a('loopfs'), "the container's /dev/loopfs holds its own devices only").toBe(inst.minors.map((m) => `loop${m}`).sort().join(' '));
+    expect(a('host'), log).toBe(`32 ${UL_EPERM.replace('/mnt', '/tmp')}`);
+    expect(a('other'), log).toBe(`32 ${UL_EPERM.replace('/mnt', '/tmp')}`);
+    expect(a('btrfs'), log).toBe(`32 ${UL_EPERM.replace('/mnt', '/tmp')}`);
+    // soft: the rest (nothing left, the write persisted) is checked also when umount fails
+    expect.soft(a('umount'), log).toBe('0 ');
+    expect.soft(a('after'), log).toBe('0');
+    // autoclear: the umount freed the device (it stays the instance's)
+    for (const m of inst.minors) expect.soft(readLoopState(`loop${m}`), `loop${m} freed by umount`).toBeUndefined();
+    expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
+    for (const m of otherInst.minors) expect(readLoopState(`loop${m}`)).toBeUndefined();
+  } finally {
+    if (id) await engine.remove(id);
+    await engine.remove(other);
+  }
+  expect(await waitNothingLeft(sb, engine, [hostFile])).toEqual(NOTHING);
+  expect(await writtenOnHost(sb, image)).toBe(`${word}\n`);
+}
+

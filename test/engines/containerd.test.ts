@@ -81,6 +81,7 @@ describe.skipIf(!!reason)('containerd: ctr run --runc-binary loopfs-runtime --an
       expect(x('id'), log).toBe('0');
       expect(x('caps'), "ctr's default spec gives no CAP_SYS_ADMIN").toBe('sys_admin=0');
       expect(x('dev'), log).toBe('loop0 loop1');
+      expect(x('sysblock'), 'the host\'s loop devices are not in its /sys/block').toBe('loop0 loop1');
       const nodes = [0, 1].map((n) => hexMinor(x(`node-loop${n}`)));
       expect(nodes, log).toEqual(inst.minors);
       expect(nodes).not.toContain(Number(path.basename(hostDev).slice(4)));

@@ -8,22 +8,10 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { readLoopState } from '../helpers/devices.js';
-import { BrokerSandbox, HELLO, Server } from '../broker/support.js';
+import { BrokerSandbox, Server } from '../broker/support.js';
 import { installHooks, Podman, SubIdRanges } from '../oci/support.js';
-import {
-  answers,
-  describeRun,
-  deviceNode,
-  engineSkipReason,
-  instanceOf,
-  NOTHING,
-  RuntimeShim,
-  text,
-  waitNothingLeft,
-  type Engine,
-} from './support.js';
-import { ONE, UL_EPERM, btrfsImage, writtenOnHost } from './checks.js';
+import { describeRun, engineSkipReason, RuntimeShim, text, type Engine } from './support.js';
+import { userNsMount, type Case } from './checks.js';
 
 const reason = engineSkipReason('podman with loopfs-runtime', ['podman']);
 const v1Reason = fs.existsSync('/sys/fs/cgroup/devices/devices.allow') ? undefined : 'no cgroup v1 devices controller';
@@ -39,67 +27,6 @@ function podmanEngine(p: Podman, runtimeFlags: string[]): Engine {
     },
     processes: () => p.conmons(),
   };
-}
-
-/**
- * Unmodified util-linux `mount -o loop` as the container's (unprivileged) root: read back,
- * write, a remount dropping nosuid refused, the host device and btrfs refused, umount.
- */
-const USERNS_MOUNT = `${ONE}echo "id $(id -u)"
-echo "sys_admin $(( ($(grep CapEff /proc/self/status | cut -f2 | sed 's/^/0x/') >> 21) & 1 ))"
-out=$(/usr/bin/mount -o loop /img /mnt 2>&1); echo "mount $? $(one "$out")"
-echo "read $(cat /mnt/hello.txt)"
-echo "info $(grep ' /mnt ' /proc/self/mountinfo | cut -d' ' -f3,6)"
-echo "$WRITE" > /mnt/new.txt; echo "write $?"
-out=$(/usr/bin/mount -o remount,suid /mnt 2>&1); echo "remount-suid $? $(one "$out")"
-out=$(/usr/bin/mount -o remount,dev /mnt 2>&1); echo "remount-dev $? $(one "$out")"
-out=$(/usr/bin/mount -t ext4 /hostdev /tmp 2>&1); echo "host $? $(one "$out")"
-out=$(/usr/bin/mount -o loop /btrfs.img /tmp 2>&1); echo "btrfs $? $(one "$out")"
-out=$(/usr/bin/umount /mnt 2>&1); echo "umount $? $(one "$out")"
-echo "after $(grep -c ' /mnt ' /proc/self/mountinfo)"
-echo end
-`;
-
-interface Case {
-  sb: BrokerSandbox;
-  engine: Engine;
-  hostFile: string;
-  hostDev: string;
-}
-
-/** One container: USERNS_MOUNT as its root, then the host's view and that nothing is left. */
-async function userNsMount(c: Case, flags: string[], image: string, requester: number, owner: { uid: number; gid: number }, word: string): Promise<void> {
-  const { sb, engine, hostFile, hostDev } = c;
-  const hostNode = deviceNode(sb, 'host', Number(path.basename(hostDev).slice(4)));
-  const id = await engine.start(flags, [`${image}:/img`, `${hostNode}:/hostdev`, `${btrfsImage(sb)}:/btrfs.img`]);
-  try {
-    const inst = instanceOf(sb, id, requester);
-    expect(inst.owner).toEqual(owner);
-    const r = await engine.exec(id, `WRITE='${word}'\n${USERNS_MOUNT}`);
-    const a = answers(r);
-    const log = describeRun(r);
-    expect(a('end'), log).toBe('');
-    expect(a('id'), log).toBe('0');
-    expect(a('sys_admin'), 'no CAP_SYS_ADMIN').toBe('0');
-    expect(a('mount'), log).toBe('0 ');
-    expect(a('read'), log).toBe(HELLO.trim());
-    expect(a('info'), log).toMatch(new RegExp(`^7:(${inst.minors.join('|')}) rw,nosuid,nodev,relatime,idmapped$`));
-    expect(a('write'), log).toBe('0');
-    expect(a('remount-suid'), log).toBe(`32 ${UL_EPERM}`);
-    expect(a('remount-dev'), log).toBe(`32 ${UL_EPERM}`);
-    expect(a('host'), log).toBe(`32 ${UL_EPERM.replace('/mnt', '/tmp')}`);
-    expect(a('btrfs'), log).toBe(`32 ${UL_EPERM.replace('/mnt', '/tmp')}`);
-    // soft: the rest (nothing left, the write persisted) is checked also when umount fails
-    expect.soft(a('umount'), log).toBe('0 ');
-    expect.soft(a('after'), log).toBe('0');
-    // autoclear: the umount freed the device (it stays the instance's)
-    for (const m of inst.minors) expect.soft(readLoopState(`loop${m}`), `loop${m} freed by umount`).toBeUndefined();
-    expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
-  } finally {
-    await engine.remove(id);
-  }
-  expect(await waitNothingLeft(sb, engine, [hostFile])).toEqual(NOTHING);
-  expect(await writtenOnHost(sb, image)).toBe(`${word}\n`);
 }
 
 describe.skipIf(!!reason)('podman --runtime loopfs-runtime', () => {
@@ -124,7 +51,7 @@ describe.skipIf(!!reason)('podman --runtime loopfs-runtime', () => {
     rootful = new Podman(sb, 'rootful', noHooks);
     // mount points for the device node and the btrfs image: a runtime in a user namespace
     // cannot create them in a rootfs owned by the host's root
-    for (const f of ['hostdev', 'btrfs.img']) fs.writeFileSync(path.join(rootful.rootfs, f), '');
+    for (const f of ['hostdev', 'otherdev', 'btrfs.img']) fs.writeFileSync(path.join(rootful.rootfs, f), '');
     rootless = new Podman(sb, 'rootless', noHooks, { user: sb.user });
     const hostFile = sb.file('host.img');
     c = { sb, hostFile, hostDev: sb.hostAttach(hostFile) };

@@ -57,15 +57,9 @@ export class RuntimeShim {
   readonly path: string;
   readonly config: string;
 
-  /**
-   * `target`: the wrapper (default), or a plain runtime: the same shim with runc behind it,
-   * for harness checks and the benchmark's baseline.
-   */
   constructor(
     readonly sb: BrokerSandbox,
     name = 'loopfs-runtime',
-    target = WRAPPER,
-    realRuntime = RUNC,
   ) {
     const dir = sb.path('shims');
     fs.mkdirSync(dir, { recursive: true, mode: 0o755 });
@@ -73,11 +67,10 @@ export class RuntimeShim {
     this.config = path.join(dir, `${name}.json`);
     fs.writeFileSync(
       this.config,
-      `${JSON.stringify({ runtime: realRuntime, env: { LOOPFS_RUNTIME_DIR: sb.runtime, LOOPFS_LIMITS: sb.limits } })}\n`,
+      `${JSON.stringify({ runtime: RUNC, env: { LOOPFS_RUNTIME_DIR: sb.runtime, LOOPFS_LIMITS: sb.limits } })}\n`,
       { mode: 0o644 },
     );
-    const env = target === WRAPPER ? `LOOPFS_RUNTIME_CONFIG=${this.config} ` : '';
-    fs.writeFileSync(this.path, `#!/bin/sh\n${env}exec ${target} "$@"\n`, { mode: 0o755 });
+    fs.writeFileSync(this.path, `#!/bin/sh\nLOOPFS_RUNTIME_CONFIG=${this.config} exec ${WRAPPER} "$@"\n`, { mode: 0o755 });
   }
 }
 
