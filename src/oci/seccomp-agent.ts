@@ -27,6 +27,13 @@
  * And since the listener itself cannot be traced to the handshake's process, every
  * notification's process must be in the container's PID namespace, else EPERM.
  *
+ * What is performed (MountPerformer, containerRoot): mounts of the container's instance
+ * devices for the container's root, i.e. the instance owner as the host sees it (the
+ * hook makes the instance owned by the container's root as mapped), with or without
+ * CAP_SYS_ADMIN and also without a user namespace (then not ID-mapped); and, when the
+ * profile sends umount2 too (JUDGED_SYSCALLS), their unmount. Everything else gets the
+ * engine's verdict from listenerMetadata.
+ *
  * Lifetime: a listener is closed when it hangs up (every filtered process is gone), when
  * the container's init exits, when its instance is destroyed, and when the agent stops;
  * an answer still being worked out then is dropped (its fd is closed only after it).
@@ -184,9 +191,10 @@ export class SeccompAgent {
     try {
       this.accept(p.cred, result.doc, result.fds);
     } catch (e) {
+      // whatever went wrong, the agent stays up and keeps nothing of this handshake
       for (const f of result.fds) n.close(f);
-      if (!(e instanceof Refused)) throw e;
-      this.opts.log(`seccomp agent: uid ${p.cred.uid} pid ${p.cred.pid}: handshake refused: ${e.message}`);
+      const why = e instanceof Refused ? e.message : `internal error: ${(e as Error).message}`;
+      this.opts.log(`seccomp agent: uid ${p.cred.uid} pid ${p.cred.pid}: handshake refused: ${why}`);
     }
   }
 
@@ -384,19 +392,22 @@ class Listener {
   private closed = false;
   onClosed: (() => void) | null = null;
 
+  private readonly log: (line: string) => void;
+
   constructor(
     private readonly fd: number,
     c: Container,
     verdict: EngineVerdict,
     log: (line: string) => void,
   ) {
+    this.log = (line) => log(`seccomp agent: container ${c.id}: ${line}`);
     this.judge = new MountJudge({
       performer: c.performer,
       notPerformed: (t) => verdictAnswer(verdict, t),
       // the listener came from the runtime, not from the kernel's word about the process:
       // serve only the container's own processes
       admit: (t) => (t.pidNs === c.pidNs ? null : { code: 'EPERM', why: `pid ${t.notif.pid} is not a process of container ${c.id}` }),
-      log: (line) => log(`seccomp agent: container ${c.id}: ${line}`),
+      log: this.log,
     });
     this.watcher = native().watchFd(fd, () => this.onReadable());
   }
@@ -404,18 +415,28 @@ class Listener {
   private onReadable(): void {
     const n = native();
     // watchFd fires for a hang-up too, and RECV would block then: tell them apart
-    const p = n.pollNow(this.fd);
-    if (p.readable) {
-      const notif = n.seccompNotifRecv(this.fd);
-      if (!notif) return;
-      this.inflight++;
-      void this.judge.answer(this.fd, notif, () => !this.closed).finally(() => {
+    let notif;
+    try {
+      const p = n.pollNow(this.fd);
+      if (!p.readable) {
+        if (p.hangup || p.error) this.close(); // every filtered process is gone
+        return;
+      }
+      notif = n.seccompNotifRecv(this.fd);
+    } catch (e) {
+      this.log(`listener: ${(e as Error).message}; closed`);
+      this.close();
+      return;
+    }
+    if (!notif) return;
+    this.inflight++;
+    this.judge
+      .answer(this.fd, notif, () => !this.closed)
+      .catch((e: Error) => this.log(`pid ${notif.pid}: cannot answer: ${e.message}`))
+      .finally(() => {
         this.inflight--;
         if (this.closed && this.inflight === 0) n.close(this.fd);
       });
-      return;
-    }
-    if (p.hangup || p.error) this.close(); // every filtered process is gone
   }
 
   /** Stop serving; the fd is closed once no answer is being worked out (its number must not be reused under one). */

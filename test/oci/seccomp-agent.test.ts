@@ -294,4 +294,39 @@ describe.skipIf(!!reason)('seccomp agent handshake', () => {
     await waitFor('the agent to close the listener', () => broker!.fdCount() === baseline, 10_000).catch(() => undefined);
     expect(broker!.fdCount()).toBe(baseline);
   }, 60_000);
+
+  it('backs off when out of fds (EMFILE) instead of spinning, and serves again once fds are back', async () => {
+    const b = cts.find((c) => c.id === 'fuzz-b')!;
+    const n = native();
+    const pid = broker!.pid;
+    const cpuTicks = () => {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      return Number(f[11]) + Number(f[12]); // utime + stime
+    };
+    // the soft limit only: root may lack CAP_SYS_RESOURCE to raise a hard one again
+    const [soft, hard] = execFileSync('prlimit', ['--pid', String(pid), '--nofile', '--output', 'SOFT,HARD', '--noheadings'], { encoding: 'utf8' }).trim().split(/\s+/);
+    const limit = broker!.fdCount() + 2;
+    execFileSync('prlimit', ['--pid', String(pid), `--nofile=${limit}:${hard}`]);
+    const held: number[] = [];
+    try {
+      // two idle connections take the last fds; the rest wait in the backlog while accept fails
+      for (let i = 0; i < 8; i++) held.push(n.streamConnect(seccompSocketPath(sb.env)));
+      await waitFor('the agent to hit EMFILE', () => /seccomp agent: accept: .*EMFILE|Too many open files.*pausing/.test(brokerLog(broker!)), 10_000);
+      const before = cpuTicks();
+      await sleep(1000);
+      // a spinning accept loop burns a core (100 ticks/s); pausing costs next to nothing
+      expect(cpuTicks() - before).toBeLessThan(20);
+    } finally {
+      execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:${hard}`]);
+      for (const fd of held) n.close(fd);
+    }
+    expect(await attempt([Buffer.from(JSON.stringify(handshake(b)))], [b.listenerFd], false)).toBe(true);
+    await waitFor('the agent to serve fuzz-b', () => /container fuzz-b .*serving pid/.test(brokerLog(broker!)));
+    native().close(b.listenerFd);
+    b.listenerFd = -1;
+    fs.writeFileSync(b.go, '');
+    await waitFor('the container to mount', () => fs.existsSync(b.result));
+    expect(fs.readFileSync(b.result, 'utf8')).toBe('EACCES\n');
+  }, 60_000);
 });
