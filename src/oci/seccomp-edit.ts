@@ -9,14 +9,17 @@
  *    as listenerMetadata, so the agent refuses exactly what the engine refused;
  *  - the trapped syscalls are taken out of every engine rule (a rule naming nothing else
  *    goes), so no engine rule can shadow ours; every other rule and field stays as it was;
- *  - one rule sends NOTIFIED_SYSCALLS to the agent, one answers ENOSYS_SYSCALLS with ENOSYS;
+ *  - one rule sends NOTIFIED_SYSCALLS to the agent, and each other call the agent can judge
+ *    (JUDGED_SYSCALLS: umount2, so a container without CAP_SYS_ADMIN can unmount what the
+ *    agent mounted for it) where the engine's verdict on it is its verdict on mount(2) (the
+ *    agent gives such calls the mount verdict); one rule answers ENOSYS_SYSCALLS with ENOSYS;
  *  - listenerPath is the agent's socket. A filter that already has a listener belongs to
  *    another agent: refused (a filter has one listener), unless it is loopfs's own (same
  *    socket, loopfs metadata), which is kept as it is: the edit is idempotent.
  */
 import { readFileSync } from 'node:fs';
 import { release as osRelease } from 'node:os';
-import { ENOSYS, ENOSYS_SYSCALLS, NOTIFIED_SYSCALLS, formatMetadata, parseMetadata, seccompSocketPath, type EngineVerdict } from './agent-contract.js';
+import { ENOSYS, ENOSYS_SYSCALLS, JUDGED_SYSCALLS, NOTIFIED_SYSCALLS, formatMetadata, parseMetadata, seccompSocketPath, type EngineVerdict } from './agent-contract.js';
 import { toSysError } from '../kernel/errors.js';
 import { OciError } from './bundle.js';
 import { parseExact } from './exact-json.js';
@@ -124,9 +127,10 @@ function appliesHere(r: SeccompRule, arch: string, release: string): boolean {
 }
 
 /**
- * The engine's verdict on a mount(2) that nothing else decides, from its original filter.
+ * The engine's verdict on a mount(2) (or another `syscall`) that nothing else decides, from
+ * its original filter.
  *
- * A resolved filter (config.json) has no conditions: the first rule naming mount decides,
+ * A resolved filter (config.json) has no conditions: the first rule naming it decides,
  * else the default action. A profile's rules may depend on the container's capabilities
  * (`includes.caps`: every cap held; `excludes.caps`: none held), so the verdict is worked
  * out for every combination of the caps those rules name: the same everywhere is that
@@ -134,8 +138,8 @@ function appliesHere(r: SeccompRule, arch: string, release: string): boolean {
  * (the metadata can only tighten). A rule with argument filters on mount allows some
  * calls and not others, which the metadata cannot say: it refuses too.
  */
-export function engineMountVerdict(filter: SeccompFilter, arch: string = process.arch, release: string = osRelease()): EngineVerdict {
-  const rules = (filter.syscalls ?? []).filter((r) => namesOf(r).includes('mount') && appliesHere(r, arch, release));
+export function engineMountVerdict(filter: SeccompFilter, arch: string = process.arch, release: string = osRelease(), syscall = 'mount'): EngineVerdict {
+  const rules = (filter.syscalls ?? []).filter((r) => namesOf(r).includes(syscall) && appliesHere(r, arch, release));
   const fallback = actionVerdict(filter.defaultAction, filter.defaultErrnoRet);
   const caps = [...new Set(rules.flatMap((r) => [...(r.includes?.caps ?? []), ...(r.excludes?.caps ?? [])]))];
   if (caps.length > 8) return { kind: 'errno', errno: EPERM };
@@ -148,7 +152,6 @@ export function engineMountVerdict(filter: SeccompFilter, arch: string = process
       worlds.push({ kind: 'errno', errno: r.action === 'SCMP_ACT_ERRNO' ? (r.errnoRet ?? EPERM) : (refusalErrno(fallback) ?? EPERM) });
     else worlds.push(actionVerdict(r.action, r.errnoRet));
   }
-  const same = (a: EngineVerdict, b: EngineVerdict) => JSON.stringify(a) === JSON.stringify(b);
   if (worlds.every((w) => same(w, worlds[0]))) return worlds[0];
   // worlds[0] holds no cap, worlds[1] the one cap
   const cap = caps.length === 1 ? capabilityNumber(caps[0]) : null;
@@ -156,15 +159,15 @@ export function engineMountVerdict(filter: SeccompFilter, arch: string = process
   return { kind: 'errno', errno: worlds.map(refusalErrno).find((e) => e !== null) ?? EPERM };
 }
 
-/** The rules loopfs adds: mount(2) to the agent, the new mount API answered ENOSYS. */
-export function agentRules(): SeccompRule[] {
+const same = (a: EngineVerdict, b: EngineVerdict) => JSON.stringify(a) === JSON.stringify(b);
+
+/** The rules loopfs adds: `notified` to the agent, the new mount API answered ENOSYS. */
+export function agentRules(notified: readonly string[] = JUDGED_SYSCALLS): SeccompRule[] {
   return [
-    { names: [...NOTIFIED_SYSCALLS], action: 'SCMP_ACT_NOTIFY' },
+    { names: [...notified], action: 'SCMP_ACT_NOTIFY' },
     { names: [...ENOSYS_SYSCALLS], action: 'SCMP_ACT_ERRNO', errnoRet: ENOSYS },
   ];
 }
-
-const TRAPPED = new Set<string>([...NOTIFIED_SYSCALLS, ...ENOSYS_SYSCALLS]);
 
 /**
  * `filter` (or, when the container has none, a filter that allows everything) with the
@@ -181,7 +184,13 @@ export function withAgent(filter: unknown, env: NodeJS.ProcessEnv, what: string,
   if (f.listenerPath === seccompSocketPath(env) && parseMetadata(f.listenerMetadata) !== null) return f;
   if (typeof f.listenerPath === 'string' && f.listenerPath !== '')
     throw new OciError(`${what}.listenerPath is already set (${f.listenerPath}): another seccomp agent serves this container`);
-  const verdict = engineMountVerdict(f, arch, release ?? osRelease());
+  const rel = release ?? osRelease();
+  const verdict = engineMountVerdict(f, arch, rel);
+  const notified = [
+    ...NOTIFIED_SYSCALLS,
+    ...JUDGED_SYSCALLS.filter((s) => !(NOTIFIED_SYSCALLS as readonly string[]).includes(s) && same(engineMountVerdict(f, arch, rel, s), verdict)),
+  ];
+  const TRAPPED = new Set<string>([...notified, ...ENOSYS_SYSCALLS]);
   const kept: SeccompRule[] = [];
   for (const r of f.syscalls ?? []) {
     const names = namesOf(r);
@@ -194,7 +203,7 @@ export function withAgent(filter: unknown, env: NodeJS.ProcessEnv, what: string,
     const { name: _single, ...others } = r;
     kept.push({ ...others, names: rest });
   }
-  return { ...f, syscalls: [...kept, ...agentRules()], listenerPath: seccompSocketPath(env), listenerMetadata: formatMetadata(verdict) };
+  return { ...f, syscalls: [...kept, ...agentRules(notified)], listenerPath: seccompSocketPath(env), listenerMetadata: formatMetadata(verdict) };
 }
 
 /** podman's (containers/common) default profile. */

@@ -209,7 +209,7 @@ describe.skipIf(reason)('loopfs-runtime dispatcher', () => {
     writeFileSync(f, `{"process":{"env":["LOOPFS_OCI=1"]},"linux":{"seccomp":{"defaultAction":"SCMP_ACT_ERRNO","syscalls":[${rule}]}}}`);
     expect(run(WRAPPER, ['create', '--bundle', b, 'ID'], cwd).status).toBe(7);
     const text = readFileSync(f, 'utf8');
-    expect(text).toContain(`"syscalls":[${rule},{"names":["mount"],"action":"SCMP_ACT_NOTIFY"},`);
+    expect(text).toContain(`"syscalls":[${rule},{"names":["mount","umount2"],"action":"SCMP_ACT_NOTIFY"},`);
   });
 
   it('not opted in: the bundle is not even rewritten (same bytes, same inode, same mtime)', () => {

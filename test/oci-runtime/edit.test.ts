@@ -18,9 +18,9 @@ const clone = <T>(v: T): T => structuredClone(v);
 const CTX: EditContext = { env: { LOOPFS_RUNTIME_DIR: '/run/rt-test' }, packageRoot: '/opt/loopfs', nodePath: '/usr/bin/node', arch: 'x64', release: '6.1.0' };
 const HOOK_ENV = ['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin', 'LOOPFS_DATA_DIR=/nonexistent', 'LOOPFS_RUNTIME_DIR=/run/rt-test'];
 const hook = (stage: string) => ({ path: '/usr/bin/node', args: ['node', '/opt/loopfs/bin/loopfs', 'oci-hook', stage], env: HOOK_ENV });
-const TRAPPED = ['mount', 'open_tree', 'move_mount', 'fsopen', 'fsconfig', 'fsmount', 'fspick', 'mount_setattr'];
+const TRAPPED = ['mount', 'umount2', 'open_tree', 'move_mount', 'fsopen', 'fsconfig', 'fsmount', 'fspick', 'mount_setattr'];
 const AGENT_RULES = [
-  { names: ['mount'], action: 'SCMP_ACT_NOTIFY' },
+  { names: ['mount', 'umount2'], action: 'SCMP_ACT_NOTIFY' },
   { names: ['open_tree', 'move_mount', 'fsopen', 'fsconfig', 'fsmount', 'fspick', 'mount_setattr'], action: 'SCMP_ACT_ERRNO', errnoRet: 38 },
 ];
 const LISTENER = '/run/rt-test/seccomp.sock';
@@ -64,7 +64,7 @@ describe('runtime wrapper: config.json edit', () => {
     want.linux.seccomp.syscalls = [
       ...rules.slice(0, 9),
       {
-        names: ['bpf', 'clone', 'clone3', 'fanotify_init', 'lookup_dcookie', 'name_to_handle_at', 'perf_event_open', 'quotactl', 'quotactl_fd', 'setdomainname', 'sethostname', 'setns', 'syslog', 'umount', 'umount2', 'unshare'],
+        names: ['bpf', 'clone', 'clone3', 'fanotify_init', 'lookup_dcookie', 'name_to_handle_at', 'perf_event_open', 'quotactl', 'quotactl_fd', 'setdomainname', 'sethostname', 'setns', 'syslog', 'umount', 'unshare'],
         action: 'SCMP_ACT_ALLOW',
       },
       rules[10],
@@ -88,7 +88,7 @@ describe('runtime wrapper: config.json edit', () => {
     want.linux.seccomp.listenerPath = LISTENER;
     want.linux.seccomp.listenerMetadata = 'loopfs/1 mount=allow';
     expect(out).toEqual(want);
-    expect(out!.linux.seccomp.syscalls[1].names).toHaveLength(366);
+    expect(out!.linux.seccomp.syscalls[1].names).toHaveLength(365);
     expect(out!.linux.seccomp.defaultErrnoRet).toBe(38);
   });
 
@@ -115,7 +115,7 @@ describe('runtime wrapper: config.json edit', () => {
       defaultAction: 'SCMP_ACT_ALLOW',
       flags: ['SECCOMP_FILTER_FLAG_LOG'],
       syscalls: [
-        { names: ['mount', 'umount2'], action: 'SCMP_ACT_ERRNO', errnoRet: 13 },
+        { names: ['mount', 'chroot', 'umount2'], action: 'SCMP_ACT_ERRNO', errnoRet: 13 },
         { names: ['mount'], action: 'SCMP_ACT_ALLOW' },
         { names: ['fsopen', 'fsmount'], action: 'SCMP_ACT_ALLOW' },
       ],
@@ -123,10 +123,29 @@ describe('runtime wrapper: config.json edit', () => {
     expect(withAgent(seccomp, CTX.env, 'x')).toEqual({
       defaultAction: 'SCMP_ACT_ALLOW',
       flags: ['SECCOMP_FILTER_FLAG_LOG'],
-      syscalls: [{ names: ['umount2'], action: 'SCMP_ACT_ERRNO', errnoRet: 13 }, ...AGENT_RULES],
+      syscalls: [{ names: ['chroot'], action: 'SCMP_ACT_ERRNO', errnoRet: 13 }, ...AGENT_RULES],
       listenerPath: LISTENER,
       listenerMetadata: 'loopfs/1 mount=errno:13',
     });
+  });
+
+  it('umount2 goes to the agent only where the engine judges it as it judges mount (the agent gives it the mount verdict)', () => {
+    // mount refused with EACCES, umount2 allowed: umount2 stays the engine's
+    const seccomp = { defaultAction: 'SCMP_ACT_ALLOW', syscalls: [{ names: ['mount', 'chroot'], action: 'SCMP_ACT_ERRNO', errnoRet: 13 }] };
+    expect(withAgent(seccomp, CTX.env, 'x')).toEqual({
+      defaultAction: 'SCMP_ACT_ALLOW',
+      syscalls: [
+        { names: ['chroot'], action: 'SCMP_ACT_ERRNO', errnoRet: 13 },
+        { names: ['mount'], action: 'SCMP_ACT_NOTIFY' },
+        AGENT_RULES[1],
+      ],
+      listenerPath: LISTENER,
+      listenerMetadata: 'loopfs/1 mount=errno:13',
+    });
+    // umount2 filtered by its flags: not the same verdict, left in its rule
+    const args = [{ index: 1, value: 2, op: 'SCMP_CMP_MASKED_EQ', valueTwo: 2 }];
+    const withArgs = { defaultAction: 'SCMP_ACT_ERRNO', syscalls: [{ names: ['mount'], action: 'SCMP_ACT_ALLOW' }, { names: ['umount2'], action: 'SCMP_ACT_ALLOW', args }] };
+    expect(withAgent(withArgs, CTX.env, 'x').syscalls).toEqual([{ names: ['umount2'], action: 'SCMP_ACT_ALLOW', args }, { names: ['mount'], action: 'SCMP_ACT_NOTIFY' }, AGENT_RULES[1]]);
   });
 
   it('the verdict: default action and defaultErrnoRet, ERRNO without errnoRet, args, kill, log', () => {
