@@ -170,9 +170,17 @@ export class MountPerformer {
       if (!inst.contains(new LoopDevice(host))) return refuse('EPERM', `loop${minor} is not a device of ${this.instanceDir}`);
       const sys = SysfsLoop.forName(`loop${minor}`);
       if (!sys.isBound()) return refuse('ENXIO', `loop${minor} is not bound to a file`);
-      const fstype = req.fstype || probeFilesystem(devFd);
+      const probed = probeFilesystem(devFd);
+      const fstype = req.fstype || probed;
       if (!fstype) return refuse('EINVAL', `loop${minor}: cannot tell the filesystem type`);
       if (!this.allowFs.includes(fstype)) {
+        // The device holds an allowed filesystem of another type: the kernel's answer to a
+        // wrong type (EINVAL), so that a caller trying type after type goes on to the right
+        // one (busybox mount without -t tries ext3 and ext2 before ext4; ext2/ext3
+        // superblocks are the ext4 driver's, which probes as ext4).
+        if (req.fstype && probed && probed !== req.fstype && this.allowFs.includes(probed)) {
+          return refuse('EINVAL', `loop${minor} holds ${probed}, not ${req.fstype} (which is not allowed)`);
+        }
         return refuse('EPERM', `filesystem type ${fstype} is not allowed (allowed: ${this.allowFs.join(', ') || 'none'})`);
       }
       const readOnly = (req.flags & MS.RDONLY) !== 0 || sys.readOnly() === true;

@@ -33,7 +33,7 @@ export function agentSkipReason(what: string, needRunc = true): string | undefin
     fs.existsSync(path.join(REPO_ROOT, 'dist', 'oci', 'seccomp-agent.js')) ? undefined : 'dist/oci/seccomp-agent.js missing (run npm run build)',
     process.arch === 'x64' ? undefined : `the tests' filters are built for x86_64 only (this is ${process.arch})`,
     installed('gcc') ? undefined : 'gcc not installed',
-    ...(needRunc ? ['runc', 'mkfs.ext2'].map((t) => (installed(t) ? undefined : `${t} not installed`)) : []),
+    ...(needRunc ? ['runc', 'mkfs.minix'].map((t) => (installed(t) ? undefined : `${t} not installed`)) : []),
     !needRunc || fs.existsSync('/bin/busybox') ? undefined : '/bin/busybox missing (busybox-static)',
   );
   announceSkip(what, reason);

@@ -58,7 +58,7 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
     expect(errors).toEqual([]);
   });
 
-  it('a user-namespace container: unmodified mount -o loop succeeds through the agent, reads back, a write persists, umount frees the device', async () => {
+  it('a user-namespace container: unmodified mount -o loop (util-linux, and busybox without -t) succeeds through the agent, reads back, a write persists, umount frees the device', async () => {
     sb = new BrokerSandbox('loopfs-agent-runc');
     runc = new Runc(sb);
     broker = await startBroker(sb);
@@ -72,6 +72,8 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
       'losetup -a | wc -l',
       'umount /mnt || exit 11',
       'losetup -a | wc -l',
+      // busybox, without -t: it tries ext3 and ext2 before ext4
+      'mkdir /tmp/bb && busybox mount -o loop /img /tmp/bb && cat /tmp/bb/new.txt && umount /tmp/bb',
       'echo done',
     ].join('\n');
     writeBundle(sb, bundle, {
@@ -87,19 +89,21 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
     expect(out[0]).toBe(HELLO.trim());
     // nosuid,nodev forced, ID-mapped to the container's user namespace, ext4 on a loop device
     expect(out[1]).toMatch(/^rw,nosuid,nodev,relatime,idmapped ext4 \/dev\/loop\d+$/);
-    expect(out.slice(2)).toEqual(['1', '0', 'done', '']);
+    expect(out.slice(2)).toEqual(['1', '0', 'persisted', 'done', '']);
     expect(e2cat(sb.image, '/new.txt')).toBe('persisted\n');
     expect(brokerLog(broker)).toMatch(/seccomp agent: container agent-ct1 \(.*\/oci\/0\/agent-ct1\): serving pid \d+'s listener, mount verdict cap 21 else errno 1/);
     expect(boundUnder(sb.root)).toEqual([]);
   });
 
-  it('refuses a host device, a filesystem outside the allow-list and a remount dropping nosuid/nodev; other mounts get the engine verdict; exec connections are served', async () => {
+  it('refuses a host device, a filesystem outside the allow-list (the wrong type of an allowed one is EINVAL) and a remount dropping nosuid/nodev; other mounts get the engine verdict; exec connections are served', async () => {
     sb = new BrokerSandbox('loopfs-agent-runc');
     runc = new Runc(sb);
     broker = await startBroker(sb);
-    const ext2 = path.join(sb.files, 'ext2.img');
-    execFileSync('mkfs.ext2', ['-q', '-F', ext2, '4M'], { stdio: 'pipe' });
-    sb.giveToUser(ext2);
+    // minix: a filesystem the kernel may know but the agent does not allow
+    const minix = path.join(sb.files, 'minix.img');
+    sb.file('minix.img', 4 << 20);
+    execFileSync('mkfs.minix', [minix], { stdio: 'pipe' });
+    sb.giveToUser(minix);
     const hostDev = sb.hostAttach(sb.file('host.img', 4 << 20));
     const bundle = sb.path('ct2');
     fs.mkdirSync(bundle);
@@ -107,7 +111,7 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
       root: { uid: sb.user.uid, gid: sb.user.gid },
       caps: ALL_CAPS_USERNS,
       verdict: { kind: 'cap', cap: 21, errno: 1 },
-      binds: [[sb.image, '/img'], [ext2, '/img2'], [hostDev, '/hostdev']],
+      binds: [[sb.image, '/img'], [minix, '/img2'], [hostDev, '/hostdev']],
       args: ['sleep', '600'],
     });
     await runc.runDetached('agent-ct2', bundle);
@@ -115,7 +119,12 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
       'mkdir -p /tmp/t',
       'echo "host device: $(mnt mount /hostdev /mnt ext4 0)"',
       'dev=$(losetup -f --show /img2)',
-      'echo "ext2: $(mnt mount $dev /mnt ext2 0)"',
+      'echo "minix: $(mnt mount $dev /mnt minix 0)"',
+      'echo "unmodified minix: $(mount -o loop /img2 /mnt 2>&1 | head -n 1)"',
+      'losetup -d $dev',
+      // the wrong type for an allowed filesystem is the kernel's EINVAL (busybox tries the next)
+      'dev=$(losetup -f --show /img)',
+      'echo "ext4 as ext3: $(mnt mount $dev /mnt ext3 0)"',
       'losetup -d $dev',
       'mount -o loop /img /mnt || exit 10',
       'echo "remount,bind: $(mnt mount none /mnt none 0x1020)"',
@@ -128,7 +137,9 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
     expect({ code: r.exitCode, stderr: text(r.stderr) }).toEqual({ code: 0, stderr: '' });
     expect(text(r.stdout).split('\n')).toEqual([
       'host device: EPERM',
-      'ext2: EPERM',
+      'minix: EPERM',
+      'unmodified minix: mount: /mnt: permission denied.',
+      'ext4 as ext3: EINVAL',
       'remount,bind: EPERM',
       'remount,bind,nosuid,nodev: ok',
       'tmpfs: ok',
@@ -137,7 +148,8 @@ describe.skipIf(!!reason)('seccomp agent (runc)', () => {
     ]);
     const log = brokerLog(broker);
     expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: \/hostdev \(7:\d+\) is not|container agent-ct2: pid \d+: EPERM: loop\d+ is not a device of/);
-    expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: filesystem type ext2 is not allowed/);
+    expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: filesystem type minix is not allowed/);
+    expect(log).toMatch(/container agent-ct2: pid \d+: EINVAL: loop\d+ holds ext4, not ext3 \(which is not allowed\)/);
     expect(log).toMatch(/container agent-ct2: pid \d+: EPERM: a remount must keep nosuid,nodev/);
   });
 
