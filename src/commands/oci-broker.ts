@@ -4,7 +4,7 @@ import { OciError } from '../oci/bundle.js';
 import { OciBroker } from '../oci/oci-broker.js';
 
 export default class OciBrokerCommand extends LoopfsCommand {
-  static summary = 'Give rootless containers private instances (the privileged half of `loopfs oci-hook`).';
+  static summary = 'Give rootless containers private instances (the privileged half of `loopfs oci-hook`), and perform containers\' mount -o loop (the seccomp agent).';
   static description =
     'Runs as root until SIGTERM or SIGINT, listening on RUNTIME/oci.sock (/run/loopfs/oci.sock). A rootless runtime\'s ' +
     'createRuntime hook asks it for an instance for its container: the caller\'s uid (SO_PEERCRED) owns it, the ' +
