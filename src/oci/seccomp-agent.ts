@@ -218,7 +218,7 @@ export class SeccompAgent {
       c.listeners.delete(l);
       if (c.listeners.size === 0) this.dropContainer(c);
     };
-    this.opts.log(`seccomp agent: container ${h.id} (${c.dir}): serving pid ${h.pid}'s listener, mount verdict ${describeVerdict(h.verdict)}`);
+    this.opts.log(`seccomp agent: container ${h.id} (${c.dir}): serving pid ${h.pid}'s listener, mount verdict ${describeVerdict(h.verdict)}, from uid ${cred.uid}`);
   }
 
   /** The served container of that id (made on first use); throws Refused. */

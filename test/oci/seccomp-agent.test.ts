@@ -236,26 +236,39 @@ describe.skipIf(!!reason)('seccomp agent handshake', () => {
     for (const fd of [pipeR, pipeW, sockOther, devNull]) n.close(fd);
   }, 240_000);
 
-  it('refuses a peer uid that does not own the container, even with a valid handshake', async () => {
+  /** The fixture client as `uid`, sending `doc` with `listenerFd` as its fd 3. */
+  async function clientAs(uid: number, gid: number, doc: object, listenerFd: number): Promise<{ code: number | null; out: string; err: string }> {
+    const child = spawn(
+      'setpriv',
+      ['--reuid', String(uid), '--regid', String(gid), '--clear-groups', process.execPath, CLIENT, ADDON, 'send', seccompSocketPath(sb.env), JSON.stringify(doc)],
+      { stdio: ['ignore', 'pipe', 'pipe', listenerFd] },
+    );
+    const out: Buffer[] = [];
+    const err: Buffer[] = [];
+    child.stdout!.on('data', (d: Buffer) => out.push(d));
+    child.stderr!.on('data', (d: Buffer) => err.push(d));
+    const code = await new Promise<number | null>((res) => child.on('close', res));
+    return { code, out: Buffer.concat(out).toString(), err: Buffer.concat(err).toString() };
+  }
+
+  it('refuses a peer uid that does not own the container, even with a valid handshake; serves its owner', async () => {
     const a = cts.find((c) => c.id === 'fuzz-a')!;
     const before = broker!.fdCount();
     for (let i = 0; i < 3; i++) {
-      const child = spawn(
-        'setpriv',
-        ['--reuid', String(NOBODY), '--regid', String(NOBODY), '--clear-groups', process.execPath, CLIENT, ADDON, 'send', seccompSocketPath(sb.env), JSON.stringify(handshake(a))],
-        { stdio: ['ignore', 'pipe', 'pipe', a.listenerFd] },
-      );
-      const out: Buffer[] = [];
-      const err: Buffer[] = [];
-      child.stdout!.on('data', (d: Buffer) => out.push(d));
-      child.stderr!.on('data', (d: Buffer) => err.push(d));
-      const code = await new Promise<number | null>((res) => child.on('close', res));
-      expect({ code, out: Buffer.concat(out).toString(), err: Buffer.concat(err).toString() }).toEqual({ code: 0, out: 'closed\n', err: '' });
+      expect(await clientAs(NOBODY, NOBODY, handshake(a), a.listenerFd)).toEqual({ code: 0, out: 'closed\n', err: '' });
     }
     expect(brokerLog(broker!)).toMatch(new RegExp(`uid ${NOBODY} pid \\d+: handshake refused: container fuzz-a: uid ${NOBODY} does not own its instance`));
     await waitFor('the agent to close what it received', () => broker!.fdCount() === before, 10_000).catch(() => undefined);
     expect(broker!.fdCount()).toBe(before);
     expect(brokerLog(broker!)).not.toMatch(/serving pid/);
+
+    // the container's root as the host sees it (the instance owner) is a runtime that may hand over
+    const c = await fakeContainer('fuzz-c');
+    expect(await clientAs(sb.user.uid, sb.user.gid, handshake(c), c.listenerFd)).toEqual({ code: 0, out: 'closed\n', err: '' });
+    await waitFor('the agent to serve fuzz-c', () => new RegExp(`container fuzz-c .*serving pid ${c.init}'s listener, mount verdict errno 13, from uid ${sb.user.uid}`).test(brokerLog(broker!)));
+    stopContainer(c);
+    await waitFor('the agent to close its listener', () => broker!.fdCount() === before, 10_000).catch(() => undefined);
+    expect(broker!.fdCount()).toBe(before);
   });
 
   it('a flood of idle connections from one uid is cut at its share; a valid handshake, in pieces, is then served: mount(2) gets the engine verdict, and the listener closes with the container', async () => {
@@ -276,7 +289,7 @@ describe.skipIf(!!reason)('seccomp agent handshake', () => {
       const cuts = [7, 100, full.length - 3];
       const pieces = [full.subarray(0, cuts[0]), full.subarray(cuts[0], cuts[1]), full.subarray(cuts[1], cuts[2]), full.subarray(cuts[2])];
       expect(await attempt(pieces, [a.listenerFd], false)).toBe(true);
-      await waitFor('the agent to serve the listener', () => /serving pid \d+'s listener, mount verdict errno 13/.test(brokerLog(broker!)));
+      await waitFor('the agent to serve the listener', () => /container fuzz-a .*serving pid \d+'s listener, mount verdict errno 13, from uid 0/.test(brokerLog(broker!)));
     } finally {
       flood.kill('SIGKILL');
     }
