@@ -70,6 +70,7 @@ export const DEFAULT_LIMITS: AgentLimits = { maxBytes: 1 << 20, timeoutMs: 5_000
 /** How long accepting pauses after EMFILE/ENFILE (the connection stays queued). */
 const FD_EXHAUSTED_BACKOFF_MS = 200;
 const READ_CHUNK = 64 * 1024;
+const MAX_PARSE_TRIES = 64;
 const SECCOMP_LISTENER_LINK = 'anon_inode:seccomp notify';
 
 export interface AgentOptions {
@@ -299,6 +300,7 @@ export class SeccompAgent {
 class Pending {
   private readonly chunks: Buffer[] = [];
   private size = 0;
+  private tries = 0;
   private readonly fds: number[] = [];
   private readonly watcher: FdWatcher;
   private readonly timer: NodeJS.Timeout;
@@ -336,8 +338,13 @@ class Pending {
       this.chunks.push(m.data);
       this.size += m.data.length;
       if (this.size > this.limits.maxBytes) return this.fail(`handshake longer than ${this.limits.maxBytes} bytes`);
-      // a JSON object is complete exactly when it parses: no proper prefix of one does
-      if (m.data.length > 0 && lastNonSpace(m.data) === 0x7d /* } */ && this.finish(false)) return;
+      // a JSON object is complete exactly when it parses: no proper prefix of one does.
+      // Each try parses everything so far: bounded, or tiny pieces ending in } would cost
+      // quadratic time (runtimes write the document at once: it comes in a few pieces)
+      if (m.data.length > 0 && lastNonSpace(m.data) === 0x7d /* } */) {
+        if (++this.tries > MAX_PARSE_TRIES) return this.fail(`no complete handshake in ${MAX_PARSE_TRIES} pieces`);
+        if (this.finish(false)) return;
+      }
     }
   }
 
