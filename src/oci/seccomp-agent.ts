@@ -112,13 +112,6 @@ export class SeccompAgent {
     this.watch();
   }
 
-  /** Listeners being served (for tests and the log). */
-  get listenerCount(): number {
-    let n = 0;
-    for (const c of this.containers.values()) n += c.listeners.size;
-    return n;
-  }
-
   private watch(): void {
     this.watcher = native().watchFd(this.listenFd, () => this.acceptAll());
   }
