@@ -158,7 +158,7 @@ export class OciBroker {
     const n = native();
     mkdirSync(runtimeDir(this.env), { recursive: true, mode: 0o755 });
     // anybody may ask: who they are is what SO_PEERCRED says, and they get only their own
-    const agentFd = listenFresh(seccompSocketPath(this.env), 'seccomp agent', n.streamConnect, n.streamListen);
+    const agentFd = listenFresh(seccompSocketPath(this.env), 'OCI broker', n.streamConnect, n.streamListen);
     try {
       this.listenFd = listenFresh(this.socketPath, 'OCI broker', n.seqpacketConnect, n.seqpacketListen);
     } catch (e) {
