@@ -2,6 +2,7 @@
 // C headers so they are right for the architecture the addon was built on (O_DIRECT and
 // O_DIRECTORY differ between x86 and arm64, for instance).
 #include <fcntl.h>
+#include <linux/openat2.h>
 #include <sched.h>
 #include <sys/file.h>
 #include <sys/socket.h>
@@ -27,6 +28,9 @@ void RegisterConstants(Napi::Env env, Napi::Object exports) {
   LOOPFS_CONSTANT(O_NOFOLLOW);
   LOOPFS_CONSTANT(O_DIRECTORY);
   LOOPFS_CONSTANT(O_PATH);
+  // openat2 RESOLVE_* (linux/openat2.h)
+  LOOPFS_CONSTANT(RESOLVE_IN_ROOT);
+  LOOPFS_CONSTANT(RESOLVE_NO_MAGICLINKS);
   LOOPFS_CONSTANT(O_NONBLOCK);
   LOOPFS_CONSTANT(O_TRUNC);
   LOOPFS_CONSTANT(AT_FDCWD);

@@ -14,7 +14,8 @@
 //    user namespace gives.
 // A forked child of a multi-threaded process may only make async-signal-safe calls: the
 // children below use raw syscalls and memory prepared before fork, nothing else, and end
-// with _exit. They report through a pipe/socket, and the parent reaps them at once
+// with _exit. (The nsStat/nsMoveMount/nsUmount children share our memory instead of
+// copying it: see SpawnSharedVm.) They report through a pipe/socket, and the parent reaps them at once
 // (waitpid on that pid only: libuv reaps only the processes it started).
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -23,6 +24,9 @@
 #include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
+#include <pthread.h>
+#include <sched.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -452,6 +456,45 @@ bool IsOwnUserNs(int fd) {
 
 // Forks, runs `op` in the target (in the child), and returns what the child reported;
 // throws for a failed step, naming `path`.
+template <typename F>
+int SharedVmChildMain(void* body) {
+  (*static_cast<F*>(body))();
+  _exit(0);
+}
+
+// The child of InTarget, started like posix_spawn starts one: clone(CLONE_VM |
+// CLONE_VFORK) on a stack of its own, so that no page table of node's large address space
+// is copied (a fork costs milliseconds here, per mount). The child shares our memory but
+// not our files or fs (root, cwd: its own copies), is its own thread group, and this
+// thread waits until it has exited, so it may touch memory the caller prepared: it makes
+// raw syscalls only, reports through the pipe and _exits. setns(2) allows a user
+// namespace for such a task (one thread in its group, an fs of its own). All signals are
+// blocked around the clone: a handler of node's must never run on the child's stack.
+template <typename F>
+pid_t SpawnSharedVm(Napi::Env env, int fds[2], F& body) {
+  constexpr size_t kStack = 256 * 1024;
+  void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+  if (stack == MAP_FAILED) {
+    const int err = errno;
+    close(fds[0]);
+    close(fds[1]);
+    ThrowFdError(env, err, "mmap", -1);
+  }
+  sigset_t all, old;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &old);
+  const pid_t pid = clone(SharedVmChildMain<F>, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_VFORK | SIGCHLD, &body);
+  const int err = errno;
+  pthread_sigmask(SIG_SETMASK, &old, nullptr);
+  munmap(stack, kStack);
+  if (pid < 0) {
+    close(fds[0]);
+    close(fds[1]);
+    ThrowFdError(env, err, "clone", -1);
+  }
+  return pid;
+}
+
 template <typename Op>
 ChildResult InTargetResult(Napi::Env env, TargetFds t, const std::string& path, int (*before)(), Op op) {
   if (t.userns >= 0 && IsOwnUserNs(t.userns)) t.userns = -1;
@@ -460,14 +503,13 @@ ChildResult InTargetResult(Napi::Env env, TargetFds t, const std::string& path, 
     const int err = errno;
     ThrowFdError(env, err, "pipe2", -1);
   }
-  const pid_t pid = ForkOrThrow(env, p);
-  if (pid == 0) {
-    close(p[0]);
+  auto body = [&]() {
+    close(p[0]); // the child's copy of the fd table
     const int pre = before ? before() : -1;
     EnterTarget(p[1], t);
     op(p[1], pre);
-    _exit(0);
-  }
+  };
+  const pid_t pid = SpawnSharedVm(env, p, body);
   close(p[1]);
   ChildResult r;
   std::memset(&r, 0, sizeof r);

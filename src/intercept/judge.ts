@@ -16,7 +16,8 @@
  * Notifications are judged each to its end on node's event loop; only a FUSE mount waits.
  */
 import { constants as osConstants } from 'node:os';
-import { native, type SeccompNotif } from '../kernel/native.js';
+import { hasCode } from '../kernel/errors.js';
+import { native, type NativeStat, type SeccompNotif } from '../kernel/native.js';
 import { classify, mountFlags, remountKeepsNosuidNodev } from './policy.js';
 import type { MountPerformer, Outcome } from './perform.js';
 import { BadStringError, TrappedProcess } from './trapped.js';
@@ -95,12 +96,8 @@ export class MountJudge {
       // the strings are ours now; they were read from the trapped thread, not a successor
       if (!t.valid()) return null;
       if (source === null || target === null) return this.opts.notPerformed(t);
-      let st;
-      try {
-        st = native().nsStat(t.fds, source);
-      } catch {
-        return this.opts.notPerformed(t); // no such source: not a device, the kernel answers
-      }
+      const st = statSource(t, source);
+      if (!st) return this.opts.notPerformed(t); // no such source: not a device, the kernel answers
       const c = native().constants;
       // Not a block device: the kernel judges it with the caller's own privilege (tmpfs,
       // proc, fuse in a user namespace…). Should a racing thread turn the source into a
@@ -135,6 +132,36 @@ export class MountJudge {
     if (target === null) return this.opts.notPerformed(t);
     const done = this.opts.performer.umount(t, target, Number(t.notif.args[1] & 0xffffffffn));
     return done ?? this.opts.notPerformed(t);
+  }
+}
+
+/**
+ * stat(2) of mount(2)'s source as the caller resolves it; null when there is none. An
+ * absolute path is resolved here, inside the caller's root (RESOLVE_IN_ROOT on its
+ * /proc/TID/root: its mount namespace, absolute symlinks kept inside) without a fork,
+ * which costs milliseconds in a process node's size; relative paths and magic links
+ * (/proc/self/fd/N) take nsStat, a child in the caller's namespaces. Only a block device
+ * matters, and it is checked again by the performer on the host's own node.
+ */
+function statSource(t: TrappedProcess, source: string): NativeStat | null {
+  const n = native();
+  const c = n.constants;
+  if (source.startsWith('/')) {
+    let fd = -1;
+    try {
+      fd = n.openat2(t.fds.rootFd, source, c.O_PATH, c.RESOLVE_IN_ROOT | c.RESOLVE_NO_MAGICLINKS);
+      return n.fstat(fd);
+    } catch (e) {
+      // ELOOP: a magic link; ENOSYS: no openat2 (before 5.6): ask a child instead
+      if (!hasCode(e, 'ELOOP', 'ENOSYS', 'EXDEV', 'EAGAIN')) return null;
+    } finally {
+      if (fd >= 0) n.close(fd);
+    }
+  }
+  try {
+    return n.nsStat(t.fds, source);
+  } catch {
+    return null;
   }
 }
 

@@ -70,6 +70,8 @@ export interface NativeConstants {
   O_NOFOLLOW: number;
   O_DIRECTORY: number;
   O_PATH: number;
+  RESOLVE_IN_ROOT: number;
+  RESOLVE_NO_MAGICLINKS: number;
   O_NONBLOCK: number;
   O_TRUNC: number;
   AT_FDCWD: number;
@@ -203,6 +205,8 @@ export interface NativeAddon {
   open(path: string, flags: number, mode?: number): number;
   /** openat(2) relative to a directory fd; O_CLOEXEC is always added. */
   openat(dirfd: number, name: string, flags: number, mode?: number): number;
+  /** openat2(2) with RESOLVE_* flags (RESOLVE_IN_ROOT: resolve inside dirfd as its root); O_CLOEXEC is always added. */
+  openat2(dirfd: number, name: string, flags: number, resolve: number): number;
   close(fd: number): void;
 
   /** ioctl(LOOP_CTL_GET_FREE): index of a free device (the kernel adds one if needed). */
