@@ -8,10 +8,8 @@
 //   mount round trip  unmodified `mount -o loop IMG DIR` + `umount DIR` inside a container
 //                   with a user namespace (rootful podman --uidmap through the wrapper: the
 //                   agent in `loopfs oci-broker` performs the mount), as a ratio to root on the
-//                   host in a private mount namespace (target <= 1.3x). The container gets
-//                   CAP_SYS_ADMIN in its own user namespace only so that its root may umount
-//                   (the agent traps mount(2), not umount2(2)); the kernel still refuses it the
-//                   ext4 mount itself, so every mount goes through the agent.
+//                   host in a private mount namespace (target <= 1.3x). The container's root
+//                   has no CAP_SYS_ADMIN: both mount(2) and umount2(2) go through the agent.
 //
 // Start-to-exit runs are interleaved (machine noise hits every mode alike); medians are
 // reported with the ratio to plain runc of the same engine. Not a test: nothing here asserts.
@@ -59,19 +57,25 @@ const runtime = path.join(tmp, 'run');
 const env = { PATH: PATH_ENV, LANG: 'C.UTF-8', HOME: tmp, LOOPFS_RUNTIME_DIR: runtime, LOOPFS_LIMITS: path.join(tmp, 'limits') };
 const daemons = [];
 
-/** A daemon of ours; `ready()` polls until it answers. */
+/**
+ * A daemon of ours, its output in a log file: a pipe would fill while the timed runs block
+ * this process's event loop (spawnSync), and dockerd stops at its next log line. `ready()`
+ * polls until it answers.
+ */
 async function daemon(name, cmd, args, ready) {
-  const child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const out = [];
-  for (const s of [child.stdout, child.stderr]) s.setEncoding('utf8').on('data', (d) => out.push(d));
+  const log = path.join(tmp, `${name.replace(/\W+/g, '-')}.log`);
+  const fd = fs.openSync(log, 'a');
+  const child = spawn(cmd, args, { env, stdio: ['ignore', fd, fd] });
+  fs.closeSync(fd);
   const d = { name, child, pids: [] };
   daemons.push(d);
+  const out = () => fs.readFileSync(log, 'utf8');
   for (let i = 0; i < 600; i++) {
     if (child.exitCode !== null) break;
-    if (await ready(out.join(''))) return d;
+    if (await ready(out())) return d;
     await sleep(100);
   }
-  throw new Error(`${name} did not start: ${out.join('').slice(-2000)}`);
+  throw new Error(`${name} did not start: ${out().slice(-2000)}`);
 }
 
 function alive(pid) {
@@ -95,10 +99,20 @@ function ok(cmd, args, what = `${cmd} ${args.join(' ')}`) {
   return r.stdout;
 }
 
-/** Wall time of one command, in ms (it must succeed). */
-function timedRun(argv) {
+const HANG_MS = 60_000;
+
+/**
+ * Wall time of one command, in ms (it must succeed), or null when it hung: such a run is
+ * killed after HANG_MS, counted (the table's "hung"), and `unstick` removes what it left.
+ */
+function timedRun(argv, unstick) {
   const t0 = process.hrtime.bigint();
-  ok(argv[0], argv.slice(1));
+  const r = spawnSync(argv[0], argv.slice(1), { env, encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: HANG_MS, killSignal: 'SIGKILL' });
+  if (r.error?.code === 'ETIMEDOUT') {
+    unstick?.();
+    return null;
+  }
+  if (r.status !== 0) throw new Error(`${argv.join(' ')}: rc ${r.status}: ${r.stdout}${r.stderr}`);
   return Number(process.hrtime.bigint() - t0) / 1e6;
 }
 
@@ -123,7 +137,11 @@ const shimConfig = path.join(tmp, 'runtime.json');
 const MAP = 400000;
 
 const results = new Map();
-const record = (name, ms) => (results.get(name) ?? results.set(name, []).get(name)).push(ms);
+const hung = new Map();
+const record = (name, ms) => {
+  if (ms === null) hung.set(name, (hung.get(name) ?? 0) + 1);
+  else (results.get(name) ?? results.set(name, []).get(name)).push(ms);
+};
 
 try {
   buildRootfs(rootfs);
@@ -153,6 +171,10 @@ try {
     const run = (extra) => [...docker, 'run', '--rm', '--network', 'none', ...extra, 'loopfs-bench/busybox', 'true'];
     engines.push({
       name: 'docker',
+      unstick: () => {
+        const ids = ok(docker[0], [...docker.slice(1), 'ps', '-aq']).split('\n').filter(Boolean);
+        if (ids.length) ok(docker[0], [...docker.slice(1), 'rm', '-f', ...ids]);
+      },
       modes: [
         ['runc', run([])],
         ['wrapper, not opted in', run(['--runtime', 'loopfs'])],
@@ -184,8 +206,15 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
       'ctr', '-a', sock, 'run', '--rm', '--fifo-dir', path.join(base, 'fifo'), '--runc-root', path.join(base, 'runc'), '--runc-binary', binary,
       ...extra, '--rootfs', rootfs, `bench-${++n}`, '/bin/true',
     ];
+    const ctr = ['ctr', '-a', sock];
     engines.push({
       name: 'containerd',
+      unstick: () => {
+        for (const id of ok(ctr[0], [...ctr.slice(1), 'containers', 'ls', '-q']).split('\n').filter(Boolean)) {
+          spawnSync(ctr[0], [...ctr.slice(1), 'task', 'delete', '-f', id], { env, stdio: 'ignore' });
+          spawnSync(ctr[0], [...ctr.slice(1), 'containers', 'rm', id], { env, stdio: 'ignore' });
+        }
+      },
       modes: [
         ['runc', run(RUNC, [])],
         ['wrapper, not opted in', run(shim, [])],
@@ -206,6 +235,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     const run = (extra) => [...podman, 'run', '--rm', '--network', 'none', ...extra, '--rootfs', rootfs, 'true'];
     engines.push({
       name: 'podman',
+      unstick: () => spawnSync(podman[0], [...podman.slice(1), 'rm', '-a', '-f', '-t', '0'], { env, stdio: 'ignore' }),
       modes: [
         ['runc', run(['--runtime', RUNC])],
         ['wrapper, not opted in', run(['--runtime', shim])],
@@ -216,8 +246,8 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
 
   // one warm-up run each (first-use costs: image layers, page cache), then interleaved runs
   const argvOf = (m) => (typeof m[1] === 'function' ? m[1]() : m[1]);
-  for (const e of engines) for (const m of e.modes) timedRun(argvOf(m));
-  for (let r = 0; r < RUNS; r++) for (const e of engines) for (const m of e.modes) record(`${e.name}|${m[0]}`, timedRun(argvOf(m)));
+  for (const e of engines) for (const m of e.modes) timedRun(argvOf(m), e.unstick);
+  for (let r = 0; r < RUNS; r++) for (const e of engines) for (const m of e.modes) record(`${e.name}|${m[0]}`, timedRun(argvOf(m), e.unstick));
 
   console.log(`container start-to-exit of \`true\` (median of ${RUNS} runs, ms; ratio to plain runc of the same engine)`);
   const rows = [];
@@ -225,10 +255,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     const base = median(results.get(`${e.name}|runc`));
     for (const [mode] of e.modes) {
       const ms = median(results.get(`${e.name}|${mode}`));
-      rows.push([e.name, mode, ms.toFixed(0), `${(ms / base).toFixed(2)}x`]);
+      rows.push([e.name, mode, String(hung.get(`${e.name}|${mode}`) ?? 0), ms.toFixed(0), `${(ms / base).toFixed(2)}x`]);
     }
   }
-  table(['engine', 'mode', 'ms', 'ratio'], rows);
+  table(['engine', 'mode', 'hung', 'ms', 'ratio'], rows, 2);
 
   // ---------------------------------------------------------------- mount round trips
   if (podman) {
@@ -243,7 +273,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     const container = () =>
       perTrip([
         ...podman, 'run', '--rm', '--network', 'none', '--runtime', shim, '--annotation', 'io.loopfs.instance=true', '--annotation', 'io.loopfs.pool=2',
-        '--uidmap', `0:${MAP}:65536`, '--gidmap', `0:${MAP}:65536`, '--cap-add', 'SYS_ADMIN', '-v', '/usr:/usr:ro', '-v', `${img}:/img`,
+        '--uidmap', `0:${MAP}:65536`, '--gidmap', `0:${MAP}:65536`, '-v', '/usr:/usr:ro', '-v', `${img}:/img`,
         '-e', 'IMG=/img', '-e', 'MNT=/mnt', '--rootfs', rootfs, '/usr/bin/sh', '-c', LOOP,
       ]);
     const trips = { host: [], container: [] };
@@ -257,7 +287,7 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
     table(['where', 'ms', 'ratio'], [
       ['host root', h.toFixed(2), '1.00x'],
       ['podman --uidmap, agent', c.toFixed(2), `${(c / h).toFixed(2)}x`],
-    ]);
+    ], 1);
   }
 } finally {
   for (const d of daemons.reverse()) {
@@ -278,9 +308,10 @@ disabled_plugins = ["io.containerd.grpc.v1.cri"]
   fs.rmSync(tmp, { recursive: true, force: true });
 }
 
-function table(head, rows) {
+/** Columns before `left` are text (left-aligned), the rest numbers. */
+function table(head, rows, left) {
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
-  const fmt = (r) => r.map((c, i) => (i < r.length - 2 || i === 0 ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
+  const fmt = (r) => r.map((c, i) => (i < left ? c.padEnd(w[i]) : c.padStart(w[i]))).join('  ');
   console.log(fmt(head));
   for (const r of rows) console.log(fmt(r));
 }

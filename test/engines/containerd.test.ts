@@ -101,6 +101,9 @@ describe.skipIf(!!reason)('containerd: ctr run --runc-binary loopfs-runtime --an
       expect(y('mount'), mlog).toBe('0 ');
       expect(y('read'), mlog).toBe(HELLO.trim());
       expect(y('info'), mlog).toMatch(new RegExp(`^7:(${inst.minors.join('|')}) rw,nosuid,nodev,relatime$`));
+      expect(y('umount'), mlog).toBe('0 ');
+      expect(y('after'), mlog).toBe('0');
+      for (const n of inst.minors) expect(readLoopState(`loop${n}`), `loop${n} freed by umount`).toBeUndefined();
       expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
     } finally {
       await engine.remove(b);
@@ -119,6 +122,7 @@ describe.skipIf(!!reason)('containerd: ctr run --runc-binary loopfs-runtime --an
       expect(a('bb-mount'), log).toBe('0 ');
       expect(a('bb-read'), log).toBe(HELLO.trim());
       expect(a('bb-info'), log).toMatch(new RegExp(`^7:(${inst.minors.join('|')}) rw,nosuid,nodev,relatime$`));
+      expect(a('bb-umount'), log).toBe('0 ');
     } finally {
       await engine.remove(id);
     }

@@ -110,6 +110,9 @@ describe.skipIf(!!reason)('Docker: docker run --runtime loopfs -e LOOPFS_OCI=1',
       expect(b('mount'), mlog).toBe('0 ');
       expect(b('read'), mlog).toBe(HELLO.trim());
       expect(b('info'), mlog).toMatch(new RegExp(`^7:(${inst.minors.join('|')}) rw,nosuid,nodev,relatime$`));
+      expect(b('umount'), mlog).toBe('0 ');
+      expect(b('after'), mlog).toBe('0');
+      for (const n of inst.minors) expect(readLoopState(`loop${n}`), `loop${n} freed by umount`).toBeUndefined();
       // the host's device is as it was
       expect(readLoopState(path.basename(hostDev))?.backingFile).toBe(hostFile);
     } finally {
@@ -130,6 +133,7 @@ describe.skipIf(!!reason)('Docker: docker run --runtime loopfs -e LOOPFS_OCI=1',
       expect(a('bb-mount'), log).toBe('0 ');
       expect(a('bb-read'), log).toBe(HELLO.trim());
       expect(a('bb-info'), log).toMatch(new RegExp(`^7:${inst.minors[0]} rw,nosuid,nodev,relatime$`));
+      expect(a('bb-umount'), log).toBe('0 ');
     } finally {
       await engine.remove(id);
     }

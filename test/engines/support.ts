@@ -128,14 +128,25 @@ function readPid(file: string): number {
   }
 }
 
-/** A daemon process of ours with its output kept in memory (for error messages). */
+/**
+ * A daemon process of ours, its output in a log file (a pipe left undrained while the test
+ * process is busy would stop dockerd at its next log line).
+ */
 class Daemon {
-  readonly output: string[] = [];
   readonly child: ChildProcess;
 
-  constructor(cmd: string, args: string[], env: NodeJS.ProcessEnv) {
-    this.child = spawn(cmd, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
-    for (const s of [this.child.stdout!, this.child.stderr!]) s.setEncoding('utf8').on('data', (d: string) => this.output.push(d));
+  constructor(
+    cmd: string,
+    args: string[],
+    env: NodeJS.ProcessEnv,
+    readonly logFile: string,
+  ) {
+    const fd = fs.openSync(logFile, 'a');
+    try {
+      this.child = spawn(cmd, args, { env, stdio: ['ignore', fd, fd] });
+    } finally {
+      fs.closeSync(fd);
+    }
   }
 
   get pid(): number {
@@ -147,7 +158,13 @@ class Daemon {
   }
 
   log(lines = 20): string {
-    return this.output.join('').trim().split('\n').slice(-lines).join('\n');
+    let out = '';
+    try {
+      out = fs.readFileSync(this.logFile, 'utf8');
+    } catch {
+      /* not written */
+    }
+    return out.trim().split('\n').slice(-lines).join('\n');
   }
 
   async stop(graceMs = 20_000): Promise<void> {
@@ -222,6 +239,7 @@ export class Dockerd {
         file,
       ],
       { PATH: PATH_ENV, LANG: 'C.UTF-8', HOME: path.join(this.base, 'client') },
+      path.join(this.base, 'dockerd.log'),
     );
     const up = await until(async () => {
       if (!this.daemon!.running) return true;
@@ -308,7 +326,7 @@ export class Containerd {
     try {
       const file = path.join(c.base, 'config.toml');
       fs.writeFileSync(file, CONTAINERD_CONFIG(c.base));
-      c.daemon = new Daemon('containerd', ['--config', file], { PATH: PATH_ENV, LANG: 'C.UTF-8' });
+      c.daemon = new Daemon('containerd', ['--config', file], { PATH: PATH_ENV, LANG: 'C.UTF-8' }, path.join(c.base, 'containerd.log'));
       const up = await until(async () => !c.daemon!.running || (fs.existsSync(c.sock) && (await c.ctr(['version'])).exitCode === 0), 30_000, 50);
       if (!up || !c.daemon.running) throw new Error(`containerd did not start: ${c.daemon.log()}`);
     } catch (e) {
