@@ -26,7 +26,7 @@ import {
 } from './support.js';
 import { ATTACH, ATTACH_DONE, BB_EPERM, BB_MOUNTS, MOUNTS, REFUSALS, UL_EPERM, backingInode, btrfsImage } from './checks.js';
 
-const reason = engineSkipReason('containerd (ctr) with loopfs-runtime', ['containerd', 'ctr', 'containerd-shim-runc-v2']);
+const reason = engineSkipReason('containerd (ctr) with loopfs-runtime', ['containerd', 'ctr', 'containerd-shim-runc-v2', 'mkfs.btrfs']);
 
 describe.skipIf(!!reason)('containerd: ctr run --runc-binary loopfs-runtime --annotation io.loopfs.instance=true', () => {
   let sb: BrokerSandbox;

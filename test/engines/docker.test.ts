@@ -31,7 +31,7 @@ import {
 } from './support.js';
 import { ATTACH, ATTACH_DONE, BB_EPERM, BB_MOUNTS, MOUNTS, REFUSALS, UL_EPERM, backingInode, btrfsImage, userNsMount } from './checks.js';
 
-const reason = engineSkipReason('Docker with loopfs-runtime', ['dockerd', 'docker']);
+const reason = engineSkipReason('Docker with loopfs-runtime', ['dockerd', 'docker', 'mkfs.btrfs']);
 const IMAGE = 'loopfs-test/busybox';
 
 describe.skipIf(!!reason)('Docker: docker run --runtime loopfs -e LOOPFS_OCI=1', () => {

@@ -13,7 +13,7 @@ import { installHooks, Podman, SubIdRanges } from '../oci/support.js';
 import { describeRun, engineSkipReason, RuntimeShim, text, type Engine } from './support.js';
 import { userNsMount, type Case } from './checks.js';
 
-const reason = engineSkipReason('podman with loopfs-runtime', ['podman']);
+const reason = engineSkipReason('podman with loopfs-runtime', ['podman', 'nsenter', 'newuidmap', 'newgidmap', 'mkfs.btrfs']);
 const v1Reason = fs.existsSync('/sys/fs/cgroup/devices/devices.allow') ? undefined : 'no cgroup v1 devices controller';
 if (!reason && v1Reason) console.warn(`[skip] podman --uidmap with loopfs-runtime: ${v1Reason} (podman gives user-namespace containers no device rules)`);
 

@@ -20,8 +20,8 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { announceSkip, firstReason, REPO_ROOT } from '../helpers/env.js';
 import { runProgram, type RunResult } from '../helpers/run.js';
-import { BrokerSandbox, sleep, text } from '../broker/support.js';
-import { buildRootfs, podmanSkipReason, processesMatching } from '../oci/support.js';
+import { BrokerSandbox, brokerSkipReason, sleep, text } from '../broker/support.js';
+import { buildRootfs, processesMatching } from '../oci/support.js';
 
 export { text, sleep };
 
@@ -37,16 +37,18 @@ function which(cmd: string): boolean {
 }
 
 /**
- * Why engine tests cannot run here (printed once), or undefined: the OCI tests' needs (root,
- * loop, the test user, podman's tools, busybox, the build), the named engine tools, and the
- * wrapper unless `wrapper` is false.
+ * Why engine tests cannot run here (printed once), or undefined: the broker tests' needs
+ * (root, loop, the unprivileged test user, user namespaces), the build, busybox for the
+ * image, runc behind the wrapper, the wrapper itself, and the engine's own `tools`.
  */
-export function engineSkipReason(what: string, tools: string[], wrapper = true): string | undefined {
-  const missing = tools.find((t) => !which(t));
+export function engineSkipReason(what: string, tools: string[]): string | undefined {
+  const missing = ['runc', ...tools].find((t) => !which(t));
   const reason = firstReason(
-    podmanSkipReason(what),
+    brokerSkipReason(what),
+    fs.existsSync(path.join(REPO_ROOT, 'dist', 'oci', 'runtime-main.js')) ? undefined : 'dist/oci/runtime-main.js missing (run npm run build)',
+    fs.existsSync('/bin/busybox') ? undefined : '/bin/busybox missing (busybox-static)',
+    fs.existsSync(WRAPPER) ? undefined : `${WRAPPER} missing`,
     missing ? `${missing} not installed` : undefined,
-    !wrapper || fs.existsSync(WRAPPER) ? undefined : `${WRAPPER} missing`,
   );
   announceSkip(what, reason);
   return reason;
