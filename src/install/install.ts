@@ -28,7 +28,7 @@ import {
 } from 'node:fs';
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { packageRoot } from '../package-root.js';
 import { spawnSync } from 'node:child_process';
 import { tmpdir } from 'node:os';
 import { hookFileContent, hookFileName } from '../oci/hooks-json.js';
@@ -100,10 +100,7 @@ export interface InstallRecord {
 
 export class InstallError extends Error {}
 
-/** The package root (where bin/, man/ live), from this module's location in dist/. */
-export function packageRoot(): string {
-  return resolve(dirname(fileURLToPath(import.meta.url)), '..', '..');
-}
+export { packageRoot };
 
 function sha256(path: string): string {
   return sha256Of(readFileSync(path));

@@ -11,8 +11,8 @@
  * errors), exit 1, the bundle as it was, and the shell does not run the real runtime.
  */
 import { appendFileSync, readFileSync } from 'node:fs';
-import { dirname, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { resolve } from 'node:path';
+import { packageRoot } from '../../package-root.js';
 import { toSysError } from '../../kernel/errors.js';
 import { OciError } from '../bundle.js';
 import { parseExact } from '../exact-json.js';
@@ -51,8 +51,6 @@ export function splitCall(argv: string[]): RuntimeCall {
   return { config: resolve(config), global: rest.slice(0, i - 1) };
 }
 
-/** The package root: this module is dist/oci/runtime/main.js. */
-const packageRoot = (): string => resolve(dirname(fileURLToPath(import.meta.url)), '..', '..', '..');
 
 export function editBundle(call: RuntimeCall, env: NodeJS.ProcessEnv = process.env): 'edited' | 'untouched' {
   const cfg = readWrapperConfig(env);
