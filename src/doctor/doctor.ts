@@ -1,6 +1,6 @@
 /**
  * `loopfs doctor`: every check, in the order an operator would look (driver first, then
- * limits, leftovers, brokers, what is installed, the kernel), and the safe repairs.
+ * limits, leftovers, brokers, what is installed, the engines' runtime, the kernel), and the safe repairs.
  */
 import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
@@ -8,6 +8,7 @@ import { packageRoot } from '../install/install.js';
 import { brokersCheck } from './brokers.js';
 import type { Check, CheckResult, DoctorContext, Fix } from './check.js';
 import { loopDriverCheck } from './driver.js';
+import { enginesCheck } from './engines.js';
 import { mountHelperCheck, ociHookCheck } from './installed.js';
 import { kernelLoopfsCheck } from './kernel-loopfs.js';
 import { orphanDevicesCheck, staleNodesCheck, unreadableCheck } from './leftovers.js';
@@ -22,6 +23,7 @@ export const CHECKS: readonly Check[] = [
   brokersCheck,
   mountHelperCheck,
   ociHookCheck,
+  enginesCheck,
   kernelLoopfsCheck,
 ];
 

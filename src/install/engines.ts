@@ -295,27 +295,31 @@ function executable(path: string): boolean {
   }
 }
 
-/**
- * The real runtime the wrapper should run: `runc` on PATH (and the usual sbin directories,
- * which a non-login root shell may lack), never loopfs's own wrapper. Null when none.
- */
-export function findRealRuntime(wrapper: string, env: NodeJS.ProcessEnv = process.env): string | null {
+/** Where to look for a command: PATH, then the usual directories (a non-login root shell may lack the sbin ones). */
+function searchDirs(env: NodeJS.ProcessEnv): string[] {
   const dirs = [...(env.PATH ?? '').split(delimiter), '/usr/local/sbin', '/usr/local/bin', '/usr/sbin', '/usr/bin', '/sbin', '/bin'];
+  return [...new Set(dirs.filter((d) => d.startsWith('/')))];
+}
+
+/** The executables named `name` on the search path, in order. */
+export function findExecutables(name: string, env: NodeJS.ProcessEnv = process.env): string[] {
+  return searchDirs(env).map((d) => join(d, name)).filter(executable);
+}
+
+/** The real runtime the wrapper should run: the first `runc` found, never loopfs's own wrapper. Null when none. */
+export function findRealRuntime(wrapper: string, env: NodeJS.ProcessEnv = process.env): string | null {
   let ownReal = wrapper;
   try {
     ownReal = realpathSync(wrapper);
   } catch {
-    /* not built yet */
+    /* not there */
   }
-  for (const d of dirs.filter((x) => x.startsWith('/'))) {
-    const p = join(d, 'runc');
-    if (!executable(p)) continue;
+  for (const p of findExecutables('runc', env)) {
     try {
-      if (realpathSync(p) === ownReal) continue;
+      if (realpathSync(p) !== ownReal) return p;
     } catch {
-      continue;
+      /* a dangling link */
     }
-    return p;
   }
   return null;
 }

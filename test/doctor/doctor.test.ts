@@ -70,7 +70,7 @@ describe.skipIf(reason)(skipTitle('loopfs doctor', reason), () => {
     }
     // every check is there, each with a title and a detail line
     expect(report.checks.map((c) => c.id)).toEqual([
-      'loop-driver', 'limits', 'orphan-devices', 'stale-nodes', 'instance-state', 'brokers', 'mount-helper', 'oci-hook', 'kernel-loopfs',
+      'loop-driver', 'limits', 'orphan-devices', 'stale-nodes', 'instance-state', 'brokers', 'mount-helper', 'oci-hook', 'engines', 'kernel-loopfs',
     ]);
     for (const c of report.checks) expect(c.detail).not.toBe('');
   });
