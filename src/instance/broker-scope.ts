@@ -22,7 +22,7 @@ import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError, sysError, toSysError, type SysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native, type LoopInfo64 } from '../kernel/native.js';
-import { SysfsLoop } from '../kernel/sysfs.js';
+import { SysfsLoop, loopNamesInSysfs } from '../kernel/sysfs.js';
 import {
   decodeReply,
   encodeMessage,
@@ -289,8 +289,22 @@ export class BrokerScope implements LoopScope {
     return all.filter((d) => !seen.has(d.minor) && seen.add(d.minor)).map((d) => new BrokerDevice(this.deviceName(d.minor), d));
   }
 
+  /**
+   * In use, in the order util-linux lists them: readdir() order of the /sys/block this
+   * process sees (in a container, the hook's overlay, whose order is the container's names),
+   * so that `losetup -a` of ours, util-linux's and busybox's agree line for line. The broker's
+   * reply is in the host's order, which a container does not see.
+   */
   usedDevices(): LoopDevice[] {
-    return this.devices().filter((d) => d.isBound());
+    const rank = new Map<number, number>();
+    for (const name of loopNamesInSysfs()) {
+      const minor = this.names.sysBlockMinor(name);
+      if (minor !== null && !rank.has(minor)) rank.set(minor, rank.size);
+    }
+    const at = (d: BrokerDevice): number => rank.get(d.devno()[1]) ?? Number.MAX_SAFE_INTEGER;
+    return this.devices()
+      .filter((d) => d.isBound())
+      .sort((a, b) => at(a) - at(b) || a.devno()[1] - b.devno()[1]);
   }
 
   devicePath(arg: string): string {
