@@ -5,7 +5,7 @@
  * disabled) would keep those devices attached for ever, so gc settles every record whose
  * broker is dead exactly as that next broker would (InstanceOps.recover).
  */
-import type { GcFix } from '../instance/manage.js';
+import type { GcFix } from '../instance/gc.js';
 import { Runtime } from '../instance/runtime.js';
 import { InstanceOps } from './ops.js';
 import { otherBrokerAlive, readSessionRecord, removeSessionRecord, sessionRecordIds } from './sessions.js';

@@ -1,10 +1,10 @@
 /**
- * What crashes and vanished instances leave behind, as gc sees it (manage.ts gcPreview:
+ * What crashes and vanished instances leave behind, as gc sees it (gc.ts gcPreview:
  * the same rules gc applies, read-only): devices still tagged for instances that no
  * longer exist, stale or missing nodes inside instances, and instance states nobody can
  * read. gc settles the first two at any time; the third needs a human.
  */
-import { gcPreview, type Leftover, type LeftoverKind } from '../instance/manage.js';
+import { gcPreview, type Leftover, type LeftoverKind } from '../instance/gc.js';
 import { runtimeDir } from '../instance/runtime.js';
 import { GC_FIX, type Check, type DoctorContext } from './check.js';
 

@@ -1,7 +1,7 @@
 import { recoverAbandonedSessions } from '../../broker/recover.js';
 import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
 import { Progress } from '../../cli/progress.js';
-import { gc, type GcReport } from '../../instance/manage.js';
+import { gc, type GcReport } from '../../instance/gc.js';
 import { reapVanishedContainers } from '../../oci/container-instance.js';
 
 export default class InstanceGc extends LoopfsCommand {

@@ -1,0 +1,108 @@
+/**
+ * Reconcile one live instance with the claims and the kernel: the routine `loopfs instance
+ * gc` runs for every instance, and that every watcher (activate --watch, serve, oci-broker)
+ * runs for an instance when a kernel uevent names one of its devices. Events are only hints
+ * (they can be lost, reordered or stale by the time they are read); this routine reads the
+ * truth from the claims and sysfs each time, so running it once more is always harmless.
+ * Caller holds the instance lock.
+ */
+import { LoopControl } from '../kernel/loop-control.js';
+import { SysfsLoop } from '../kernel/sysfs.js';
+import type { LocalInstance } from './local-instance.js';
+import type { Claim, Runtime } from './runtime.js';
+import { heldMinors, type InstanceState } from './state.js';
+
+export interface GcFix {
+  dir: string | null;
+  minor: number | null;
+  action: string;
+}
+
+export interface GcReport {
+  instances: number;
+  fixes: GcFix[];
+  /** Devices that could not be settled yet (still in use); gc will retry next time. */
+  pending: GcFix[];
+}
+
+export const removeIndex = (minor: number): 'removed' | 'busy' => LoopControl.removeIndex(minor);
+
+// The rules, shared with gcPreview so that doctor reports exactly what gc would settle.
+
+/** Devices claimed for the instance but not in its state (a crash while reserving or releasing). */
+export function unrecordedClaims(s: InstanceState, claims: Claim[]): number[] {
+  return claims.filter((c) => c.id === s.id && !s.devices[c.minor]).map((c) => c.minor);
+}
+
+/**
+ * What is wrong with a device the state records, before its node is looked at:
+ * `unclaimed` (recorded without our claim), `half-released` (marked removing, or gone
+ * from the kernel), or null.
+ */
+export function heldDeviceIssue(s: InstanceState, minor: number, claim: Claim | null | undefined): 'unclaimed' | 'half-released' | null {
+  if (!claim || claim.id !== s.id) return 'unclaimed';
+  if (s.devices[minor].state === 'removing' || SysfsLoop.forName(`loop${minor}`).devno() === null) return 'half-released';
+  return null;
+}
+
+export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): void {
+  const s = inst.state();
+  const fix = (minor: number | null, action: string) => report.fixes.push({ dir: inst.dir, minor, action });
+  rt.lock();
+  const unrecorded = unrecordedClaims(s, rt.claims());
+  rt.unlock();
+
+  // Claimed but not recorded: a crash between claiming and recording (reserve), or
+  // between forgetting and dropping the claim (release after its successful REMOVE, a
+  // bind that failed). Such a device was never published, or has left already: no
+  // process of the instance can hold it. reserve() binds only after recording, so a
+  // binding on it now is somebody else's (a host tool that took the free device): it is
+  // never adopted — that would hand a stranger's device to the instance owner.
+  for (const minor of unrecorded) {
+    const bound = SysfsLoop.forName(`loop${minor}`).isBound();
+    // unbound: give back what reserve() took (busy: somebody else just opened it — theirs)
+    if (!bound) removeIndex(minor);
+    rt.lock();
+    rt.release(minor, s.id);
+    rt.unlock();
+    fix(minor, bound ? 'dropped claim of a device bound outside the instance (never published)' : 'freed device that was claimed but not recorded');
+  }
+
+  const current = inst.state();
+  for (const minor of heldMinors(current)) {
+    const claim = rt.claimOf(minor);
+    const issue = heldDeviceIssue(inst.state(), minor, claim);
+    if (issue === 'unclaimed') {
+      // Recorded without our claim: our own steps never do this (claims come first and go
+      // last); a reboot that emptied /run, a restored backup or tampering can. The claim is
+      // the truth: re-claiming could hand the owner a device somebody else uses now.
+      inst.forget(minor);
+      fix(minor, claim ? 'forgot device claimed by another instance' : 'forgot device recorded without a claim');
+      continue;
+    }
+    if (issue === 'half-released') {
+      const exists = SysfsLoop.forName(`loop${minor}`).devno() !== null;
+      if (inst.release(minor)) fix(minor, exists ? 'removed device left half-released' : 'forgot device that no longer exists');
+      else report.pending.push({ dir: inst.dir, minor, action: 'device is still in use; removal deferred' });
+      continue;
+    }
+    if (inst.republish(minor)) fix(minor, 'restored missing device node');
+    const parts = inst.syncPartitions(minor);
+    for (const n of parts.added) fix(minor, `published partition ${n}`);
+    for (const n of parts.removed) fix(minor, `removed stale partition node ${n}`);
+  }
+
+  for (const stray of inst.strayEntries()) {
+    inst.removeEntry(stray);
+    fix(null, `removed stray ${stray}`);
+  }
+  for (const tmp of inst.removeTempFiles()) fix(null, `removed leftover ${tmp}`);
+
+  const after = inst.state();
+  const idle = heldMinors(after).filter(
+    (m) => after.devices[m].state === 'held' && !SysfsLoop.forName(`loop${m}`).isBound(),
+  );
+  for (const minor of idle.slice(after.pool)) {
+    if (inst.release(minor)) fix(minor, 'released idle device above the pool size');
+  }
+}
