@@ -22,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterMountApi(env, exports);
   RegisterNs(env, exports);
   RegisterSeccomp(env, exports);
+  RegisterUevent(env, exports);
   return exports;
 }
 

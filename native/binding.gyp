@@ -18,7 +18,8 @@
         "mount_api.cc",
         "ns.cc",
         "seccomp.cc",
-        "socket.cc"
+        "socket.cc",
+        "uevent.cc"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"

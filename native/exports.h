@@ -18,6 +18,7 @@ void RegisterFdWatch(Napi::Env env, Napi::Object exports);   // fdwatch.cc
 void RegisterMountApi(Napi::Env env, Napi::Object exports);  // mount_api.cc
 void RegisterNs(Napi::Env env, Napi::Object exports);        // ns.cc
 void RegisterSeccomp(Napi::Env env, Napi::Object exports);   // seccomp.cc
+void RegisterUevent(Napi::Env env, Napi::Object exports);    // uevent.cc
 
 // struct stat as the JS NativeStat object (fs.cc); shared by fstat and lstatat.
 Napi::Object StatObject(Napi::Env env, const struct stat& st);

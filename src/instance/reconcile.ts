@@ -45,7 +45,12 @@ export function heldDeviceIssue(s: InstanceState, minor: number, claim: Claim | 
   return null;
 }
 
-export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport): void {
+/**
+ * `pool`: the idle devices to keep (default: the instance's pool setting); a watcher that
+ * keeps a different pool (activate --pool) passes its own, so that the two never undo each
+ * other's work.
+ */
+export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport, opts: { pool?: number } = {}): void {
   const s = inst.state();
   const fix = (minor: number | null, action: string) => report.fixes.push({ dir: inst.dir, minor, action });
   rt.lock();
@@ -102,7 +107,7 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
   const idle = heldMinors(after).filter(
     (m) => after.devices[m].state === 'held' && !SysfsLoop.forName(`loop${m}`).isBound(),
   );
-  for (const minor of idle.slice(after.pool)) {
+  for (const minor of idle.slice(opts.pool ?? after.pool)) {
     if (inst.release(minor)) fix(minor, 'released idle device above the pool size');
   }
 }

@@ -378,6 +378,15 @@ export interface NativeAddon {
    */
   setns(fd: number, nstype: number): void;
 
+  // Kernel uevents (native/uevent.cc): read-only, kernel-sent messages only.
+  /** socket(NETLINK_KOBJECT_UEVENT) bound to the kernel's group: non-blocking, close-on-exec. */
+  ueventOpen(): number;
+  /**
+   * Drain what is queued (at most 1024 messages per call), dropping anything the kernel did
+   * not send itself. `overflow`: the queue overflowed (ENOBUFS), events were lost.
+   */
+  ueventRecv(fd: number): { messages: Buffer[]; overflow: boolean };
+
   // Seccomp user notification for `loopfs run` (native/seccomp.cc).
   /**
    * fork; in the child NO_NEW_PRIVS, a filter that traps mount(2) (SECCOMP_RET_USER_NOTIF)

@@ -136,7 +136,7 @@ function isDirectory(path: string): boolean {
  * Switch the effective ids (glibc applies them to every thread of the process) for the
  * permission checks of entries created through an fd opened before; returns the undo.
  */
-function actAs(id: { uid: number; gid: number }): () => void {
+export function actAs(id: { uid: number; gid: number }): () => void {
   const uid = process.geteuid!();
   const gid = process.getegid!();
   if (id.uid === uid && id.gid === gid) return () => {};
