@@ -289,6 +289,15 @@ function attachImage(r: Request, ls: LoopSetup, scope: LoopScope, out: Output): 
       /* buffered I/O it is */
     }
   }
+  // and a read-ahead matched to the disk under the file: with direct I/O the loop
+  // driver's small default would size every read the disk sees (bench/mount.mjs)
+  try {
+    a.open[0].matchBackingReadAhead();
+  } catch (e) {
+    // BLKRASET needs CAP_SYS_ADMIN (a device the broker bound for a user namespace), and
+    // the backing disk may have gone meanwhile: the default read-ahead is slower, never wrong
+    if (!isSysError(e)) throw e;
+  }
   return a;
 }
 

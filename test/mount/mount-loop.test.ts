@@ -7,6 +7,7 @@
 // overlaid (see support.ts): the host's /sbin, /usr/sbin and /etc/fstab are never touched.
 // Every image lives in the test's own directory; afterEach unmounts everything under it and
 // detaches (util-linux) whatever device is still bound to one of its files.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
@@ -464,6 +465,36 @@ describe.skipIf(reason !== undefined)(skipTitle('mount.loop under mount(8), real
       expect(fs.readFileSync(ns.path(`${target}/hello.txt`), 'utf8')).toBe(HELLO);
       expect(text(await ns.run(UMOUNT, [target])).rc).toBe(0);
       expect(await waitReleased(name, p.file)).toBe(true);
+    });
+
+    it("the device's read-ahead is the backing disk's (direct I/O would otherwise read in the loop driver's small requests)", async () => {
+      const img = makeExt4(path.join(dir, 'ra.ext4'), src);
+      const st = fs.statSync(img, { bigint: true });
+      const maj = Number(((st.dev >> 8n) & 0xfffn) | ((st.dev >> 32n) & ~0xfffn & 0xfffff000n));
+      const min = Number((st.dev & 0xffn) | ((st.dev >> 12n) & ~0xffn & 0xffffff00n));
+      const sysDisk = `/sys/dev/block/${maj}:${min}`;
+      const diskRa = [`${sysDisk}/queue/read_ahead_kb`, `${sysDisk}/../queue/read_ahead_kb`].find((f) => fs.existsSync(f));
+      if (maj === 0 || !diskRa) {
+        console.log(`[mount/read-ahead] ${img} is not on a block device (st_dev ${maj}:${min}): nothing to match`);
+        return;
+      }
+      const raOf = (dev: string) => Number(fs.readFileSync(`/sys/block/${dev}/queue/read_ahead_kb`, 'utf8'));
+      // what the loop driver gives a device of this file by itself (util-linux, no match)
+      const plain = execFileSync('/usr/sbin/losetup', ['-f', '--show', '-r', img], { encoding: 'utf8' }).trim();
+      let driverRa: number;
+      try {
+        driverRa = raOf(path.basename(plain));
+      } finally {
+        execFileSync('/usr/sbin/losetup', ['-d', plain]);
+      }
+      const target = mnt();
+      expect(text(await ns.run(HELPER, [img, target]))).toEqual({ rc: 0, out: '', err: '' });
+      const name = loopNameOf(ns.mountsOn(target)[0]);
+      // raised to the disk's, never lowered below the driver's own
+      expect(raOf(name)).toBe(Math.max(Number(fs.readFileSync(diskRa, 'utf8')), driverRa));
+      expect(readLoopState(name)).toMatchObject({ backingFile: img, dio: '1' });
+      expect(text(await ns.run(UMOUNT, [target])).rc).toBe(0);
+      expect(await waitReleased(name, img)).toBe(true);
     });
 
     it('-f (fake) attaches and mounts nothing', async () => {
