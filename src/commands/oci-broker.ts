@@ -15,7 +15,12 @@ export default class OciBrokerCommand extends LoopfsCommand {
     'and a `mount -o loop` of the container\'s instance devices is performed for it (nosuid,nodev, allowed ' +
     'filesystems only) while every other mount gets the engine\'s own verdict. Containers started before a restart of ' +
     'this daemon keep running, but their trapped mount(2) fails with ENOSYS from then on (their listener is gone); ' +
-    'containers that opt in cannot start while it is not running. Prints "ready" once listening.';
+    'containers that opt in cannot start while it is not running. It also keeps every running container\'s /dev ' +
+    'live (rootful ones whose instance the hook made, rootless ones it serves): on each kernel uevent about one of ' +
+    'their devices the instance is reconciled as `loopfs instance gc` does it and its pool refilled, and devices ' +
+    'and partitions the container gets later appear as /dev/loopK and /dev/loopKpM (and in /sys/block and, on ' +
+    'cgroup v1, its device cgroup) and vanish when they leave; no timers, no work without events. ' +
+    'Prints "ready" once listening.';
   static examples = ['<%= config.bin %> oci-broker', '<%= config.bin %> oci-broker --max-instances 4'];
   static enableJsonFlag = false;
   static flags = {

@@ -17,6 +17,15 @@
  *   exit     the pidfd becomes readable when the container's init dies: the instance is
  *            destroyed then too, also when poststop never runs (runtime killed).
  *
+ * live     every running container's /dev follows its instance (live-sync.ts, ContainerView):
+ *            on each kernel uevent about a loop device or partition, the instances holding
+ *            it are reconciled (gc's routine), their pools refilled, and the container gets
+ *            /dev/loopK and /dev/loopKpM for what came and loses what left. Rootless
+ *            instances are the ones served here; rootful ones (RUNTIME/oci/0/ID, made by the
+ *            hook) are found by listing RUNTIME/oci at each batch of events (a few readdirs:
+ *            an event about a device of a new container is the first moment its view can
+ *            change). No timer: without events the broker does not wake up.
+ *
  * The same process is the seccomp agent (seccomp-agent.ts) on RUNTIME/seccomp.sock: the
  * runtime of any container whose profile sends mount(2) there hands it the listener, and
  * the container's `mount -o loop` of its instance devices is performed for it.
@@ -41,6 +50,8 @@ import { containerAlive, containerDirs, instanceDirFor, makeParent, ociRoot, pro
 import { DEFAULT_ALLOWED_FS } from '../broker/ops.js';
 import { seccompSocketPath } from './agent-contract.js';
 import { SeccompAgent, type AgentLimits } from './seccomp-agent.js';
+import { LiveSync, SyncTarget } from '../instance/live-sync.js';
+import { ContainerGoneError, ContainerView } from './container-view.js';
 
 export const OCI_SOCKET = 'oci.sock';
 const MAX_REQUEST = 4096;
@@ -95,12 +106,22 @@ interface Watched {
   watcher: FdWatcher;
 }
 
+/** A container whose /dev the broker keeps in sync with its instance. */
+interface LiveContainer {
+  requester: number;
+  inst: LocalInstance;
+  view: ContainerView;
+  target: SyncTarget;
+}
+
 export class OciBroker {
   private listenFd = -1;
   private watcher: FdWatcher | null = null;
   private agent: SeccompAgent | null = null;
   private readonly agentLimits: Partial<AgentLimits>;
   private readonly watched = new Map<string, Watched>();
+  private live: LiveSync | null = null;
+  private readonly liveContainers = new Map<string, LiveContainer>();
   private queue: Promise<void> = Promise.resolve();
   private readonly env: NodeJS.ProcessEnv;
   private readonly maxInstances: number;
@@ -122,7 +143,66 @@ export class OciBroker {
     const b = new OciBroker(server, opts);
     await b.adoptExisting();
     b.listen();
+    b.startLive();
+    await b.live!.ready;
     return b;
+  }
+
+  /** Keep containers' /dev live: the first sync (every container) runs at once. */
+  private startLive(): void {
+    this.live = LiveSync.start({
+      targets: () => this.liveTargets(),
+      onError: (dir, e) => {
+        // ended, or destroyed by its poststop meanwhile: nothing to report
+        if (e instanceof ContainerGoneError || hasCode(e, 'ENOENT')) this.forget(dir);
+        else this.log(`live sync of ${dir}: ${(e as Error).message}`);
+      },
+    });
+  }
+
+  /**
+   * The containers to keep in sync now: the rootless instances served here and every
+   * rootful one (found again at each call: the hook makes them without telling us), each
+   * only while its init runs. Cheap: a readdir per uid and a record read per new directory.
+   */
+  private liveTargets(): SyncTarget[] {
+    const dirs = new Set<string>();
+    for (const c of containerDirs(this.env)) {
+      if (c.requester !== 0 && !this.watched.has(c.dir)) continue; // being created, or not ours
+      dirs.add(c.dir);
+      if (!this.liveContainers.has(c.dir)) this.adoptLive(c.dir, c.requester);
+    }
+    const out: SyncTarget[] = [];
+    for (const [dir, lc] of this.liveContainers) {
+      if (!dirs.has(dir) || !lc.view.alive()) this.forget(dir);
+      else out.push(lc.target);
+    }
+    return out;
+  }
+
+  /** Start keeping DIR's container /dev in sync, when its record names a running init. */
+  private adoptLive(dir: string, requester: number): void {
+    const r = readRecord(dir);
+    if (!r || !containerAlive(r) || !LocalInstance.isInstance(dir)) return; // gone, or still being made: next time
+    let inst: LocalInstance;
+    try {
+      inst = LocalInstance.open(dir, this.env);
+    } catch {
+      return;
+    }
+    // rootful: the hook granted the pool in the device cgroup (v1), the view grants the rest
+    const view = new ContainerView({ pid: r.pid, startTime: r.startTime, deviceCgroup: requester === 0 });
+    const target = new SyncTarget(inst, [view], { refill: true, env: this.env });
+    this.liveContainers.set(dir, { requester, inst, view, target });
+  }
+
+  /** Stop keeping DIR in sync (its container ended, or its instance is being destroyed). */
+  private forget(dir: string): void {
+    const lc = this.liveContainers.get(dir);
+    if (!lc) return;
+    this.liveContainers.delete(dir);
+    lc.view.close();
+    lc.inst.close();
   }
 
   get socketPath(): string {
@@ -257,6 +337,7 @@ export class OciBroker {
         const why = r.failed.find((f) => f.startsWith(`${made.dir}: `))?.slice(made.dir.length + 2);
         throw new OciError(`${made.dir}: cannot be served${why ? `: ${why}` : ''}`);
       }
+      // its /dev is the hook's to set up now; the next event about its devices finds it
       this.log(`uid ${cred.uid}: container ${req.container}: ${made.dir} (${made.nodes.join(' ') || 'no devices'})`);
       return { ok: true, dir: made.dir, nodes: made.nodes };
     } finally {
@@ -274,8 +355,9 @@ export class OciBroker {
   }
 
   private async destroy(dir: string, why: string): Promise<void> {
-    // no mount is performed into a container whose instance is going
+    // no mount is performed into a container whose instance is going, nor its /dev synced
     this.agent?.closeContainer(dir);
+    this.forget(dir);
     const w = this.watched.get(dir);
     if (w) {
       w.watcher.close();
@@ -297,6 +379,9 @@ export class OciBroker {
   }
 
   async stop(): Promise<void> {
+    this.live?.close();
+    this.live = null;
+    for (const dir of [...this.liveContainers.keys()]) this.forget(dir);
     if (this.agent) {
       // its listeners close with it: the containers' trapped mounts fail with ENOSYS from now on
       this.agent.stop();
