@@ -327,7 +327,8 @@ function backingOf(minor) {
 
 function stateMinors(dir) {
   try {
-    return new Set(Object.keys(JSON.parse(readFileSync(join(dir, '.loopfs/state.json'), 'utf8')).devices).map(Number));
+    // version 2: one record per device in .loopfs/devices
+    return new Set(readdirSync(join(dir, '.loopfs/devices')).filter((n) => /^loop\d+$/.test(n)).map((n) => Number(n.slice(4))));
   } catch {
     return new Set();
   }

@@ -181,7 +181,7 @@ export class InstanceOps {
     }
     let id: string | null = null;
     try {
-      id = inst.state().id;
+      id = inst.header().id;
     } catch {
       /* unreadable: refused below */
     }
@@ -411,14 +411,14 @@ export class InstanceOps {
   /** The pool policy for an unbound device; a release that found it busy is retried later. */
   private settle(inst: LocalInstance, dev: MinorDevice): void {
     inst.settle(dev);
-    if (inst.state().devices[dev.minorNumber]?.state === 'removing') this.removing.add(dev.minorNumber);
+    if (inst.record(dev.minorNumber)?.state === 'removing') this.removing.add(dev.minorNumber);
   }
 
   /** LocalInstance.release under the instance lock; a busy device is retried later. */
   private release(inst: LocalInstance, minor: number, waitMs: number): void {
     inst.lock();
     try {
-      if (inst.release(minor, waitMs) || !inst.state().devices[minor]) this.removing.delete(minor);
+      if (inst.release(minor, waitMs) || !inst.record(minor)) this.removing.delete(minor);
       else this.removing.add(minor);
     } finally {
       inst.unlock();
@@ -547,7 +547,7 @@ export class InstanceOps {
     const driver = fuseDriverFor(fstype);
     if (!driver) throw new OpError('EPERM', `no FUSE driver for filesystem type ${fstype} (fuse2fs: ext2/3/4, squashfuse: squashfs)`, 'mount');
     if (!fuseDriverPath(driver, this.cfg.env)) throw new OpError('ENOENT', `the FUSE driver ${driver} is not installed`, 'mount');
-    const owner = inst.state().owner;
+    const owner = inst.header().owner;
     const root = PinnedDir.open(this.cfg.dir);
     let imageFd: number;
     try {

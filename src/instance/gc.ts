@@ -35,6 +35,7 @@ function entryStatus(entry: RegistryEntry, env: NodeJS.ProcessEnv): 'live' | 'go
     return hasCode(e, 'ENOENT', 'ENOTDIR', 'ELOOP', 'EPERM') ? 'gone' : 'unreadable';
   }
   try {
+    // every record is read: one that cannot be parsed makes the instance unreadable
     return inst.state().id === entry.id ? 'live' : 'replaced';
   } catch (e) {
     return e instanceof StateError ? 'unreadable' : 'gone';
@@ -67,13 +68,20 @@ export function gc(env: NodeJS.ProcessEnv = process.env, progress?: ProgressFn):
           let id: string | null = null;
           try {
             inst.lock();
-            id = inst.state().id;
+            id = inst.header().id;
           } catch {
             /* destroyed while we waited for its lock (its .loopfs may be gone), or unreadable: decided below */
           }
           if (id === entry.id) {
             report.instances++;
-            reconcileInstance(inst, rt, report);
+            try {
+              reconcileInstance(inst, rt, report);
+            } catch (e) {
+              // a device record that cannot be read (corruption only root could cause):
+              // the instance is left alone, as one whose state.json cannot be read
+              if (!(e instanceof StateError)) throw e;
+              report.pending.push({ dir: entry.dir, minor: null, action: 'instance state cannot be read; left alone' });
+            }
             continue;
           }
         } finally {
@@ -234,6 +242,11 @@ function inspectInstance(entry: RegistryEntry, claims: Claim[], env: NodeJS.Proc
     const add = (kind: LeftoverKind, minor: number | null) =>
       out.push({ kind, dir: inst.dir, id: s.id, minor, ...(minor === null ? {} : { bound: SysfsLoop.forName(`loop${minor}`).isBound() }) });
     for (const minor of unrecordedClaims(s, claims)) add('unrecorded-claim', minor);
+    if (s.destroying) {
+      // an interrupted destroy: gc finishes it, every device goes
+      for (const minor of heldMinors(s)) add('half-released', minor);
+      return;
+    }
     for (const minor of heldMinors(s)) {
       const issue = heldDeviceIssue(s, minor, claims.find((c) => c.minor === minor));
       if (issue === 'unclaimed') add('unclaimed-device', minor);

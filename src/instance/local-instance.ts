@@ -4,13 +4,24 @@
  *
  *   DIR/loopN            published node of a held device (owner, mode from the state)
  *   DIR/loopNpM          its partitions, when set up with --partscan
- *   DIR/.loopfs/state.json, DIR/.loopfs/lock   (0700 root: the owner cannot forge them)
+ *   DIR/.loopfs/         (0700 root: the owner cannot forge anything in it; state.ts)
+ *       state.json       id, owner, mode, limits (written once)
+ *       devices/loopN    the record of each held device ("held"/"removing", partitions)
+ *       idle/loopN       hints: held devices believed unbound (checked before use)
+ *       destroying       `instance destroy` has begun; lock
  *
  * Life of a device in an instance (every step may be SIGKILLed; gc.ts settles it):
- *   reserve:  claim minor (runtime) → record in state → bind (through the host node,
+ *   reserve:  claim minor (runtime) → write its record → bind (through the host node,
  *             before any instance node exists) → verify → publish DIR/loopN
- *   release:  detach → close → mark "removing" → LOOP_CTL_REMOVE (fails while anyone
- *             holds the device open) → unlink nodes → forget in state → drop claim
+ *   release:  detach → close → mark its record "removing" → unlink its nodes →
+ *             LOOP_CTL_REMOVE (fails while anyone holds the device open) → delete its
+ *             record → drop claim
+ *   partitions: record the names → publish the nodes; unlink the nodes → record that
+ *   destroy:  mark the instance "destroying" (one durable step for every device) →
+ *             unlink every node → detach and remove each device → delete the records of
+ *             the removed ones (one fsync) → drop their claims → remove the instance
+ * Each step touches only the record of its own device (and O(1) other files), so an
+ * attach or a release costs the same in an instance holding one device or thousands.
  * A device leaves an instance only through a successful LOOP_CTL_REMOVE, or when it was
  * never published (a bind that lost a race: no process of the instance can hold it).
  */
@@ -34,11 +45,12 @@ import {
   heldMinors,
   LOCK_FILE,
   newInstanceId,
-  readState,
   STATE_DIR,
   STATE_FILE,
   STATE_VERSION,
-  writeState,
+  StateStore,
+  type HeldDevice,
+  type InstanceHeader,
   type InstanceState,
 } from './state.js';
 
@@ -73,13 +85,16 @@ export class LocalInstance implements LoopScope {
   private lockFd = -1;
   /** How the devices handed out are named (a container's /dev names; see device-names.ts). */
   private names = DeviceNames.NONE;
+  private readonly store: StateStore;
 
   private constructor(
     readonly dir: string,
     private readonly root: PinnedDir,
     private readonly stateDir: PinnedDir,
-    private readonly env: NodeJS.ProcessEnv,
-  ) {}
+    readonly env: NodeJS.ProcessEnv,
+  ) {
+    this.store = new StateStore(stateDir);
+  }
 
   // ---------------------------------------------------------------- lifecycle
 
@@ -107,9 +122,11 @@ export class LocalInstance implements LoopScope {
     }
     const inst = new LocalInstance(dir, root, stateDir, env);
     inst.names = names;
-    if (!readState(stateDir)) {
+    try {
+      if (!inst.store.header()) throw sysError('ENOENT', 'open', `${dir}/${STATE_DIR}/state.json`);
+    } catch (e) {
       inst.close();
-      throw sysError('ENOENT', 'open', `${dir}/${STATE_DIR}/state.json`);
+      throw e;
     }
     return inst;
   }
@@ -138,7 +155,7 @@ export class LocalInstance implements LoopScope {
       // the instance lock serialises concurrent creates of one DIR
       inst.lock();
       if (stateDir.lstat(STATE_FILE)) throw sysError('EEXIST', 'mkdir', `${dir}/${STATE_DIR}`);
-      const state: InstanceState = {
+      const header: InstanceHeader = {
         version: STATE_VERSION,
         id: newInstanceId(),
         owner: opts.owner,
@@ -146,7 +163,6 @@ export class LocalInstance implements LoopScope {
         max: opts.max,
         pool: opts.pool,
         createdAt: new Date().toISOString(),
-        devices: {},
       };
       // Registered before the state exists: a crash in between leaves a registry entry
       // that gc drops (no state behind it), never a state that gc cannot find. Both steps
@@ -156,8 +172,8 @@ export class LocalInstance implements LoopScope {
       const rt = Runtime.open(env);
       try {
         rt.lock();
-        rt.register({ id: state.id, dir: inst.dir, uid: opts.owner.uid });
-        writeState(stateDir, state);
+        rt.register({ id: header.id, dir: inst.dir, uid: opts.owner.uid });
+        inst.store.create(header);
       } finally {
         rt.close();
       }
@@ -171,11 +187,16 @@ export class LocalInstance implements LoopScope {
 
   close(): void {
     this.unlock();
+    this.store.close();
     this.stateDir.close();
     this.root.close();
   }
 
-  /** The instance lock: first in the lock order (instance, runtime, loop-control, device). */
+  /**
+   * The instance lock: first in the lock order (instance, runtime, loop-control, device).
+   * Taking it reads state.json again (the instance may have been destroyed, or destroyed
+   * and created anew, while we waited) and migrates a version-1 state.
+   */
   lock(): void {
     if (this.lockFd >= 0) return;
     const n = native();
@@ -183,6 +204,8 @@ export class LocalInstance implements LoopScope {
     const fd = n.openat(this.stateDir.fd, LOCK_FILE, c.O_RDWR | c.O_CREAT | c.O_NOFOLLOW, 0o600);
     n.flock(fd, c.LOCK_EX);
     this.lockFd = fd;
+    this.store.invalidate();
+    if (this.store.readFile()?.legacyDevices) this.migrate();
   }
 
   unlock(): void {
@@ -192,14 +215,58 @@ export class LocalInstance implements LoopScope {
     }
   }
 
+  /**
+   * Version 1 → 2, under the lock. Version 1 removed a node creation's temporary and a
+   * partition's node only by a search of DIR at release; version 2 knows every name it
+   * must unlink (temporaries live in .loopfs, partitions are recorded before they are
+   * published). So DIR is searched once here, before the records are written: a kill
+   * in between repeats both steps at the next lock.
+   */
+  private migrate(): void {
+    const legacy = this.store.readFile()?.legacyDevices;
+    if (!legacy) return;
+    const expected = new Set<string>();
+    for (const d of Object.values(legacy)) for (const p of d.partitions ?? []) expected.add(p);
+    for (const name of this.root.list()) {
+      if (/^\.loop\d+(p\d+)?\..*\.tmp$/.test(name) || (/^loop\d+p\d+$/.test(name) && !expected.has(name))) {
+        this.root.unlinkQuiet(name);
+      }
+    }
+    this.store.migrate();
+  }
+
+  /** The whole state: the header and every device record (O(devices): listings, gc). */
   state(): InstanceState {
-    const s = readState(this.stateDir);
+    const s = this.store.read();
     if (!s) throw sysError('ENOENT', 'open', `${this.dir}/${STATE_DIR}/state.json`);
     return s;
   }
 
-  private save(s: InstanceState): void {
-    writeState(this.stateDir, s);
+  /** Identity, owner and limits only (state.json, read once). */
+  header(): InstanceHeader {
+    const h = this.store.header();
+    if (!h) throw sysError('ENOENT', 'open', `${this.dir}/${STATE_DIR}/state.json`);
+    return h;
+  }
+
+  /** The record of one device, or null when the instance does not hold it. */
+  record(minor: number): HeldDevice | null {
+    return this.store.device(minor);
+  }
+
+  /** Minors the instance holds, ascending (a listing of the records, none of them read). */
+  minors(): number[] {
+    return this.store.minors();
+  }
+
+  /** Whether `instance destroy` has begun (and, if nobody runs it now, gc is to finish it). */
+  isDestroying(): boolean {
+    return this.store.destroying();
+  }
+
+  /** The durable first step of `instance destroy`. Caller holds the instance lock. */
+  markDestroying(): void {
+    this.store.markDestroying();
   }
 
   private withLock<T>(fn: () => T): T {
@@ -210,6 +277,11 @@ export class LocalInstance implements LoopScope {
     } finally {
       if (!held) this.unlock();
     }
+  }
+
+  /** Nothing new goes into an instance that is being destroyed. */
+  private checkNotDestroying(): void {
+    if (this.store.destroying()) throw sysError('ENOENT', 'open', `${this.dir}/${STATE_DIR}/state.json`);
   }
 
   // ---------------------------------------------------------------- scope
@@ -225,14 +297,15 @@ export class LocalInstance implements LoopScope {
 
   /** Held and bound devices, in /sys/block order like util-linux, named as device() names them. */
   usedDevices(): LoopDevice[] {
-    const s = this.state();
+    const held = new Set(this.store.minors());
     const result: LoopDevice[] = [];
     for (const name of loopNamesInSysfs()) {
       const minor = this.names.sysBlockMinor(name);
-      if (minor === null || s.devices[minor]?.state !== 'held') continue;
+      if (minor === null || !held.has(minor)) continue;
       if (!this.isPublished(minor)) continue;
       const dev = this.device(minor);
       if (dev.sysfs()?.offset() == null) continue; // not bound
+      if (this.store.device(minor)?.state !== 'held') continue;
       result.push(dev);
     }
     return result;
@@ -251,7 +324,7 @@ export class LocalInstance implements LoopScope {
   contains(dev: LoopDevice): boolean {
     const d = dev.devno();
     if (!d || d[0] !== LOOP_MAJOR) return false;
-    return this.state().devices[d[1]]?.state === 'held' && this.isPublished(d[1]);
+    return this.store.device(d[1])?.state === 'held' && this.isPublished(d[1]);
   }
 
   ensureDevice(): void {
@@ -265,13 +338,23 @@ export class LocalInstance implements LoopScope {
     return !!st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === LOOP_MAJOR && st.rdevMinor === minor;
   }
 
-  /** `losetup -f`: the first unbound held device, else a new one reserved into the instance. */
+  /**
+   * `losetup -f`: an unbound held device, else a new one reserved into the instance. The
+   * idle hints are looked at first; every held device only when a limit stops a new one.
+   */
   findFree(): LoopDevice {
     return this.withLock(() => {
-      const idle = this.idleMinors(this.state());
-      if (idle.length > 0) return this.device(idle[0]);
-      const minor = this.reserve(null);
-      return this.device(minor);
+      this.checkNotDestroying();
+      const hinted = this.hintedIdle();
+      if (hinted.length > 0) return this.device(hinted[0]);
+      try {
+        return this.device(this.reserve(null));
+      } catch (e) {
+        if (!(e instanceof QuotaError)) throw e;
+        const idle = this.idleMinors();
+        if (idle.length > 0) return this.device(idle[0]);
+        throw e;
+      }
     });
   }
 
@@ -281,7 +364,8 @@ export class LocalInstance implements LoopScope {
    */
   ensurePool(pool: number): number[] {
     const reserved: number[] = [];
-    while (this.idleMinors(this.state()).length < pool) {
+    // a full look (this refill is where devices freed behind our back get their hints)
+    for (let idle = this.idleMinors().length; idle < pool; idle++) {
       try {
         reserved.push(this.reserve(null));
       } catch (e) {
@@ -295,22 +379,9 @@ export class LocalInstance implements LoopScope {
   /** `losetup -f FILE`: bind an idle held device, or reserve a new one and bind it. */
   allocate(req: AttachRequest): Allocated {
     return this.withLock(() => {
-      for (const minor of this.idleMinors(this.state())) {
-        // bind through the host node, never through DIR/loopN: the instance owner may
-        // swap that name for a symlink to another tenant's device between our lstat()
-        // check and the open
-        const dev = new LoopDevice(hostNode(minor));
-        try {
-          const r = attach(dev, req);
-          this.publishPartitions(minor, req);
-          return { device: this.device(minor), holder: dev, ...r };
-        } catch (e) {
-          dev.close();
-          if (!(e instanceof AttachError) || e.code !== 'EBUSY') throw e;
-          // a host tool took our idle device: it stays ours until it can be removed
-          this.markRemoving(minor);
-        }
-      }
+      this.checkNotDestroying();
+      const reused = this.bindIdle(this.hintedIdle(), req);
+      if (reused) return reused;
       let bound: Allocated | null = null;
       for (let attempt = 1; ; attempt++) {
         try {
@@ -327,6 +398,13 @@ export class LocalInstance implements LoopScope {
           });
           break;
         } catch (e) {
+          if (e instanceof QuotaError) {
+            // at a limit: an idle device that has no hint (freed by a stock tool, or by
+            // autoclear after a stock umount) is still the instance's to use
+            const idle = this.bindIdle(this.idleMinors(), req);
+            if (idle) return idle;
+            throw e;
+          }
           // Lost the free device to a foreign tool between LOOP_CTL_GET_FREE and our bind:
           // it bound it (EBUSY), removed it (the open fails: ENOENT, ENODEV, ENXIO) or was
           // tearing it down (ENXIO, also right after our configure: the read-back finds it
@@ -345,15 +423,60 @@ export class LocalInstance implements LoopScope {
     });
   }
 
+  /** Bind the first of `minors` (idle held devices) that takes the file; null if none does. */
+  private bindIdle(minors: number[], req: AttachRequest): Allocated | null {
+    for (const minor of minors) {
+      // bind through the host node, never through DIR/loopN: the instance owner may
+      // swap that name for a symlink to another tenant's device between our lstat()
+      // check and the open
+      const dev = new LoopDevice(hostNode(minor));
+      try {
+        const r = attach(dev, req);
+        this.store.dropIdle(minor);
+        this.publishPartitions(minor, req);
+        return { device: this.device(minor), holder: dev, ...r };
+      } catch (e) {
+        dev.close();
+        if (!(e instanceof AttachError) || e.code !== 'EBUSY') throw e;
+        // a host tool took our idle device: it stays ours until it can be removed
+        this.markRemoving(minor);
+      }
+    }
+    return null;
+  }
+
   private minorOf(dev: LoopDevice): number {
     return Number(dev.path.slice(dev.path.lastIndexOf('loop') + 4));
   }
 
-  /** Held devices that are not bound and whose node is published, ascending. */
-  private idleMinors(s: InstanceState): number[] {
-    return heldMinors(s).filter(
-      (m) => s.devices[m].state === 'held' && this.isPublished(m) && !SysfsLoop.forName(nodeName(m)).isBound(),
-    );
+  /** A held device that is not bound and whose node is published. */
+  private isIdle(minor: number, entry: HeldDevice | null = this.store.device(minor)): boolean {
+    return entry?.state === 'held' && this.isPublished(minor) && !SysfsLoop.forName(nodeName(minor)).isBound();
+  }
+
+  /**
+   * The hinted idle devices that really are idle, ascending; stale hints are dropped.
+   * Costs the number of hints (about the pool size), not the number of devices.
+   */
+  private hintedIdle(): number[] {
+    const idle: number[] = [];
+    for (const minor of this.store.idleHints()) {
+      if (this.isIdle(minor)) idle.push(minor);
+      else this.store.dropIdle(minor);
+    }
+    return idle;
+  }
+
+  /**
+   * Every held device that is idle, ascending, found by looking at each one (reading
+   * every record: for gc, a pool refill, a limit); their hints are written on the way.
+   */
+  idleMinors(): number[] {
+    const s = this.state();
+    const hints = new Set(this.store.idleHints());
+    const idle = heldMinors(s).filter((m) => this.isIdle(m, s.devices[m]));
+    for (const m of idle) if (!hints.has(m)) this.store.noteIdle(m);
+    return idle;
   }
 
   /**
@@ -362,40 +485,44 @@ export class LocalInstance implements LoopScope {
    * if it fails the device is returned to the system as if never taken.
    */
   private reserve(bind: ((minor: number) => void) | null): number {
-    const s = this.state();
-    const held = heldMinors(s).length;
-    if (s.max !== null && held >= s.max) {
-      throw new QuotaError(`${this.dir}: instance limit of ${s.max} loop devices reached`);
+    const h = this.header();
+    // counting the records lists a directory that the limit itself keeps small
+    if (h.max !== null && this.store.minors().length >= h.max) {
+      throw new QuotaError(`${this.dir}: instance limit of ${h.max} loop devices reached`);
     }
     const rt = Runtime.open(this.env);
     let minor = -1;
     try {
       rt.lock();
-      const limit = limitForUid(s.owner.uid, this.env);
-      if (limit && rt.countClaimsOfUid(s.owner.uid) >= limit.limit) {
-        throw new QuotaError(`uid ${s.owner.uid}: limit of ${limit.limit} loop devices reached (${limit.source})`);
+      const limit = limitForUid(h.owner.uid, this.env);
+      if (limit && rt.countClaimsOfUid(h.owner.uid) >= limit.limit) {
+        throw new QuotaError(`uid ${h.owner.uid}: limit of ${limit.limit} loop devices reached (${limit.source})`);
       }
-      minor = this.claimFreeMinor(rt, s);
+      minor = this.claimFreeMinor(rt, h);
       rt.unlock();
-      s.devices[minor] = { state: 'held' };
-      this.save(s);
+      this.store.writeDevice(minor, { state: 'held' });
       if (bind) {
         try {
           bind(minor);
         } catch (e) {
           // never published: nobody in the instance can hold it, so it may leave directly
-          delete s.devices[minor];
-          this.save(s);
-          rt.release(minor, s.id);
+          this.store.removeDevices([minor]);
+          rt.release(minor, h.id);
           this.removeQuietly(minor);
           throw e;
         }
       }
-      this.root.mknodBlock(nodeName(minor), LOOP_MAJOR, minor, s.owner.uid, s.owner.gid, s.mode);
+      this.publish(nodeName(minor), LOOP_MAJOR, minor, h);
+      if (!bind) this.store.noteIdle(minor);
       return minor;
     } finally {
       rt.close();
     }
+  }
+
+  /** Create a node in DIR; its temporary lives in .loopfs, out of the owner's reach. */
+  private publish(name: string, major: number, minor: number, h: InstanceHeader = this.header()): void {
+    this.root.mknodBlock(name, major, minor, h.owner.uid, h.owner.gid, h.mode, this.stateDir);
   }
 
   /**
@@ -403,7 +530,7 @@ export class LocalInstance implements LoopScope {
    * the lowest unbound device, which may be another instance's idle one; then a fresh
    * index above every existing device is added instead.
    */
-  private claimFreeMinor(rt: Runtime, s: InstanceState): number {
+  private claimFreeMinor(rt: Runtime, h: InstanceHeader): number {
     // A fresh index above every existing device, created with LOOP_CTL_ADD, rather than
     // LOOP_CTL_GET_FREE's lowest unbound one: host tools allocate from the bottom, so
     // they reach an instance's idle device only when every lower one is busy, and giving
@@ -411,7 +538,7 @@ export class LocalInstance implements LoopScope {
     const ctl = LoopControl.open();
     try {
       ctl.lock();
-      let next = Math.max(-1, ...loopNamesInSysfs().map((n) => Number(n.slice(4))).filter(Number.isInteger)) + 1;
+      let next = highestLoopIndex() + 1;
       for (let tries = 0; tries < 64; tries++, next++) {
         try {
           ctl.add(next);
@@ -419,7 +546,7 @@ export class LocalInstance implements LoopScope {
           if (hasCode(e, 'EEXIST')) continue;
           throw e;
         }
-        if (rt.claim({ minor: next, id: s.id, dir: this.dir, uid: s.owner.uid })) return next;
+        if (rt.claim({ minor: next, id: h.id, dir: this.dir, uid: h.owner.uid })) return next;
         // a stale claim names this index: the device we just made is nobody's, undo it
         this.removeQuietly(next);
       }
@@ -441,29 +568,23 @@ export class LocalInstance implements LoopScope {
 
   /** Record a claimed device and publish its node. Caller holds the instance lock. */
   adopt(minor: number): void {
-    const s = this.state();
-    s.devices[minor] = { state: 'held' };
-    this.save(s);
+    this.store.writeDevice(minor, { state: 'held' });
     this.republish(minor);
   }
 
   /** Drop a device from the record and unpublish it, leaving its claim alone. */
   forget(minor: number): void {
-    const s = this.state();
-    this.unpublishPartitions(minor, s);
-    if (s.devices[minor]) {
-      this.root.unlinkQuiet(nodeName(minor));
-      delete s.devices[minor];
-    }
-    this.save(s);
+    const entry = this.store.device(minor);
+    if (!entry) return;
+    this.unlinkNodesOf(minor, entry);
+    this.store.removeDevices([minor]);
   }
 
   /** Publish the node of a held device again if it is missing or wrong; true if it was. */
   republish(minor: number): boolean {
     if (this.isPublished(minor)) return false;
-    const s = this.state();
     this.root.unlinkQuiet(nodeName(minor));
-    this.root.mknodBlock(nodeName(minor), LOOP_MAJOR, minor, s.owner.uid, s.owner.gid, s.mode);
+    this.publish(nodeName(minor), LOOP_MAJOR, minor);
     return true;
   }
 
@@ -475,8 +596,8 @@ export class LocalInstance implements LoopScope {
     const s = this.state();
     const expected = new Set<string>();
     for (const m of heldMinors(s)) {
-      if (s.devices[m].state === 'held') expected.add(nodeName(m));
-      for (const p of s.devices[m].partitions ?? []) expected.add(p);
+      if (s.devices[m].state === 'held' && !s.destroying) expected.add(nodeName(m));
+      for (const p of s.destroying ? [] : (s.devices[m].partitions ?? [])) expected.add(p);
     }
     return this.root
       .list()
@@ -488,14 +609,15 @@ export class LocalInstance implements LoopScope {
   }
 
   /**
-   * Temporaries of state writes that a kill interrupted (writeFileAtomic: write, then
-   * rename). Every state write happens under the instance lock, so with the lock held
-   * any temporary is dead. Caller holds the instance lock. Returns the names removed.
+   * Temporaries of state writes and node creations that a kill interrupted
+   * (writeFileAtomic: write, then rename; mknodBlock: mknod in .loopfs, then rename into
+   * DIR). Every such write happens under the instance lock, so with the lock held any
+   * temporary is dead. Caller holds the instance lock. Returns the names removed.
    */
   removeTempFiles(): string[] {
     const removed = this.stateDir.list().filter((n) => n.startsWith('.') && n.endsWith('.tmp'));
     for (const n of removed) this.stateDir.unlinkQuiet(n);
-    return removed;
+    return [...removed, ...this.store.removeTempFiles()];
   }
 
   // ---------------------------------------------------------------- partitions
@@ -510,13 +632,19 @@ export class LocalInstance implements LoopScope {
    * Make `DIR/loopNpM` match the partitions the kernel has for loopN now: found by the
    * kernel's scan at attach time (--partscan), or added later with BLKPG (`partx -a`,
    * `addpart`; also how partitions appear on kernels built without partition parsers).
+   * Names are recorded before their nodes exist and forgotten only after their nodes are
+   * gone, so the record always names every node a release must unlink.
    * Returns the names added and removed. Caller holds the instance lock.
    */
   syncPartitions(minor: number): { added: string[]; removed: string[] } {
-    const s = this.state();
-    const entry = s.devices[minor];
+    const entry = this.store.device(minor);
     if (!entry || entry.state !== 'held') return { added: [], removed: [] };
+    const h = this.header();
     const current = partitionsOf(minor);
+    const recorded = entry.partitions ?? [];
+    const names = current.map((p) => p.name);
+    const union = [...new Set([...recorded, ...names])];
+    if (union.length !== recorded.length) this.store.writeDevice(minor, { state: 'held', partitions: union });
     const c = native().constants;
     const added: string[] = [];
     for (const part of current) {
@@ -524,24 +652,13 @@ export class LocalInstance implements LoopScope {
       const ok = st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === part.major && st.rdevMinor === part.minor;
       if (ok) continue;
       this.root.unlinkQuiet(part.name);
-      this.root.mknodBlock(part.name, part.major, part.minor, s.owner.uid, s.owner.gid, s.mode);
+      this.publish(part.name, part.major, part.minor, h);
       added.push(part.name);
     }
-    const names = new Set(current.map((p) => p.name));
-    const removed = (entry.partitions ?? []).filter((n) => !names.has(n));
+    const removed = recorded.filter((n) => !names.includes(n));
     for (const n of removed) this.root.unlinkQuiet(n);
-    const list = [...names];
-    if (added.length || removed.length || (entry.partitions ?? []).length !== list.length) {
-      if (list.length) entry.partitions = list;
-      else delete entry.partitions;
-      this.save(s);
-    }
+    if (union.length !== names.length) this.store.writeDevice(minor, { state: 'held', partitions: names });
     return { added, removed };
-  }
-
-  private unpublishPartitions(minor: number, s: InstanceState): void {
-    for (const p of s.devices[minor]?.partitions ?? []) this.root.unlinkQuiet(p);
-    if (s.devices[minor]) delete s.devices[minor].partitions;
   }
 
   // ---------------------------------------------------------------- detach and release
@@ -570,33 +687,38 @@ export class LocalInstance implements LoopScope {
 
   private settleDetached(minor: number): void {
     this.withLock(() => {
-      const s = this.state();
-      if (!s.devices[minor]) return;
-      this.unpublishPartitions(minor, s);
-      this.save(s);
-      const idle = this.idleMinors(s).filter((m) => m !== minor).length;
-      if (idle >= s.pool) this.release(minor, UNBIND_WAIT_MS);
+      const entry = this.store.device(minor);
+      if (!entry) return;
+      if (entry.partitions?.length) {
+        for (const p of entry.partitions) this.root.unlinkQuiet(p);
+        this.store.writeDevice(minor, { state: entry.state });
+      }
+      const pool = this.header().pool;
+      // the pool counts the hinted idle devices: a look at each held device is gc's job
+      const idle = pool === 0 ? 0 : this.hintedIdle().filter((m) => m !== minor).length;
+      if (idle >= pool) this.release(minor, UNBIND_WAIT_MS);
+      else if (entry.state === 'held') this.store.noteIdle(minor);
     });
   }
 
   private markRemoving(minor: number): void {
-    const s = this.state();
-    if (!s.devices[minor]) return;
-    s.devices[minor].state = 'removing';
-    this.save(s);
-    this.unlinkNodesOf(minor);
+    const entry = this.store.device(minor);
+    if (!entry) return;
+    this.store.dropIdle(minor);
+    if (entry.state !== 'removing') this.store.writeDevice(minor, { ...entry, state: 'removing' });
+    this.unlinkNodesOf(minor, entry);
   }
 
   /**
-   * Every name in DIR that can reach device `minor`: its node, its partitions' nodes, and
-   * the temporary of a node creation that was killed (mknodBlock: created, chowned to the
-   * owner, then renamed). All go before LOOP_CTL_REMOVE: once the index has left, the next
-   * device created with that number may be anybody's, and a node left behind in DIR would
-   * still open it for the instance owner.
+   * Every name in DIR that can reach device `minor`: its node and its partitions' nodes
+   * (all recorded before they are created). All go before LOOP_CTL_REMOVE: once the index
+   * has left, the next device created with that number may be anybody's, and a node left
+   * behind in DIR would still open it for the instance owner. A node creation killed
+   * half-way leaves its temporary in .loopfs, where the owner cannot reach it.
    */
-  private unlinkNodesOf(minor: number): void {
-    const re = new RegExp(`^\\.?loop${minor}(p\\d+)?(\\..*\\.tmp)?$`);
-    for (const name of this.root.list()) if (re.test(name)) this.root.unlinkQuiet(name);
+  private unlinkNodesOf(minor: number, entry: HeldDevice): void {
+    this.root.unlinkQuiet(nodeName(minor));
+    for (const p of entry.partitions ?? []) this.root.unlinkQuiet(p);
   }
 
   /**
@@ -616,37 +738,108 @@ export class LocalInstance implements LoopScope {
     let removed = false;
     try {
       this.markRemoving(minor);
-      const deadline = Date.now() + waitMs;
-      for (;;) {
-        try {
-          ctl.remove(minor);
-          removed = true;
-        } catch (e) {
-          // ENODEV/ENXIO: the index is gone already (a previous attempt got this far)
-          if (hasCode(e, 'ENODEV', 'ENXIO')) removed = true;
-          else if (!hasCode(e, 'EBUSY')) throw e;
-        }
-        if (removed || Date.now() >= deadline) break;
-        sleepMs(20);
-      }
+      removed = removeWithin(ctl, minor, waitMs);
     } finally {
       ctl.close();
     }
     if (!removed) return false;
-    const s = this.state();
-    this.unpublishPartitions(minor, s);
-    this.root.unlinkQuiet(nodeName(minor));
-    delete s.devices[minor];
-    this.save(s);
+    this.forgetRemoved([minor]);
+    return true;
+  }
+
+  /**
+   * Devices that LOOP_CTL_REMOVE took: delete their records (one fsync), then drop their
+   * claims. Caller holds the instance lock.
+   */
+  private forgetRemoved(minors: number[]): void {
+    if (minors.length === 0) return;
+    const id = this.header().id;
+    this.store.removeDevices(minors);
     const rt = Runtime.open(this.env);
     try {
       rt.lock();
-      rt.release(minor, s.id);
+      for (const m of minors) rt.release(m, id);
     } finally {
       rt.close();
     }
-    return true;
   }
+
+  /**
+   * The device half of `instance destroy`, after markDestroying(): unlink every node,
+   * detach the held devices in `clear` that are still bound, remove every device (waiting
+   * up to `waitMs` in all for the busy ones), then forget the removed ones in one batch.
+   * Caller holds the instance lock.
+   */
+  releaseAll(clear: ReadonlySet<number>, waitMs: number, progress?: (done: number, total: number) => void): { removed: number[]; deferred: number[] } {
+    const s = this.state();
+    const all = heldMinors(s);
+    for (const m of all) this.unlinkNodesOf(m, s.devices[m]);
+    const removed: number[] = [];
+    let busy: number[] = [];
+    let ctl: LoopControl | null = null;
+    try {
+      ctl = LoopControl.open();
+    } catch {
+      /* no loop-control (an activated container's /dev): every device waits for gc */
+    }
+    try {
+      for (const [i, minor] of all.entries()) {
+        progress?.(i, all.length);
+        if (clear.has(minor)) clearIfBound(minor);
+        if (ctl && removeWithin(ctl, minor, 0)) removed.push(minor);
+        else busy.push(minor);
+      }
+      const deadline = Date.now() + waitMs;
+      while (ctl && busy.length > 0 && Date.now() < deadline) {
+        sleepMs(20);
+        busy = busy.filter((m) => !(removeWithin(ctl!, m, 0) && removed.push(m)));
+      }
+    } finally {
+      ctl?.close();
+    }
+    progress?.(all.length, all.length);
+    this.forgetRemoved(removed);
+    return { removed, deferred: busy };
+  }
+}
+
+/** LOOP_CTL_REMOVE, retried while EBUSY for up to `waitMs`; true once the index is gone. */
+function removeWithin(ctl: LoopControl, minor: number, waitMs: number): boolean {
+  const deadline = Date.now() + waitMs;
+  for (;;) {
+    try {
+      ctl.remove(minor);
+      return true;
+    } catch (e) {
+      // ENODEV/ENXIO: the index is gone already (a previous attempt got this far)
+      if (hasCode(e, 'ENODEV', 'ENXIO')) return true;
+      if (!hasCode(e, 'EBUSY')) throw e;
+    }
+    if (Date.now() >= deadline) return false;
+    sleepMs(20);
+  }
+}
+
+/** Detach /dev/loopN if a file is bound to it (lazily, when somebody still holds it open). */
+function clearIfBound(minor: number): void {
+  const dev = new LoopDevice(hostNode(minor));
+  try {
+    if (dev.sysfs()?.isBound()) dev.clear();
+  } catch (e) {
+    if (!hasCode(e, 'ENXIO', 'ENOENT', 'ENODEV')) throw e;
+  } finally {
+    dev.close();
+  }
+}
+
+/** The highest loop index that exists now (-1 for none), from /sys/block. */
+function highestLoopIndex(): number {
+  let max = -1;
+  for (const n of loopNamesInSysfs()) {
+    const i = Number(n.slice(4));
+    if (Number.isInteger(i) && i > max) max = i;
+  }
+  return max;
 }
 
 export interface PartitionNode {

@@ -5,13 +5,12 @@
  */
 import { readFileSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
-import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, partitionsOf } from './local-instance.js';
 import { PinnedDir } from './pinned-dir.js';
 import { Runtime } from './runtime.js';
-import { heldMinors, LOCK_FILE, STATE_DIR, STATE_FILE, type InstanceState } from './state.js';
+import { DESTROYING_FILE, DEVICES_DIR, heldMinors, IDLE_DIR, LOCK_FILE, STATE_DIR, STATE_FILE, type InstanceState } from './state.js';
 
 export interface DeviceInfo {
   minor: number;
@@ -101,9 +100,9 @@ export function listInstances(env: NodeJS.ProcessEnv = process.env): ListedInsta
       try {
         const inst = LocalInstance.open(e.dir, env);
         try {
-          const s = inst.state();
+          const s = inst.header();
           if (s.id !== e.id) throw new Error('replaced');
-          const minors = heldMinors(s);
+          const minors = inst.minors();
           const bound = minors.filter((m) => SysfsLoop.forName(`loop${m}`).isBound()).length;
           return { dir: e.dir, id: e.id, uid: s.owner.uid, devices: minors.length, bound, max: s.max, ok: true };
         } finally {
@@ -149,13 +148,9 @@ export function destroyInstance(
   try {
     inst.lock();
     const s = inst.state();
-    const mounts = mountsByDevno();
-    // Only "held" devices carry the instance's bindings. A "removing" one was let go
-    // already (detached by the instance, or found bound by a host tool that took it while
-    // idle): whatever is bound to it now is never cleared here, only removed once free.
-    const live = heldMinors(s).filter((m) => s.devices[m].state === 'held');
-    if (!force) {
-      for (const minor of live) {
+    if (!force && !s.destroying) {
+      const mounts = mountsByDevno();
+      for (const minor of heldMinors(s).filter((m) => s.devices[m].state === 'held')) {
         const mp = mountpointsOf(minor, mounts);
         if (mp.length > 0) throw new BusyError(`${inst.nodePath(minor)} is mounted on ${mp[0]} (use --force to detach lazily)`);
         // /proc/self/mountinfo shows only our mount namespace; a mount anywhere else (a
@@ -165,42 +160,43 @@ export function destroyInstance(
         }
       }
     }
-    const removed: number[] = [];
-    const deferred: number[] = [];
-    const all = heldMinors(s);
-    for (const [i, minor] of all.entries()) {
-      progress?.('devices', i, all.length);
-      const dev = new LoopDevice(`/dev/loop${minor}`);
-      try {
-        if (live.includes(minor) && dev.sysfs()?.isBound()) dev.clear();
-      } catch (e) {
-        if (!hasCode(e, 'ENXIO', 'ENOENT', 'ENODEV')) throw e;
-      } finally {
-        dev.close();
-      }
-      (inst.release(minor, 2000) ? removed : deferred).push(minor);
-    }
-    progress?.('devices', all.length, all.length);
-    // What is left is claimed by this id with no state behind it: gc's orphan handling.
-    // Those devices were detached just now (lazily): mark their claims so that gc never
-    // detaches them again — once autoclear frees one, a new binding is somebody else's.
-    if (deferred.length > 0) {
-      const rt = Runtime.open(env);
-      try {
-        rt.lock();
-        for (const minor of deferred) rt.markCleared({ minor, id: s.id, dir: inst.dir, uid: s.owner.uid });
-      } finally {
-        rt.close();
-      }
-    }
-    // Nothing that looks like a device may outlive the instance: a node left by a killed
-    // command (a torn node creation) would keep reaching its minor once that is reused.
-    for (const name of inst.strayEntries()) inst.removeEntry(name);
-    removeInstanceFiles(inst.dir, s, env);
-    return { dir: inst.dir, id: s.id, removed, deferred };
+    // One durable step marks every device for removal: from here on a kill leaves an
+    // instance that gc destroys (completeDestroy), never one half used, half torn down.
+    inst.markDestroying();
+    return completeDestroy(inst, s, progress);
   } finally {
     inst.close();
   }
+}
+
+/**
+ * Everything of a destroy after its mark (`instance destroy`, or gc finishing one that was
+ * killed): detach and remove every device, then remove the instance. Caller holds the
+ * instance lock and has marked it destroying.
+ */
+export function completeDestroy(inst: LocalInstance, s: InstanceState = inst.state(), progress?: ProgressFn): DestroyResult {
+  // Only "held" devices carry the instance's bindings. A "removing" one was let go
+  // already (detached by the instance, or found bound by a host tool that took it while
+  // idle): whatever is bound to it now is never cleared here, only removed once free.
+  const live = new Set(heldMinors(s).filter((m) => s.devices[m].state === 'held'));
+  const { removed, deferred } = inst.releaseAll(live, 2000, progress && ((done, total) => progress('devices', done, total)));
+  // What is left is claimed by this id with no state behind it: gc's orphan handling.
+  // Those devices were detached just now (lazily): mark their claims so that gc never
+  // detaches them again — once autoclear frees one, a new binding is somebody else's.
+  if (deferred.length > 0) {
+    const rt = Runtime.open(inst.env);
+    try {
+      rt.lock();
+      for (const minor of deferred) rt.markCleared({ minor, id: s.id, dir: inst.dir, uid: s.owner.uid });
+    } finally {
+      rt.close();
+    }
+  }
+  // Nothing that looks like a device may outlive the instance: a node left by a killed
+  // command (a torn node creation) would keep reaching its minor once that is reused.
+  for (const name of inst.strayEntries()) inst.removeEntry(name);
+  removeInstanceFiles(inst.dir, s, inst.env);
+  return { dir: inst.dir, id: s.id, removed, deferred };
 }
 
 /** Whether somebody holds /dev/loopN with O_EXCL (a mount in any namespace, dm, swap). */
@@ -224,7 +220,23 @@ function removeInstanceFiles(dir: string, s: InstanceState, env: NodeJS.ProcessE
       // state.json first: from here on DIR is no instance, whatever else a crash leaves
       // (a .loopfs without state is taken over by the next `instance create`)
       sd.unlinkQuiet(STATE_FILE);
+      sd.unlinkQuiet(DESTROYING_FILE);
       sd.unlinkQuiet(LOCK_FILE);
+      for (const sub of [DEVICES_DIR, IDLE_DIR]) {
+        let d: PinnedDir;
+        try {
+          d = sd.openSub(sub);
+        } catch (e) {
+          if (hasCode(e, 'ENOENT')) continue;
+          throw e;
+        }
+        try {
+          for (const n of d.list()) d.unlinkQuiet(n);
+        } finally {
+          d.close();
+        }
+        sd.rmdirQuiet(sub);
+      }
       for (const n of sd.list()) if (n.endsWith('.tmp')) sd.unlinkQuiet(n);
     } finally {
       sd.close();

@@ -87,7 +87,7 @@ export class PinnedDir {
    * Replace `name` atomically: write a temporary file, fsync it, rename it over the old
    * one. A reader (or a crash at any point) sees the old content or the new, never a mix.
    */
-  writeFileAtomic(name: string, content: string, mode = 0o644): void {
+  writeFileAtomic(name: string, content: string, mode = 0o644, syncDir = true): void {
     const n = native();
     const c = n.constants;
     const tmp = tempNameFor(name);
@@ -108,7 +108,12 @@ export class PinnedDir {
       this.unlinkQuiet(tmp);
       throw e;
     }
-    // make the rename itself durable
+    // make the rename itself durable (a caller that writes a batch fsyncs once, after it)
+    if (syncDir) fsyncSync(this.fd);
+  }
+
+  /** fsync the directory: makes the entries created, renamed and removed in it durable. */
+  fsync(): void {
     fsyncSync(this.fd);
   }
 
@@ -160,21 +165,40 @@ export class PinnedDir {
    * created under a temporary name, checked to be the node we made, then renamed into
    * place so that the final name never shows a half-configured node.
    */
-  mknodBlock(name: string, maj: number, min: number, uid: number, gid: number, mode: number): void {
+  mknodBlock(name: string, maj: number, min: number, uid: number, gid: number, mode: number, tmpDir?: PinnedDir): void {
+    if (tmpDir) {
+      try {
+        this.mknodBlockIn(tmpDir, name, maj, min, uid, gid, mode);
+        return;
+      } catch (e) {
+        // another filesystem mounted on the temporaries' directory: build the node here
+        if (!hasCode(e, 'EXDEV')) throw e;
+      }
+    }
+    this.mknodBlockIn(this, name, maj, min, uid, gid, mode);
+  }
+
+  /**
+   * mknodBlock with the temporary in `tmpDir` (same filesystem). With a directory nobody
+   * else can reach (an instance's `.loopfs`), a node creation that is killed half-way leaves
+   * its temporary where the instance owner cannot open it, so nothing in this directory
+   * needs a search for such leftovers before the device number is given away.
+   */
+  private mknodBlockIn(tmpDir: PinnedDir, name: string, maj: number, min: number, uid: number, gid: number, mode: number): void {
     const n = native();
     const c = n.constants;
     const tmp = tempNameFor(name);
-    n.mknodat(this.fd, tmp, c.S_IFBLK | (mode & 0o777), maj, min);
+    n.mknodat(tmpDir.fd, tmp, c.S_IFBLK | (mode & 0o777), maj, min);
     try {
-      n.fchownat(this.fd, tmp, uid, gid);
-      const st = n.lstatat(this.fd, tmp);
+      n.fchownat(tmpDir.fd, tmp, uid, gid);
+      const st = n.lstatat(tmpDir.fd, tmp);
       if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== maj || st.rdevMinor !== min) {
-        throw Object.assign(new Error(`${this.path}/${tmp}: replaced while being created`), { code: 'EEXIST' });
+        throw Object.assign(new Error(`${tmpDir.path}/${tmp}: replaced while being created`), { code: 'EEXIST' });
       }
-      n.fchmodat(this.fd, tmp, mode & 0o7777);
-      n.renameat(this.fd, tmp, this.fd, name);
+      n.fchmodat(tmpDir.fd, tmp, mode & 0o7777);
+      n.renameat(tmpDir.fd, tmp, this.fd, name);
     } catch (e) {
-      this.unlinkQuiet(tmp);
+      tmpDir.unlinkQuiet(tmp);
       throw e;
     }
   }

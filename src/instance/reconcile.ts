@@ -10,6 +10,7 @@ import { LoopControl } from '../kernel/loop-control.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import type { LocalInstance } from './local-instance.js';
 import type { Claim, Runtime } from './runtime.js';
+import { completeDestroy } from './manage.js';
 import { heldMinors, type InstanceState } from './state.js';
 
 export interface GcFix {
@@ -30,7 +31,7 @@ export const removeIndex = (minor: number): 'removed' | 'busy' => LoopControl.re
 // The rules, shared with gcPreview so that doctor reports exactly what gc would settle.
 
 /** Devices claimed for the instance but not in its state (a crash while reserving or releasing). */
-export function unrecordedClaims(s: InstanceState, claims: Claim[]): number[] {
+export function unrecordedClaims(s: Pick<InstanceState, 'id' | 'devices'>, claims: Claim[]): number[] {
   return claims.filter((c) => c.id === s.id && !s.devices[c.minor]).map((c) => c.minor);
 }
 
@@ -39,7 +40,7 @@ export function unrecordedClaims(s: InstanceState, claims: Claim[]): number[] {
  * `unclaimed` (recorded without our claim), `half-released` (marked removing, or gone
  * from the kernel), or null.
  */
-export function heldDeviceIssue(s: InstanceState, minor: number, claim: Claim | null | undefined): 'unclaimed' | 'half-released' | null {
+export function heldDeviceIssue(s: Pick<InstanceState, 'id' | 'devices'>, minor: number, claim: Claim | null | undefined): 'unclaimed' | 'half-released' | null {
   if (!claim || claim.id !== s.id) return 'unclaimed';
   if (s.devices[minor].state === 'removing' || SysfsLoop.forName(`loop${minor}`).devno() === null) return 'half-released';
   return null;
@@ -53,6 +54,14 @@ export function heldDeviceIssue(s: InstanceState, minor: number, claim: Claim | 
 export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcReport, opts: { pool?: number } = {}): void {
   const s = inst.state();
   const fix = (minor: number | null, action: string) => report.fixes.push({ dir: inst.dir, minor, action });
+  if (s.destroying) {
+    // `instance destroy` was killed after its mark: finish it (it had decided already)
+    const r = completeDestroy(inst, s);
+    for (const minor of r.removed) fix(minor, 'removed device of an interrupted destroy');
+    for (const minor of r.deferred) report.pending.push({ dir: inst.dir, minor, action: 'device of an interrupted destroy is still in use' });
+    fix(null, 'finished an interrupted instance destroy');
+    return;
+  }
   rt.lock();
   const unrecorded = unrecordedClaims(s, rt.claims());
   rt.unlock();
@@ -73,10 +82,11 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
     fix(minor, bound ? 'dropped claim of a device bound outside the instance (never published)' : 'freed device that was claimed but not recorded');
   }
 
-  const current = inst.state();
-  for (const minor of heldMinors(current)) {
+  for (const minor of heldMinors(s)) {
     const claim = rt.claimOf(minor);
-    const issue = heldDeviceIssue(inst.state(), minor, claim);
+    const entry = inst.record(minor);
+    if (!entry) continue;
+    const issue = heldDeviceIssue({ id: s.id, devices: { [minor]: entry } }, minor, claim);
     if (issue === 'unclaimed') {
       // Recorded without our claim: our own steps never do this (claims come first and go
       // last); a reboot that emptied /run, a restored backup or tampering can. The claim is
@@ -103,11 +113,10 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
   }
   for (const tmp of inst.removeTempFiles()) fix(null, `removed leftover ${tmp}`);
 
-  const after = inst.state();
-  const idle = heldMinors(after).filter(
-    (m) => after.devices[m].state === 'held' && !SysfsLoop.forName(`loop${m}`).isBound(),
-  );
-  for (const minor of idle.slice(opts.pool ?? after.pool)) {
+  // every idle device, looked at one by one: this is where devices freed behind our back
+  // (a stock tool's detach, autoclear) get their idle hints
+  const idle = inst.idleMinors();
+  for (const minor of idle.slice(opts.pool ?? s.pool)) {
     if (inst.release(minor)) fix(minor, 'released idle device above the pool size');
   }
 }

@@ -1,20 +1,43 @@
 /**
- * The record an instance keeps of itself, in `DIR/.loopfs/state.json`:
- * identity, owner, limits and the loop device minors it holds.
+ * The record an instance keeps of itself, under `DIR/.loopfs/` (0700 root):
+ *
+ *   state.json       identity, owner, limits: written once by `instance create`
+ *   devices/loopN    one small record per loop device the instance holds
+ *   idle/loopN       empty hint files: held devices believed idle (see below)
+ *
+ * One record per device (format version 2) rather than one map of every device (version
+ * 1, still read, and migrated under the instance lock): an attach or a release writes
+ * and reads only the record of its own device, so its cost stays the same whether the
+ * instance holds one device or ten thousand. Each record is replaced atomically (write,
+ * fsync, rename, fsync the directory), exactly as the whole map used to be.
  *
  * Only the minors are recorded, not whether they are bound: the kernel (sysfs) is the
  * truth for that, so the record cannot go stale when a device is detached by autoclear
  * or by a stock tool. A minor is recorded *after* its global claim exists (claims.ts)
  * and forgotten *before* its claim is dropped, so that after a crash at any point the
- * claims are a superset of what states say, and `gc` can settle every difference.
+ * claims are a superset of what records say, and `gc` can settle every difference.
+ *
+ * The idle hints spare `losetup -f` a look at every held device to find an unbound one:
+ * the devices that became idle through our own tools (a `-f` reservation, the pool, a
+ * detach that kept its device) are hinted. A hint is never trusted, only a place to look
+ * (the device is checked in sysfs before use), and a missing hint costs only a fresh
+ * device instead of a reused one; so hints are written without fsync. A device freed
+ * behind our back (a stock tool's LOOP_CLR_FD, autoclear after a stock umount) gets its
+ * hint from the next full scan (reconcile, gc, a pool refill).
  */
 import { randomHex } from './random.js';
+import { hasCode } from '../kernel/errors.js';
+import { native } from '../kernel/native.js';
 import type { PinnedDir } from './pinned-dir.js';
 
 export const STATE_DIR = '.loopfs';
 export const STATE_FILE = 'state.json';
 export const LOCK_FILE = 'lock';
-export const STATE_VERSION = 1;
+export const DEVICES_DIR = 'devices';
+export const IDLE_DIR = 'idle';
+/** Version 2: per-device records; version 1 kept every device in state.json. */
+export const STATE_VERSION = 2;
+const LEGACY_VERSION = 1;
 
 /** What a held device is doing: `held` normally; `removing` once LOOP_CTL_REMOVE is due. */
 export type HeldState = 'held' | 'removing';
@@ -25,7 +48,8 @@ export interface HeldDevice {
   partitions?: string[];
 }
 
-export interface InstanceState {
+/** state.json: what never changes after `instance create`. */
+export interface InstanceHeader {
   version: typeof STATE_VERSION;
   id: string;
   owner: { uid: number; gid: number };
@@ -36,8 +60,14 @@ export interface InstanceState {
   /** Unbound devices kept ready after a detach (for tools that scan nodes). */
   pool: number;
   createdAt: string;
+}
+
+/** The whole instance: its header and every device record (read, not stored, as one). */
+export interface InstanceState extends InstanceHeader {
   /** Keyed by minor, as a decimal string. */
   devices: Record<string, HeldDevice>;
+  /** `instance destroy` has begun (DESTROYING_FILE): every device is on its way out. */
+  destroying?: boolean;
 }
 
 export function newInstanceId(): string {
@@ -58,18 +88,35 @@ function isUint(v: unknown): v is number {
   return typeof v === 'number' && Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 }
 
+function isHeldDevice(v: unknown): v is HeldDevice {
+  const d = v as HeldDevice;
+  return (
+    !!d &&
+    typeof d === 'object' &&
+    (d.state === 'held' || d.state === 'removing') &&
+    (d.partitions === undefined || (Array.isArray(d.partitions) && d.partitions.every((p) => /^loop\d+p\d+$/.test(p))))
+  );
+}
+
+/** A parsed state.json: the header, plus the device map of a version-1 file. */
+export interface ParsedStateFile {
+  header: InstanceHeader;
+  legacyDevices: Record<string, HeldDevice> | null;
+}
+
 /** Parse and validate; anything unexpected is an error, never silently repaired here. */
-export function parseState(dir: string, text: string): InstanceState {
+export function parseStateFile(dir: string, text: string): ParsedStateFile {
   let raw: unknown;
   try {
     raw = JSON.parse(text);
   } catch {
     throw new StateError(dir, 'instance state is not valid JSON');
   }
-  const s = raw as Partial<InstanceState>;
+  const s = raw as Omit<Partial<InstanceState>, "version"> & { version?: number };
+  const legacy = !!s && s.version === LEGACY_VERSION;
   const ok =
     s &&
-    s.version === STATE_VERSION &&
+    (s.version === STATE_VERSION || legacy) &&
     typeof s.id === 'string' &&
     /^[0-9a-f]{16}$/.test(s.id) &&
     s.owner &&
@@ -80,34 +127,245 @@ export function parseState(dir: string, text: string): InstanceState {
     (s.max === null || isUint(s.max)) &&
     isUint(s.pool) &&
     typeof s.createdAt === 'string' &&
-    s.devices &&
-    typeof s.devices === 'object' &&
-    Object.entries(s.devices).every(
-      ([k, v]) =>
-        /^\d+$/.test(k) &&
-        v &&
-        (v.state === 'held' || v.state === 'removing') &&
-        (v.partitions === undefined || (Array.isArray(v.partitions) && v.partitions.every((p) => /^loop\d+p\d+$/.test(p)))),
-    );
+    (!legacy ||
+      (s.devices && typeof s.devices === 'object' && Object.entries(s.devices).every(([k, v]) => /^\d+$/.test(k) && isHeldDevice(v))));
   if (!ok) throw new StateError(dir, 'instance state is malformed');
-  return s as InstanceState;
+  const header: InstanceHeader = {
+    version: STATE_VERSION,
+    id: s.id!,
+    owner: { uid: s.owner!.uid, gid: s.owner!.gid },
+    mode: s.mode!,
+    max: s.max!,
+    pool: s.pool!,
+    createdAt: s.createdAt!,
+  };
+  return { header, legacyDevices: legacy ? s.devices! : null };
 }
 
-export function serializeState(s: InstanceState): string {
-  return `${JSON.stringify(s, null, 2)}\n`;
+export function serializeHeader(h: InstanceHeader): string {
+  const { version, id, owner, mode, max, pool, createdAt } = h;
+  return `${JSON.stringify({ version, id, owner, mode, max, pool, createdAt }, null, 2)}\n`;
 }
 
-export function readState(stateDir: PinnedDir): InstanceState | null {
-  const text = stateDir.readFile(STATE_FILE);
-  return text === null ? null : parseState(stateDir.path, text);
-}
+const recordName = (minor: number): string => `loop${minor}`;
+const RECORD_RE = /^loop(\d+)$/;
 
-export function writeState(stateDir: PinnedDir, s: InstanceState): void {
-  stateDir.writeFileAtomic(STATE_FILE, serializeState(s), 0o644);
+/**
+ * `destroying`: written (durably, one fsync) by `instance destroy` before it touches any
+ * device: from then on every device of the instance is on its way out, and whoever takes
+ * the instance lock next (gc, a watcher) finishes the destroy instead of using it.
+ */
+export const DESTROYING_FILE = 'destroying';
+
+/**
+ * The files of one instance's state, through its pinned `.loopfs`. Readers need no lock;
+ * every writer holds the instance lock.
+ */
+export class StateStore {
+  private devicesDir: PinnedDir | null = null;
+  private idleDir: PinnedDir | null = null;
+  /** state.json as last read; a version-2 header never changes, so it is read once. */
+  private cached: ParsedStateFile | null = null;
+
+  constructor(private readonly stateDir: PinnedDir) {}
+
+  close(): void {
+    this.devicesDir?.close();
+    this.idleDir?.close();
+    this.devicesDir = this.idleDir = null;
+  }
+
+  /** state.json, or null when it does not exist (a version-1 file is read again each time). */
+  readFile(): ParsedStateFile | null {
+    if (this.cached && !this.cached.legacyDevices) return this.cached;
+    const text = this.stateDir.readFile(STATE_FILE);
+    this.cached = text === null ? null : parseStateFile(this.stateDir.path, text);
+    return this.cached;
+  }
+
+  /** Forget what was read (state.json may have been removed or replaced: gc, destroy). */
+  invalidate(): void {
+    this.cached = null;
+  }
+
+  header(): InstanceHeader | null {
+    return this.readFile()?.header ?? null;
+  }
+
+  /** Write the header of a new instance (caller holds the instance lock). */
+  create(h: InstanceHeader): void {
+    // a .loopfs taken over from a create or destroy killed half-way may still hold records
+    const dir = this.sub(DEVICES_DIR, true)!;
+    for (const name of dir.list()) dir.unlinkQuiet(name);
+    const idle = this.sub(IDLE_DIR, true)!;
+    for (const name of idle.list()) idle.unlinkQuiet(name);
+    this.stateDir.unlinkQuiet(DESTROYING_FILE);
+    this.stateDir.writeFileAtomic(STATE_FILE, serializeHeader(h), 0o644);
+    this.cached = { header: h, legacyDevices: null };
+  }
+
+  /** The whole state: header and every record (O(devices): for listings, gc, describe). */
+  read(): InstanceState | null {
+    const f = this.readFile();
+    if (!f) return null;
+    const s: InstanceState = { ...f.header, devices: f.legacyDevices ?? this.readRecords() };
+    if (this.destroying()) s.destroying = true;
+    return s;
+  }
+
+  /**
+   * Turn a version-1 state.json into records and a version-2 header. Caller holds the
+   * instance lock. Records first (each fsynced, the directory once), the header last: a
+   * kill before the header is replaced leaves a version-1 file, whose map is still the
+   * truth, and the next lock migrates again from scratch.
+   */
+  migrate(): boolean {
+    const f = this.readFile();
+    if (!f || !f.legacyDevices) return false;
+    const dir = this.sub(DEVICES_DIR, true)!;
+    this.sub(IDLE_DIR, true);
+    for (const name of dir.list()) if (!f.legacyDevices[RECORD_RE.exec(name)?.[1] ?? '']) dir.unlinkQuiet(name);
+    for (const [k, d] of Object.entries(f.legacyDevices)) this.writeDevice(Number(k), d, false);
+    dir.fsync();
+    this.stateDir.writeFileAtomic(STATE_FILE, serializeHeader(f.header), 0o644);
+    this.cached = { header: f.header, legacyDevices: null };
+    return true;
+  }
+
+  private readRecords(): Record<string, HeldDevice> {
+    const devices: Record<string, HeldDevice> = {};
+    for (const minor of this.minors()) {
+      const d = this.device(minor);
+      if (d) devices[minor] = d;
+    }
+    return devices;
+  }
+
+  /** Minors that have a record, ascending (a directory listing: no record is read). */
+  minors(): number[] {
+    const f = this.readFile();
+    if (f?.legacyDevices) return heldMinors({ devices: f.legacyDevices });
+    return this.names(DEVICES_DIR);
+  }
+
+  /** One device's record, or null when the instance does not hold it. */
+  device(minor: number): HeldDevice | null {
+    const f = this.readFile();
+    if (f?.legacyDevices) return f.legacyDevices[minor] ?? null;
+    const dir = this.sub(DEVICES_DIR, false);
+    const text = dir?.readFile(recordName(minor)) ?? null;
+    if (text === null) return null;
+    let d: unknown;
+    try {
+      d = JSON.parse(text);
+    } catch {
+      throw new StateError(this.stateDir.path, `device record ${recordName(minor)} is not valid JSON`);
+    }
+    if (!isHeldDevice(d)) throw new StateError(this.stateDir.path, `device record ${recordName(minor)} is malformed`);
+    return d;
+  }
+
+  /**
+   * Record (or replace the record of) a device: write, fsync, rename, and (unless the
+   * caller fsyncs the directory itself, once for a batch) fsync the directory. Caller
+   * holds the instance lock, on a version-2 state (LocalInstance.lock migrates).
+   */
+  writeDevice(minor: number, d: HeldDevice, syncDir = true): void {
+    const rec: HeldDevice = { state: d.state, ...(d.partitions?.length ? { partitions: d.partitions } : {}) };
+    this.sub(DEVICES_DIR, true)!.writeFileAtomic(recordName(minor), `${JSON.stringify(rec)}\n`, 0o644, syncDir);
+  }
+
+  /** Forget devices, durably: the unlinks, then one fsync of the directory. */
+  removeDevices(minors: number[]): void {
+    const dir = this.sub(DEVICES_DIR, false);
+    let changed = false;
+    for (const m of minors) {
+      if (dir?.unlinkQuiet(recordName(m))) changed = true;
+      this.dropIdle(m);
+    }
+    if (changed) dir!.fsync();
+  }
+
+  /** Temporaries of record writes a kill interrupted. Caller holds the instance lock. */
+  removeTempFiles(): string[] {
+    const removed: string[] = [];
+    for (const name of [DEVICES_DIR, IDLE_DIR] as const) {
+      const dir = this.sub(name, false);
+      if (!dir) continue;
+      for (const n of dir.list()) {
+        if (RECORD_RE.test(n)) continue;
+        dir.unlinkQuiet(n);
+        removed.push(`${name}/${n}`);
+      }
+    }
+    return removed;
+  }
+
+  // ---------------------------------------------------------------- destroy marker
+
+  destroying(): boolean {
+    return this.stateDir.lstat(DESTROYING_FILE) !== null;
+  }
+
+  /** The one durable step that marks every device of the instance for removal. */
+  markDestroying(): void {
+    if (!this.destroying()) this.stateDir.writeFileAtomic(DESTROYING_FILE, `${new Date().toISOString()}\n`, 0o600);
+  }
+
+  // ---------------------------------------------------------------- idle hints
+
+  /** Minors hinted idle, ascending (unverified). */
+  idleHints(): number[] {
+    return this.names(IDLE_DIR);
+  }
+
+  noteIdle(minor: number): void {
+    const dir = this.sub(IDLE_DIR, true)!;
+    const n = native();
+    const c = n.constants;
+    n.close(n.openat(dir.fd, recordName(minor), c.O_WRONLY | c.O_CREAT | c.O_NOFOLLOW | c.O_NONBLOCK, 0o600));
+  }
+
+  dropIdle(minor: number): void {
+    this.sub(IDLE_DIR, false)?.unlinkQuiet(recordName(minor));
+  }
+
+  private names(name: typeof DEVICES_DIR | typeof IDLE_DIR): number[] {
+    const dir = this.sub(name, false);
+    if (!dir) return [];
+    const result: number[] = [];
+    for (const n of dir.list()) {
+      const m = RECORD_RE.exec(n);
+      if (m) result.push(Number(m[1]));
+    }
+    return result.sort((a, b) => a - b);
+  }
+
+  /** A subdirectory of .loopfs, opened once; created when `create` (under the lock). */
+  private sub(name: typeof DEVICES_DIR | typeof IDLE_DIR, create: boolean): PinnedDir | null {
+    const cached = name === DEVICES_DIR ? this.devicesDir : this.idleDir;
+    if (cached) return cached;
+    let dir: PinnedDir;
+    try {
+      dir = this.stateDir.openSub(name);
+    } catch (e) {
+      if (!hasCode(e, 'ENOENT')) throw e;
+      if (!create) return null;
+      try {
+        this.stateDir.mkdir(name, 0o700);
+      } catch (e2) {
+        if (!hasCode(e2, 'EEXIST')) throw e2;
+      }
+      dir = this.stateDir.openSub(name);
+    }
+    if (name === DEVICES_DIR) this.devicesDir = dir;
+    else this.idleDir = dir;
+    return dir;
+  }
 }
 
 /** Minors held by the instance, ascending. */
-export function heldMinors(s: InstanceState): number[] {
+export function heldMinors(s: Pick<InstanceState, 'devices'>): number[] {
   return Object.keys(s.devices)
     .map(Number)
     .sort((a, b) => a - b);

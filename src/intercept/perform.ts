@@ -116,7 +116,7 @@ export class MountPerformer {
     const inst = LocalInstance.open(this.instanceDir);
     let minors: number[];
     try {
-      minors = Object.keys(inst.state().devices).map(Number);
+      minors = inst.minors();
     } finally {
       inst.close();
     }
@@ -219,7 +219,7 @@ export class MountPerformer {
     const driver = fuseDriverFor(fstype);
     if (!driver) return refuse('EPERM', `no FUSE driver for filesystem type ${fstype}`);
     if (!fuseDriverPath(driver, this.env)) return refuse('ENODEV', `the FUSE driver ${driver} is not installed`);
-    const owner = inst.state().owner;
+    const owner = inst.header().owner;
     let imageFd: number;
     try {
       imageFd = n.open(inst.nodePath(minor), c.O_PATH | c.O_NOFOLLOW);

@@ -8,6 +8,7 @@ import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { native } from '../../src/kernel/native.js';
 import { isBound, readLoopState } from '../helpers/devices.js';
 import { REF_LOSETUP } from '../helpers/env.js';
+import { editInstanceState } from '../helpers/instance-state.js';
 import { instanceSkipReason, loopEntries, minorOf, nodeInfo, Sandbox, skipTitle, type StateFile, text } from './support.js';
 
 const reason = instanceSkipReason('instance gc tests');
@@ -46,13 +47,9 @@ describe.skipIf(reason)(skipTitle('instance gc', reason), () => {
     return minorOf(text(r.stdout).trim());
   }
 
-  /** Rewrite the state file the way writeState() does (write + rename), as a crash would leave it. */
+  /** Rewrite device records the way loopfs does (write + rename), as a crash would leave them. */
   function editState(dir: string, edit: (s: StateFile) => void): void {
-    const p = path.join(dir, '.loopfs', 'state.json');
-    const s = JSON.parse(fs.readFileSync(p, 'utf8')) as StateFile;
-    edit(s);
-    fs.writeFileSync(`${p}.edit`, `${JSON.stringify(s, null, 2)}\n`);
-    fs.renameSync(`${p}.edit`, p);
+    editInstanceState(dir, edit);
   }
 
   const exists = (minor: number) => fs.existsSync(`/sys/block/loop${minor}`);

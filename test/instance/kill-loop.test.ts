@@ -19,6 +19,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { boundLoopDevices, readLoopState } from '../helpers/devices.js';
+import { editInstanceState, readInstanceState } from '../helpers/instance-state.js';
 import { instanceSkipReason, LOOPFS, LOSETUP, loopEntries, nodeInfo, Sandbox, skipTitle, text } from './support.js';
 
 const reason = instanceSkipReason('instance kill-loop test');
@@ -252,20 +253,15 @@ function foreignBound(sb: Sandbox, dirs: string[]): Map<number, string> {
 }
 
 function protectForeign(dir: string, foreign: Map<number, string>): void {
-  const p = path.join(dir, '.loopfs', 'state.json');
-  const s = JSON.parse(fs.readFileSync(p, 'utf8'));
-  let changed = false;
-  for (const m of Object.keys(s.devices)) {
-    if (foreign.has(Number(m)) && s.devices[m].state !== 'removing') {
-      s.devices[m].state = 'removing';
-      fs.rmSync(path.join(dir, `loop${m}`), { force: true });
-      changed = true;
+  if (!readInstanceState(dir)) return;
+  editInstanceState(dir, (s) => {
+    for (const m of Object.keys(s.devices)) {
+      if (foreign.has(Number(m)) && s.devices[m].state !== 'removing') {
+        s.devices[m].state = 'removing';
+        fs.rmSync(path.join(dir, `loop${m}`), { force: true });
+      }
     }
-  }
-  if (changed) {
-    fs.writeFileSync(`${p}.edit`, `${JSON.stringify(s, null, 2)}\n`);
-    fs.renameSync(`${p}.edit`, p);
-  }
+  });
 }
 
 /** The invariants of a settled world (see the header). */
@@ -329,10 +325,17 @@ function checkInvariants(sb: Sandbox, dirs: string[], foreign: Map<number, strin
     for (const [m, e] of Object.entries(s?.devices ?? {})) {
       if (e.state === 'held' && !names.includes(`loop${m}`)) problems.push(`${d}: loop${m} held but not published`);
     }
-    // the state dir holds nothing but the state, its lock, and nothing half-written
+    // the state dir holds nothing but the state (header, device records, idle hints), its
+    // lock, and nothing half-written: no temporary, no record or hint of a device not held
     const sd = path.join(d, '.loopfs');
     if (s && fs.existsSync(sd)) {
-      const extra = fs.readdirSync(sd).filter((n) => n !== 'state.json' && n !== 'lock');
+      const extra = fs.readdirSync(sd).filter((n) => !['state.json', 'lock', 'devices', 'idle'].includes(n));
+      for (const sub of ['devices', 'idle']) {
+        for (const n of fs.existsSync(path.join(sd, sub)) ? fs.readdirSync(path.join(sd, sub)) : []) {
+          const m = /^loop(\d+)$/.exec(n);
+          if (!m || !s.devices[m[1]]) extra.push(`${sub}/${n}`);
+        }
+      }
       if (extra.length) problems.push(`${sd}: leftovers ${extra.join(', ')}`);
     }
   }

@@ -15,6 +15,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { native } from '../../src/kernel/native.js';
+import { readInstanceState } from '../helpers/instance-state.js';
 import { boundLoopDevices, isBound, readLoopState, type LoopState } from '../helpers/devices.js';
 import { announceSkip, firstReason, loopSkipReason, REF_LOSETUP, refSkipReason, REPO_ROOT } from '../helpers/env.js';
 import { pinnedEnv, runProgram, type RunResult } from '../helpers/run.js';
@@ -123,12 +124,9 @@ export class Sandbox {
     return dev;
   }
 
+  /** DIR's state: its header and every device record (test/helpers/instance-state.ts). */
   state(dir: string): StateFile | null {
-    try {
-      return JSON.parse(fs.readFileSync(path.join(dir, '.loopfs', 'state.json'), 'utf8')) as StateFile;
-    } catch {
-      return null;
-    }
+    return readInstanceState(dir);
   }
 
   claims(): ClaimFile[] {

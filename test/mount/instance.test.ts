@@ -11,6 +11,7 @@
 // util-linux detaches whatever device is still bound to one of the test's files.
 import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
+import { readInstanceState } from '../helpers/instance-state.js';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { boundLoopDevices, DeviceTracker, devicesBackedUnder, readLoopState, type LoopState } from '../helpers/devices.js';
@@ -56,7 +57,9 @@ interface StateFile {
 }
 
 function instanceState(inst: string): StateFile {
-  return JSON.parse(fs.readFileSync(path.join(inst, '.loopfs', 'state.json'), 'utf8')) as StateFile;
+  const s = readInstanceState(inst);
+  if (!s) throw new Error(`${inst}: no instance state`);
+  return s;
 }
 
 function heldMinors(inst: string): number[] {

@@ -1,0 +1,385 @@
+#!/usr/bin/env node
+// How loopfs's costs grow with the number of devices (issue 14, "flat cost"), side by side
+// with util-linux on the host in the same run. Prints tables of medians and ratios. Not a
+// test: nothing here asserts. Needs root, the loop driver and a build (`npm run build`).
+//
+//   node bench/scale.mjs [levels] [runs]        (default 10,100,1000,10000 5)
+//
+// For each level N (devices on the machine held by instances: one instance up to 1000,
+// 100 instances of N/100 above that):
+//   attach   N devices attached in-process (dist/instance/local-instance.js), ms/device of
+//            the first and the last tenth; then `runs` x `bin/losetup --instance DIR -f --show
+//            FILE` into an instance holding N (or N/100) devices, against util-linux's
+//            `-f --show` on the host with the same N devices present (each a new process).
+//   list     `-l` and `-a`: ours in the (first) instance and on the host, util-linux on the
+//            host (which lists every bound device, N of them), medians of `runs`, interleaved.
+//   destroy  `loopfs instance destroy` of every instance (one process each), per device,
+//            against util-linux `losetup -d` of min(N, 500) host devices (64 per process, as
+//            a script would), per device.
+//
+// Limits: the loop driver takes minors up to 2^20 (part_shift 0), devtmpfs has no limit of
+// its own; a level whose devices cannot be created stops with the kernel's error and says so.
+// Machine-wide loopfs records go to a private LOOPFS_RUNTIME_DIR. Every instance is destroyed
+// and every device bound to one of this run's files is detached in `finally` (also after
+// Ctrl-C / SIGTERM), with util-linux, one by one by name, never with -D.
+import { spawnSync } from 'node:child_process';
+import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+
+const root = join(dirname(fileURLToPath(import.meta.url)), '..');
+const LEVELS = (process.argv[2] ?? '10,100,1000,10000').split(',').map(Number);
+const RUNS = Number(process.argv[3] ?? 5);
+const SPLIT_ABOVE = 1000; // above this, N devices are spread over 100 instances
+const UL_DETACH_SAMPLE = 500;
+
+const UL = '/usr/sbin/losetup';
+const OURS = join(root, 'bin/losetup');
+const LOOPFS = join(root, 'bin/loopfs');
+
+function preflight() {
+  if (process.getuid?.() !== 0) return 'needs root';
+  if (!existsSync('/dev/loop-control')) return 'no /dev/loop-control (loop driver not loaded?)';
+  if (!existsSync(UL)) return `${UL} not installed`;
+  if (!existsSync(join(root, 'dist/bundle/losetup.mjs'))) return 'not built: run `npm run build` first';
+  if (!LEVELS.every((n) => Number.isInteger(n) && n >= 1) || !Number.isInteger(RUNS) || RUNS < 1) return 'usage: node bench/scale.mjs [10,100,1000,10000] [runs]';
+  if (LEVELS.some((n) => n > SPLIT_ABOVE && n % 100 !== 0)) return 'levels above 1000 must be multiples of 100 (100 instances)';
+  return undefined;
+}
+const why = preflight();
+if (why) {
+  console.error(`bench/scale: ${why}`);
+  process.exit(1);
+}
+
+const tmp = mkdtempSync(join(tmpdir(), 'loopfs-scale-'));
+process.env.LOOPFS_RUNTIME_DIR ||= join(tmp, 'run');
+delete process.env.LOOPFS_INSTANCE;
+const env = { ...process.env, LANG: 'C.UTF-8' };
+const { LocalInstance } = await import(pathToFileURL(join(root, 'dist/instance/local-instance.js')).href);
+
+// ---------------------------------------------------------------- interruption
+
+class Interrupted extends Error {}
+let interrupted = false;
+const onSignal = (sig) => {
+  interrupted = true;
+  console.error(`\n${sig}: stopping, cleaning up`);
+};
+process.on('SIGINT', onSignal);
+process.on('SIGTERM', onSignal);
+const checkpoint = async () => {
+  await new Promise((r) => setImmediate(r));
+  if (interrupted) throw new Interrupted('interrupted');
+};
+
+// ---------------------------------------------------------------- helpers
+
+const instances = new Set();
+const progress = (msg) => process.stderr.write(`[scale] ${msg}\n`);
+
+function makeFile(name, size = 1 << 20) {
+  const f = join(tmp, name);
+  const fd = openSync(f, 'w');
+  ftruncateSync(fd, size);
+  closeSync(fd);
+  return f;
+}
+
+function run(argv, { detached = false } = {}) {
+  const r = spawnSync(argv[0], argv.slice(1), { env, detached, encoding: 'utf8', maxBuffer: 256 << 20, stdio: ['ignore', 'pipe', 'pipe'] });
+  return { rc: r.status, out: r.stdout ?? '', err: r.stderr ?? '' };
+}
+
+function timed(argv) {
+  const t0 = process.hrtime.bigint();
+  const r = run(argv);
+  const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+  if (r.rc !== 0) throw new Error(`${argv.join(' ')}: exit ${r.rc}: ${r.err.trim()}`);
+  return { ms, out: r.out };
+}
+
+function must(argv) {
+  const r = run(argv);
+  if (r.rc !== 0) throw new Error(`${argv.join(' ')}: exit ${r.rc}: ${r.err.trim()}`);
+  return r.out;
+}
+
+function createInstance(name) {
+  const dir = join(tmp, name);
+  instances.add(dir);
+  must([LOOPFS, 'instance', 'create', dir]);
+  return dir;
+}
+
+function destroyInstance(dir) {
+  for (let attempt = 1; attempt <= 5; attempt++) {
+    if (!existsSync(join(dir, '.loopfs'))) return instances.delete(dir);
+    let r = run([LOOPFS, 'instance', 'destroy', dir], { detached: true });
+    if (r.rc !== 0) r = run([LOOPFS, 'instance', 'destroy', dir, '--force'], { detached: true });
+    if (r.rc === 0) return instances.delete(dir);
+    console.error(`cleanup: instance destroy ${dir} (attempt ${attempt}): ${r.err.trim().split('\n')[0]}`);
+    spawnSync('sleep', ['3']);
+  }
+  return false;
+}
+
+/** Bound devices whose backing file is one of this run's: [{ name, back }]. */
+function ourBoundDevices() {
+  const result = [];
+  for (const name of readdirSync('/sys/block')) {
+    if (!/^loop\d+$/.test(name)) continue;
+    let back;
+    try {
+      back = readFileSync(`/sys/block/${name}/loop/backing_file`, 'utf8').replace(/\n$/, '');
+    } catch {
+      continue;
+    }
+    if (back.startsWith(`${tmp}/`)) result.push({ name, back });
+  }
+  return result;
+}
+
+/** util-linux -d of host devices still bound to our files, 64 per process; returns ms. */
+function detachOurs(devs) {
+  const mine = new Set(ourBoundDevices().map((d) => `/dev/${d.name}`));
+  const todo = [...new Set(devs)].filter((d) => mine.has(d));
+  const t0 = process.hrtime.bigint();
+  for (let i = 0; i < todo.length; i += 64) {
+    const r = run([UL, '-d', ...todo.slice(i, i + 64)], { detached: true });
+    if (r.rc !== 0) console.error(`cleanup: ${UL} -d: ${r.err.trim()}`);
+  }
+  return { ms: Number(process.hrtime.bigint() - t0) / 1e6, count: todo.length };
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length === 0 ? NaN : s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
+};
+const fmt = (x, d = 1) => (Number.isFinite(x) ? x.toFixed(d) : '-');
+
+function table(title, header, rows) {
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
+  const line = (r) => r.map((v, i) => (i === 0 ? String(v).padEnd(widths[i]) : String(v).padStart(widths[i]))).join('  ');
+  console.log(`\n${title}`);
+  console.log(line(header));
+  for (const r of rows) console.log(line(r));
+}
+
+// ---------------------------------------------------------------- one level
+
+/** Attach `count` devices into `dir` in-process; returns the ms of each attach. */
+async function fill(dir, count, file) {
+  const inst = LocalInstance.open(dir, process.env);
+  const each = [];
+  let failures = 0;
+  try {
+    for (let i = 0; i < count; i++) {
+      const t0 = process.hrtime.bigint();
+      try {
+        const a = inst.allocate({ file, flags: 0 });
+        a.holder?.close();
+        a.device.close();
+      } catch (e) {
+        // the machine is shared: another tool may win a device; give up when it keeps failing
+        if (++failures > 50) throw new Error(`too many allocation failures; last: ${e?.message ?? e}`);
+        i--;
+        continue;
+      }
+      each.push(Number(process.hrtime.bigint() - t0) / 1e6);
+      if (i % 25 === 24) await checkpoint();
+    }
+  } finally {
+    inst.close();
+  }
+  return { each, failures };
+}
+
+async function level(n) {
+  const split = n > SPLIT_ABOVE;
+  const count = split ? 100 : 1;
+  const per = n / count;
+  const file = makeFile(`img-${n}`);
+  const dirs = [];
+  for (let k = 0; k < count; k++) dirs.push(createInstance(`i${n}-${k}`));
+  progress(`level ${n}: attaching ${n} devices into ${count} instance(s) of ${per} (in-process)`);
+  const each = [];
+  let fillFailures = 0;
+  const t0 = process.hrtime.bigint();
+  for (const [k, dir] of dirs.entries()) {
+    const r = await fill(dir, per, file);
+    each.push(...r.each);
+    fillFailures += r.failures;
+    if (split && k % 10 === 9) progress(`  ${(k + 1) * per}/${n} attached`);
+  }
+  const fillS = Number(process.hrtime.bigint() - t0) / 1e9;
+  const tenth = Math.max(1, Math.floor(each.length / 10));
+  // attach cost at the start and at the end of the fill (split: per instance, so the
+  // instance's size runs 0..per each time, while the machine's count keeps growing)
+  const first = median(each.slice(0, tenth));
+  const last = median(each.slice(-tenth));
+
+  // CLI attaches at this size, interleaved with util-linux's
+  progress(`level ${n}: ${RUNS} x -f --show, ours (instance) and util-linux (host)`);
+  const ours = [];
+  const ul = [];
+  const ulDevs = [];
+  for (let i = 0; i < RUNS; i++) {
+    ours.push(timed([OURS, '--instance', dirs[0], '-f', '--show', file]).ms);
+    const u = timed([UL, '-f', '--show', file]);
+    ul.push(u.ms);
+    ulDevs.push(u.out.trim());
+    await checkpoint();
+  }
+  // host devices for util-linux's detach (those above plus more, up to the sample size)
+  const sample = Math.min(n, UL_DETACH_SAMPLE);
+  progress(`level ${n}: ${sample} host devices for util-linux -d`);
+  while (ulDevs.length < sample) {
+    ulDevs.push(must([UL, '-f', '--show', file]).trim());
+    if (ulDevs.length % 50 === 0) await checkpoint();
+  }
+
+  progress(`level ${n}: listing, ${RUNS} runs of each command, interleaved`);
+  const commands = [
+    ['util-linux -l, host', [UL, '-l']],
+    ['ours -l, instance', [OURS, '--instance', dirs[0], '-l']],
+    ['ours -l, host', [OURS, '-l']],
+    ['util-linux -a, host', [UL, '-a']],
+    ['ours -a, instance', [OURS, '--instance', dirs[0], '-a']],
+    ['ours -a, host', [OURS, '-a']],
+  ];
+  const samples = new Map(commands.map(([name]) => [name, []]));
+  const listed = new Map();
+  for (let i = 0; i < RUNS; i++) {
+    for (const [name, argv] of commands) {
+      const r = timed(argv);
+      samples.get(name).push(r.ms);
+      listed.set(name, r.out.split('\n').filter((l) => /loop\d+/.test(l)).length);
+      await checkpoint();
+    }
+  }
+  const list = Object.fromEntries([...samples].map(([k, v]) => [k, median(v)]));
+
+  progress(`level ${n}: util-linux -d of ${ulDevs.length} host devices`);
+  const uld = detachOurs(ulDevs);
+  progress(`level ${n}: destroying ${count} instance(s)`);
+  const t1 = process.hrtime.bigint();
+  for (const dir of dirs) destroyInstance(dir);
+  const destroyMs = Number(process.hrtime.bigint() - t1) / 1e6;
+  const destroyed = n + RUNS; // the CLI attaches went into the first instance
+  return {
+    n,
+    count,
+    per,
+    fillS,
+    fillFailures,
+    first,
+    last,
+    ours: median(ours),
+    ul: median(ul),
+    list,
+    listed,
+    ulDetachMs: uld.ms / Math.max(1, uld.count),
+    ulDetached: uld.count,
+    destroyMs,
+    destroyPerDevice: destroyMs / destroyed,
+  };
+}
+
+// ---------------------------------------------------------------- main
+
+async function cleanup() {
+  for (const dir of [...instances]) destroyInstance(dir);
+  const left = ourBoundDevices();
+  if (left.length) {
+    progress(`cleanup: detaching ${left.length} leftover device(s)`);
+    detachOurs(left.map((d) => `/dev/${d.name}`));
+  }
+  const still = ourBoundDevices();
+  if (still.length || instances.size) {
+    console.error(`cleanup incomplete: ${still.map((d) => d.name).join(' ')} ${[...instances].join(' ')}; keeping ${tmp}`);
+    process.exitCode = 1;
+  } else {
+    rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+const nodeStart = median(Array.from({ length: 5 }, () => timed([process.execPath, '-e', '0']).ms));
+console.log(`scale, node ${process.version}, ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${(await import('node:os')).cpus().length} CPUs; node -e 0: ${fmt(nodeStart)} ms`);
+const results = [];
+let stopped = null;
+try {
+  for (const n of LEVELS) {
+    try {
+      results.push(await level(n));
+    } catch (e) {
+      if (e instanceof Interrupted) throw e;
+      // a limit of the kernel or /dev (ENOSPC, ENOMEM from LOOP_CTL_ADD, ...): say which
+      stopped = `level ${n} stopped: ${e?.message ?? e}`;
+      console.log(`\n${stopped}`);
+      break;
+    }
+    // free this level's devices before the next one (cleanup does it again at the end)
+    for (const dir of [...instances]) destroyInstance(dir);
+  }
+} catch (e) {
+  if (e instanceof Interrupted) process.exitCode = 130;
+  else throw e;
+} finally {
+  try {
+    if (results.length) {
+      const base = results[0];
+      const shape = (r) => (r.count === 1 ? `1 x ${r.n}` : `${r.count} x ${r.n / r.count}`);
+      table(
+        'attach (ms per device; in-process: first and last tenth of the fill; CLI: median of -f --show, a new process each)',
+        ['devices', 'instances', 'in-proc first', 'in-proc last', 'last/first', 'ours CLI', 'util-linux', 'x util-linux', 'CLI vs level 1'],
+        results.map((r) => [
+          String(r.n),
+          shape(r),
+          fmt(r.first, 2),
+          fmt(r.last, 2),
+          fmt(r.last / r.first, 2),
+          fmt(r.ours, 1),
+          fmt(r.ul, 1),
+          fmt(r.ours / r.ul, 2),
+          fmt(r.ours / base.ours, 2),
+        ]),
+      );
+      table(
+        `listing (median ms of ${RUNS}; util-linux lists every bound device on the host, ours -l/-a in the instance lists its own)`,
+        ['devices', 'UL -l', 'ours -l inst', 'x', 'ours -l host', 'x', 'UL -a', 'ours -a inst', 'x', 'ours -a host', 'x'],
+        results.map((r) => {
+          const l = r.list;
+          return [
+            String(r.n),
+            fmt(l['util-linux -l, host']),
+            fmt(l['ours -l, instance']),
+            fmt(l['ours -l, instance'] / l['util-linux -l, host'], 2),
+            fmt(l['ours -l, host']),
+            fmt(l['ours -l, host'] / l['util-linux -l, host'], 2),
+            fmt(l['util-linux -a, host']),
+            fmt(l['ours -a, instance']),
+            fmt(l['ours -a, instance'] / l['util-linux -a, host'], 2),
+            fmt(l['ours -a, host']),
+            fmt(l['ours -a, host'] / l['util-linux -a, host'], 2),
+          ];
+        }),
+      );
+      table(
+        `destroy (loopfs instance destroy, one process per instance, node start-up included) vs util-linux -d (up to ${UL_DETACH_SAMPLE} host devices, 64 per process)`,
+        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux'],
+        results.map((r) => [String(r.n), shape(r), fmt(r.destroyMs / 1000, 2), fmt(r.destroyPerDevice, 2), fmt(r.ulDetachMs, 2), fmt(r.destroyPerDevice / r.ulDetachMs, 2)]),
+      );
+      for (const r of results) if (r.fillFailures) console.log(`note: level ${r.n}: ${r.fillFailures} in-process attaches lost a race to another tool and were retried`);
+      for (const r of results) {
+        const got = r.listed.get('ours -l, instance');
+        const want = r.n / r.count + RUNS;
+        if (got !== want) console.log(`note: level ${r.n}: the instance listed ${got} of its ${want} devices (another process detached some)`);
+      }
+    }
+    if (stopped) console.log(`\n${stopped}`);
+  } finally {
+    await cleanup();
+  }
+}
