@@ -35,11 +35,19 @@
  * the connection ends, however it ends (client exit, crash, SIGKILL, broker shutdown).
  * Autoclear attaches are held open by the connection (a holder fd), so they stay bound
  * until the connection ends or something else (a mount) holds them.
+ *
+ * Live sync (live-sync.ts): the server listens to the kernel's uevents, and every served
+ * instance is a sync target, so partitions of its devices appear as DIR/loopNpM and vanish
+ * with them, and a device freed by autoclear (umount of a brokered mount) goes back to the
+ * pool policy at once, as `loopfs instance watch` does it. The targets follow the served set
+ * (`sync(dirs)`). The reconcile runs on this thread under the instance lock (a flock on its
+ * own open file, so it serialises with the worker's requests like any other process).
  */
 import { resolve as resolvePath } from 'node:path';
 import { hasCode, isSysError } from '../kernel/errors.js';
 import { native, type FdWatcher, type PeerCred, type RecvMsgResult } from '../kernel/native.js';
 import { LocalInstance } from '../instance/local-instance.js';
+import { LiveSync, SyncTarget, type SyncOutcome } from '../instance/live-sync.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { Runtime } from '../instance/runtime.js';
 import { DEFAULT_ALLOWED_FS, type MountOutcome } from './ops.js';
@@ -83,6 +91,12 @@ export interface ServeOptions {
   env?: NodeJS.ProcessEnv;
   log?: (line: string) => void;
   verbose?: boolean;
+  /**
+   * Keep the served instances in line with the kernel's uevents (`loopfs serve`). Off by
+   * default: `loopfs oci-broker` embeds a server and keeps its instances live itself, with
+   * the containers' views.
+   */
+  live?: boolean;
 }
 
 export class ServeError extends Error {}
@@ -102,6 +116,8 @@ class Endpoint {
     readonly id: string,
     readonly owner: { uid: number; gid: number },
     readonly worker: InstanceWorker,
+    /** The live-sync target of this instance (its own open of DIR), null without live sync. */
+    readonly target: SyncTarget | null,
   ) {}
 
   get socketPath(): string {
@@ -610,6 +626,10 @@ export class BrokerServer {
   readonly log: (line: string) => void;
   private readonly endpoints: Endpoint[] = [];
   readonly env: NodeJS.ProcessEnv;
+  private readonly liveWanted: boolean;
+  private live: LiveSync | null = null;
+  /** The last sync error logged per instance: a broken instance is reported once, not per event. */
+  private readonly syncErrors = new Map<string, string>();
 
   private constructor(opts: ServeOptions) {
     this.allowFs = opts.allowFs ?? DEFAULT_ALLOWED_FS;
@@ -618,6 +638,7 @@ export class BrokerServer {
     this.verbose = opts.verbose ?? false;
     this.log = opts.log ?? ((line) => process.stderr.write(`loopfs serve: ${line}\n`));
     this.env = opts.env ?? process.env;
+    this.liveWanted = opts.live === true;
     this.fuseDrivers = (Object.keys(FUSE_DRIVERS) as FuseDriver[]).filter((d) => fuseDriverPath(d, this.env) !== null);
   }
 
@@ -634,10 +655,47 @@ export class BrokerServer {
       }
     } catch (e) {
       for (const ep of server.endpoints) ep.closeListener();
+      for (const ep of server.endpoints) ep.target?.inst.close();
       void Promise.all(server.endpoints.map((ep) => ep.worker.stop(0)));
       throw e instanceof ServeError ? e : new ServeError(describe(e));
     }
+    if (server.liveWanted) server.startLive();
     return server;
+  }
+
+  /**
+   * Listen to the kernel's uevents for every served instance. A broker that cannot (no
+   * netlink socket) still serves; its instances are then settled by requests and gc only.
+   */
+  private startLive(): void {
+    try {
+      this.live = LiveSync.start({
+        targets: () => this.endpoints.flatMap((ep) => (ep.target ? [ep.target] : [])),
+        onChange: (o: SyncOutcome) => {
+          this.syncErrors.delete(o.dir);
+          for (const f of o.fixes) this.log(`${o.dir}: ${f}`);
+        },
+        onError: (dir, e) => {
+          const msg = describe(e);
+          if (this.syncErrors.get(dir) === msg) return;
+          this.syncErrors.set(dir, msg);
+          this.log(`${dir}: live sync: ${msg}`);
+        },
+      });
+    } catch (e) {
+      this.log(`live sync unavailable (instances are settled by requests and gc only): ${describe(e)}`);
+      this.live = null;
+    }
+  }
+
+  /** Resolves once the first live sync of the instances served at start has run. */
+  async liveReady(): Promise<void> {
+    await this.live?.ready;
+  }
+
+  /** Whether the served instances follow the kernel's uevents. */
+  get isLive(): boolean {
+    return this.live !== null;
   }
 
   private add(dir: string): void {
@@ -661,8 +719,15 @@ export class BrokerServer {
     for (const k of ['LOOPFS_RUNTIME_DIR', 'LOOPFS_LIMITS']) env[k] = this.env[k];
     for (const k of ['PATH']) env[k] = this.env[k];
     const worker = new InstanceWorker({ dir, id, allowFs: this.allowFs, fuseMode: this.fuseMode, env }, this.log);
-    const ep = new Endpoint(this, dir, id, owner, worker);
-    ep.listen(); // the worker thread starts with the first request: nothing to stop on failure
+    // the live-sync target keeps its own open of DIR (pinned, as the worker's are)
+    const target = this.liveWanted ? new SyncTarget(LocalInstance.open(dir, this.env), [], { refill: false, env: this.env }) : null;
+    const ep = new Endpoint(this, dir, id, owner, worker, target);
+    try {
+      ep.listen(); // the worker thread starts with the first request: nothing to stop on failure
+    } catch (e) {
+      target?.inst.close();
+      throw e;
+    }
     this.endpoints.push(ep);
     // sessions of a broker that died (SIGKILL) before us: settled before we serve anything
     // new of this instance (the worker runs requests in order)
@@ -707,6 +772,8 @@ export class BrokerServer {
         failed.push(`${dir}: ${describe(e)}`);
       }
     }
+    // an instance served from now on is looked at at once, as the ones served at start were
+    if (added.length > 0) this.live?.resyncAll();
     return { added, removed, failed };
   }
 
@@ -714,6 +781,9 @@ export class BrokerServer {
     ep.closeListener();
     for (const c of [...ep.connections]) c.close();
     this.endpoints.splice(this.endpoints.indexOf(ep), 1);
+    // no longer a target from here on (targets() reads the endpoints)
+    ep.target?.inst.close();
+    this.syncErrors.delete(ep.dir);
     await ep.worker.stop(10_000);
   }
 
@@ -730,6 +800,9 @@ export class BrokerServer {
    * and end the FUSE drivers still serving mounts (those mounts fail from then on).
    */
   async stop(timeoutMs = 10_000): Promise<void> {
+    this.live?.close();
+    this.live = null;
+    for (const ep of this.endpoints) ep.target?.inst.close();
     for (const ep of this.endpoints) ep.closeListener();
     for (const ep of this.endpoints) for (const c of [...ep.connections]) c.close();
     await Promise.all(this.endpoints.map((ep) => ep.worker.stop(timeoutMs)));

@@ -13,7 +13,10 @@ export default class Serve extends LoopfsCommand {
     'session-scoped are detached and released when its connection ends. With --fuse every mount is served by a ' +
     'userspace FUSE driver (fuse2fs for ext2/3/4, squashfuse for squashfs) running as the instance owner, so the ' +
     'kernel never parses a client\'s filesystem; without it clients may ask for that per mount (mount.loop -o fuse), ' +
-    'and --no-fuse refuses it. Prints "ready" once every socket listens.';
+    'and --no-fuse refuses it. Like `loopfs instance watch`, it keeps every served instance in line with the kernel\'s ' +
+    'uevents: partitions (`partx -a`, BLKPG, a partition scan) appear as DIR/loopNpM with the owner and mode of the ' +
+    "instance's nodes and vanish with them, and a device freed by autoclear (umount of a brokered mount) goes back to " +
+    'the pool policy at once. Prints "ready" once every socket listens and the first sync has run.';
   static examples = [
     '<%= config.bin %> serve /run/loopfs/ct1 /run/loopfs/ct2',
     '<%= config.bin %> serve --all --allow-fs ext4,erofs',
@@ -46,7 +49,7 @@ export default class Serve extends LoopfsCommand {
     let server: BrokerServer;
     try {
       const fuseMode = flags.fuse === undefined ? 'allow' : flags.fuse ? 'always' : 'never';
-      server = BrokerServer.start({ dirs, allowFs, fuseMode, maxConnections: flags['max-connections'], verbose: flags.verbose });
+      server = BrokerServer.start({ dirs, allowFs, fuseMode, maxConnections: flags['max-connections'], verbose: flags.verbose, live: true });
     } catch (e) {
       if (e instanceof ServeError) this.fail(e.message);
       throw e;
@@ -57,6 +60,7 @@ export default class Serve extends LoopfsCommand {
       for (const f of r.failed) process.stderr.write(`loopfs serve: cannot serve ${f}\n`);
     }
     await server.recovered();
+    await server.liveReady();
     if (server.fuseMode === 'always' && server.fuseDrivers.length === 0) {
       process.stderr.write('loopfs serve: --fuse: no FUSE driver (fuse2fs, squashfuse) is installed: every mount will fail\n');
     }

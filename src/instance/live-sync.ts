@@ -13,6 +13,15 @@
  * be looked at; at start every instance is. Running a sync once more is always harmless.
  *
  * Nothing here polls: without events the watcher does not wake up.
+ *
+ * Idle devices above the pool: gc releases every one. A watcher runs right after the very
+ * commands that make such a device on purpose (`losetup -f` without a file, the broker's
+ * get-free, a pool refill: LOOP_CTL_ADD, an `add` event), and releasing it then would
+ * pull the device out from under the name just printed. So, after its first pass (gc's
+ * rule, like a gc run at start) and after a lost event, a watcher releases only devices
+ * whose binding the kernel announced as changed (a `change` of the whole disk: a bind, an
+ * unbind, autoclear at umount): the device freed behind our back goes back to the pool
+ * policy at once, a reserved one waits for its bind (or for gc).
  */
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { LoopUevents, type LoopUevent } from '../kernel/uevents.js';
@@ -87,6 +96,12 @@ export interface TargetOptions {
   env?: NodeJS.ProcessEnv;
 }
 
+/**
+ * Which idle devices above the pool a sync may release: 'all' (gc's rule), or only those
+ * whose binding changed since the last pass (whole-disk `change` events).
+ */
+export type ReleasePolicy = 'all' | ReadonlySet<number>;
+
 /** One instance a watcher keeps in sync, with its views. */
 export class SyncTarget {
   /** Devices the last sync published: an event about one of them concerns us even after it left. */
@@ -106,14 +121,14 @@ export class SyncTarget {
   concerns(disk: number): boolean {
     if (this.known.has(disk)) return true;
     try {
-      return this.inst.state().devices[disk] !== undefined;
+      return this.inst.record(disk) !== null; // one record, not the whole state
     } catch {
       return true; // unreadable now: let sync() report it
     }
   }
 
   /** Reconcile the instance, refill its pool, then bring every view in line. */
-  sync(): SyncOutcome {
+  sync(release: ReleasePolicy = 'all'): SyncOutcome {
     const report: GcReport = { instances: 1, fixes: [], pending: [] };
     let reserved: number[] = [];
     let snapshot: InstanceSnapshot;
@@ -121,10 +136,13 @@ export class SyncTarget {
     try {
       const rt = Runtime.open(this.opts.env ?? process.env);
       try {
-        reconcileInstance(this.inst, rt, report, { pool: this.opts.pool });
+        // with a narrower policy the reconcile keeps every idle device, and releaseChanged
+        // then applies the pool to the changed ones only
+        reconcileInstance(this.inst, rt, report, { pool: release === 'all' ? this.opts.pool : Number.MAX_SAFE_INTEGER });
       } finally {
         rt.close();
       }
+      if (release !== 'all' && release.size > 0) this.releaseChanged(release, report);
       if (this.opts.refill) reserved = this.inst.ensurePool(this.opts.pool ?? this.inst.state().pool);
       snapshot = snapshotOf(this.inst);
     } finally {
@@ -133,6 +151,23 @@ export class SyncTarget {
     this.known = new Set(snapshot.nodes.map((n) => n.disk));
     const views = this.views.map((v) => ({ view: v.name, ...v.apply(snapshot) }));
     return { dir: this.dir, fixes: report.fixes.map((f) => f.action), reserved, views, snapshot };
+  }
+
+  /**
+   * The pool policy for devices whose binding changed: while more than `pool` held devices
+   * are idle, release changed idle ones (gc's wording). Caller holds the instance lock.
+   */
+  private releaseChanged(changed: ReadonlySet<number>, report: GcReport): void {
+    const idle = this.inst.idleMinors();
+    let excess = idle.length - (this.opts.pool ?? this.inst.state().pool);
+    for (const minor of idle) {
+      if (excess <= 0) break;
+      if (!changed.has(minor)) continue;
+      if (this.inst.release(minor)) {
+        report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
+        excess--;
+      }
+    }
   }
 }
 
@@ -155,7 +190,11 @@ export function changed(o: SyncOutcome): boolean {
 export class LiveSync {
   private readonly events: LoopUevents;
   private dirtyDisks = new Set<number>();
+  /** Whole disks with a `change` event (bind, unbind) since the last pass. */
+  private rebound = new Set<number>();
   private everything = true;
+  /** The next pass applies gc's pool rule to every idle device (the first one, after an overflow). */
+  private releaseAll = true;
   private scheduled = false;
   private stopped = false;
   private markReady!: () => void;
@@ -165,7 +204,7 @@ export class LiveSync {
   private constructor(private readonly opts: LiveSyncOptions) {
     this.events = LoopUevents.open({
       event: (e: LoopUevent) => this.onEvent(e),
-      overflow: () => this.resyncAll(),
+      overflow: () => this.resyncAll(true),
     });
     if (!opts.keepAlive) this.events.unref();
     // the first sync (everything) runs once the caller has finished setting up
@@ -177,9 +216,14 @@ export class LiveSync {
     return new LiveSync(opts);
   }
 
-  /** Look at every target again (after a lost event, or when the set of targets changed). */
-  resyncAll(): void {
+  /**
+   * Look at every target again (after a lost event, or when the set of targets changed).
+   * `releaseAll`: release every idle device above the pool, as gc does (events were lost);
+   * otherwise only those whose binding changed.
+   */
+  resyncAll(releaseAll = false): void {
     this.everything = true;
+    if (releaseAll) this.releaseAll = true;
     this.schedule();
   }
 
@@ -190,6 +234,7 @@ export class LiveSync {
 
   private onEvent(e: LoopUevent): void {
     this.dirtyDisks.add(e.disk);
+    if (e.action === 'change' && e.partition === null) this.rebound.add(e.disk);
     this.schedule();
   }
 
@@ -207,12 +252,15 @@ export class LiveSync {
     if (this.stopped) return this.markReady();
     const all = this.everything;
     const disks = this.dirtyDisks;
+    const release: ReleasePolicy = this.releaseAll ? 'all' : this.rebound;
     this.everything = false;
+    this.releaseAll = false;
     this.dirtyDisks = new Set();
+    this.rebound = new Set();
     for (const t of this.opts.targets()) {
       if (!all && ![...disks].some((d) => t.concerns(d))) continue;
       try {
-        const o = t.sync();
+        const o = t.sync(release);
         if (changed(o)) this.opts.onChange?.(o);
       } catch (e) {
         this.opts.onError?.(t.dir, e);
