@@ -54,7 +54,17 @@ if (why) {
 }
 
 const tmp = mkdtempSync(join(tmpdir(), 'loopfs-scale-'));
-process.env.LOOPFS_RUNTIME_DIR ||= join(tmp, 'run');
+// the machine-wide records live in /run, a tmpfs, in production: a private directory on a
+// tmpfs too when there is one (/dev/shm), else beside the instances
+const shm = (() => {
+  try {
+    return readFileSync('/proc/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/dev/shm' && l.split(' ')[2] === 'tmpfs');
+  } catch {
+    return false;
+  }
+})();
+const runtimeDir = process.env.LOOPFS_RUNTIME_DIR || (shm ? mkdtempSync('/dev/shm/loopfs-scale-run-') : join(tmp, 'run'));
+process.env.LOOPFS_RUNTIME_DIR = runtimeDir;
 delete process.env.LOOPFS_INSTANCE;
 const env = { ...process.env, LANG: 'C.UTF-8' };
 const { LocalInstance } = await import(pathToFileURL(join(root, 'dist/instance/local-instance.js')).href);
@@ -302,11 +312,12 @@ async function cleanup() {
     process.exitCode = 1;
   } else {
     rmSync(tmp, { recursive: true, force: true });
+    if (runtimeDir.startsWith('/dev/shm/loopfs-scale-run-')) rmSync(runtimeDir, { recursive: true, force: true });
   }
 }
 
 const nodeStart = median(Array.from({ length: 5 }, () => timed([process.execPath, '-e', '0']).ms));
-console.log(`scale, node ${process.version}, ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${(await import('node:os')).cpus().length} CPUs; node -e 0: ${fmt(nodeStart)} ms`);
+console.log(`scale, node ${process.version}, ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${(await import('node:os')).cpus().length} CPUs; node -e 0: ${fmt(nodeStart)} ms; instances in ${tmp}, claims in ${runtimeDir}`);
 const results = [];
 let stopped = null;
 try {

@@ -2,7 +2,10 @@
 // Each returns the device index the kernel reports (the ioctl's return value).
 #include <sys/ioctl.h>
 
+#include <atomic>
 #include <cerrno>
+#include <thread>
+#include <vector>
 
 #include "args.h"
 #include "errors.h"
@@ -45,12 +48,53 @@ Napi::Value CtlAdd(const Napi::CallbackInfo& info) { return CtlIndexCall(info, k
 // ctlRemove(ctlFd, n): EBUSY while bound or open anywhere, ENODEV when absent.
 Napi::Value CtlRemove(const Napi::CallbackInfo& info) { return CtlIndexCall(info, kLoopCtlRemove, "ctlRemove"); }
 
+// ctlRemoveMany(ctlFd, indices, threads) → errno per index (0: removed). LOOP_CTL_REMOVE
+// spends most of its ~35 ms in the kernel waiting (del_gendisk: queue freeze, RCU grace
+// periods) outside loop-control's own mutex, so removals on several threads overlap: 40
+// threads take a device about every 1.5 ms instead of 35. The calling thread blocks until
+// every index was tried; nothing else is touched (no JS runs on the worker threads).
+Napi::Value CtlRemoveMany(const Napi::CallbackInfo& info) {
+  const int fd = ToFd(info[0], "ctlRemoveMany", "ctlFd");
+  if (!info[1].IsArray()) ThrowArgRange(info[1], "ctlRemoveMany", "indices", "an array of integers >= 0");
+  const Napi::Array arr = info[1].As<Napi::Array>();
+  std::vector<unsigned long> indices(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); i++) {
+    const int32_t index = ToInt32(arr.Get(i), "ctlRemoveMany", "indices[i]");
+    if (index < 0) ThrowArgRange(arr.Get(i), "ctlRemoveMany", "indices[i]", "an integer >= 0");
+    indices[i] = static_cast<unsigned long>(index);
+  }
+  int32_t threads = ToInt32(info[2], "ctlRemoveMany", "threads");
+  if (threads < 1) threads = 1;
+  if (static_cast<size_t>(threads) > indices.size()) threads = static_cast<int32_t>(indices.size());
+  std::vector<int> result(indices.size(), 0);
+  std::atomic<size_t> next{0};
+  auto work = [&]() {
+    for (size_t i = next++; i < indices.size(); i = next++) {
+      result[i] = ioctl(fd, kLoopCtlRemove.request, indices[i]) < 0 ? errno : 0;
+    }
+  };
+  std::vector<std::thread> pool;
+  for (int32_t t = 1; t < threads; t++) {
+    try {
+      pool.emplace_back(work);
+    } catch (...) {
+      break; // no more threads: the ones running (and this one) do the rest
+    }
+  }
+  work();
+  for (auto& t : pool) t.join();
+  Napi::Array out = Napi::Array::New(info.Env(), result.size());
+  for (size_t i = 0; i < result.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), result[i]));
+  return out;
+}
+
 } // namespace
 
 void RegisterLoopControl(Napi::Env env, Napi::Object exports) {
   exports.Set("ctlGetFree", Napi::Function::New(env, CtlGetFree, "ctlGetFree"));
   exports.Set("ctlAdd", Napi::Function::New(env, CtlAdd, "ctlAdd"));
   exports.Set("ctlRemove", Napi::Function::New(env, CtlRemove, "ctlRemove"));
+  exports.Set("ctlRemoveMany", Napi::Function::New(env, CtlRemoveMany, "ctlRemoveMany"));
 }
 
 } // namespace loopfs

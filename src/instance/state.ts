@@ -279,11 +279,13 @@ export class StateStore {
   removeDevices(minors: number[]): void {
     const dir = this.sub(DEVICES_DIR, false);
     let changed = false;
-    for (const m of minors) {
-      if (dir?.unlinkQuiet(recordName(m))) changed = true;
-      this.dropIdle(m);
-    }
+    for (const m of minors) if (dir?.unlinkQuiet(recordName(m))) changed = true;
     if (changed) dir!.fsync();
+    if (minors.length === 1) this.dropIdle(minors[0]);
+    else {
+      const gone = new Set(minors);
+      for (const m of this.idleHints()) if (gone.has(m)) this.dropIdle(m);
+    }
   }
 
   /** Temporaries of record writes a kill interrupted. Caller holds the instance lock. */

@@ -2,10 +2,13 @@
  * The loop-control character device (`/dev/loop-control`): allocates, adds and
  * removes loop device indexes.
  */
-import { hasCode } from './errors.js';
+import { constants as osConstants } from 'node:os';
+import { hasCode, sysError } from './errors.js';
 import { native } from './native.js';
 
 export const LOOP_CONTROL_PATH = '/dev/loop-control';
+
+const errnos = osConstants.errno as Record<string, number>;
 
 export class LoopControl {
   private constructor(
@@ -36,6 +39,24 @@ export class LoopControl {
    */
   remove(index: number): number {
     return native().ctlRemove(this.fd, index);
+  }
+
+  /**
+   * Remove many devices at once, `threads` removals in flight (each spends ~35 ms waiting
+   * in del_gendisk; one after another that is the whole cost of a large destroy). Returns
+   * for each index 'removed' (also when already gone: ENODEV/ENXIO) or 'busy' (EBUSY);
+   * another error of any index throws, after all were tried.
+   */
+  removeMany(indices: number[], threads = 64): Array<'removed' | 'busy'> {
+    if (indices.length === 0) return [];
+    const errs = native().ctlRemoveMany(this.fd, indices, threads);
+    const { EBUSY, ENODEV, ENXIO } = errnos;
+    const bad = errs.findIndex((e) => e !== 0 && e !== ENODEV && e !== ENXIO && e !== EBUSY);
+    if (bad >= 0) {
+      const code = Object.entries(errnos).find(([, v]) => v === errs[bad])?.[0] ?? `E${errs[bad]}`;
+      throw sysError(code, 'ioctl(LOOP_CTL_REMOVE)', `/dev/loop${indices[bad]}`);
+    }
+    return errs.map((e) => (e === EBUSY ? 'busy' : 'removed'));
   }
 
   /**

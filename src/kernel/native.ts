@@ -215,6 +215,11 @@ export interface NativeAddon {
   ctlAdd(ctlFd: number, index: number): number;
   /** ioctl(LOOP_CTL_REMOVE, n): returns n. EBUSY while bound or open elsewhere. */
   ctlRemove(ctlFd: number, index: number): number;
+  /**
+   * LOOP_CTL_REMOVE of every index, on up to `threads` threads at once (the kernel spends
+   * most of a removal waiting, so they overlap). Returns the errno of each (0: removed).
+   */
+  ctlRemoveMany(ctlFd: number, indices: number[], threads: number): number[];
 
   /** ioctl(LOOP_CONFIGURE) with struct loop_config { fd, block_size, info }. */
   loopConfigure(fd: number, backingFd: number, info: LoopInfo64Input, blockSize: number): void;
