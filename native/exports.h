@@ -20,6 +20,9 @@ void RegisterNs(Napi::Env env, Napi::Object exports);        // ns.cc
 void RegisterSeccomp(Napi::Env env, Napi::Object exports);   // seccomp.cc
 void RegisterUevent(Napi::Env env, Napi::Object exports);    // uevent.cc
 
+// readFiles flag (read_files.cc): names[0] gates each directory. In `constants`.
+constexpr uint32_t READ_FILES_FIRST_GATES = 1;
+
 // struct stat as the JS NativeStat object (fs.cc); shared by fstat and lstatat.
 Napi::Object StatObject(Napi::Env env, const struct stat& st);
 

@@ -53,6 +53,10 @@ export interface RenderOptions {
 export type Cell = string | Uint8Array | null;
 
 export function renderTable(columns: ColumnSpec[], rows: Array<Array<Cell>>, opts: RenderOptions): string {
+  if (opts.mode === 'table') {
+    const plain = renderHumanPlain(columns, rows, !!opts.noHeadings);
+    if (plain !== null) return plain;
+  }
   return renderTableBytes(columns, rows, opts).toString('utf8');
 }
 
@@ -139,6 +143,74 @@ function joinLines(lines: Buffer[]): Buffer {
     parts.push(l);
   });
   return Buffer.concat(parts);
+}
+
+/**
+ * A cell that is its own encoding in table output: printable ASCII (0x20..0x7e) without a
+ * literal "\x", so one byte per character and one column per byte (see safeEncode).
+ */
+function isPlain(s: string): boolean {
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0x20 || c >= 0x7f || (c === 0x5c && s.charCodeAt(i + 1) === 0x78)) return false;
+  }
+  return true;
+}
+
+/**
+ * renderHuman() for the usual listing, where every cell and header is a plain string (or
+ * null): the same widths and padding computed on strings, without a Buffer per cell.
+ * Null when some cell is not plain; renderHuman() then does it byte by byte.
+ */
+function renderHumanPlain(columns: ColumnSpec[], rows: Array<Array<Cell>>, noHeadings: boolean): string | null {
+  if (columns.length === 0 || rows.length === 0) return null;
+  const n = columns.length;
+  const widths: number[] = [];
+  for (let i = 0; i < n; i++) {
+    if (!isPlain(columns[i].name)) return null;
+    widths.push(0);
+  }
+  for (const row of rows) {
+    for (let i = 0; i < n; i++) {
+      const cell = row[i] ?? null;
+      if (cell === null) continue;
+      if (typeof cell !== 'string' || !isPlain(cell)) return null;
+      if (cell.length > widths[i]) widths[i] = cell.length;
+    }
+  }
+  for (let i = 0; i < n; i++) {
+    // the header sets the minimum even when it is not printed; 1 if it is empty
+    const min = Math.max(1, columns[i].name.length);
+    const hint = Math.trunc(columns[i].whint ?? 0);
+    if (widths[i] < min) widths[i] = min;
+    else if (hint >= 1 && widths[i] < hint && min < hint) widths[i] = hint;
+  }
+  const right = columns.map((c) => !!c.right);
+  const line = (cells: ReadonlyArray<Cell>): string => {
+    let out = '';
+    for (let i = 0; i < n; i++) {
+      const text = (cells[i] as string | null | undefined) ?? '';
+      const last = i === n - 1;
+      let width = widths[i];
+      let len = text.length;
+      if (last && len < width && !right[i]) width = len;
+      if (len > 0) {
+        if (right[i] && len < width) {
+          out += ' '.repeat(width - len);
+          len = width;
+        }
+        out += text;
+      }
+      if (last) break;
+      if (len < width) out += ' '.repeat(width - len);
+      out += ' ';
+    }
+    return out;
+  };
+  const lines: string[] = [];
+  if (!noHeadings) lines.push(line(columns.map((c) => c.name)));
+  for (const row of rows) lines.push(line(row));
+  return lines.join('\n') + '\n';
 }
 
 /**

@@ -1,7 +1,7 @@
 /** The host scope: /dev, /dev/loop-control and /sys/block, exactly as util-linux sees them. */
 import { allocateAndAttach, ensureDevice, findFree, HOST_DEVICES } from '../kernel/allocate.js';
 import type { AttachRequest } from '../kernel/attach.js';
-import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { assertLoopDevice, isLoopDevice, LoopDevice } from '../kernel/loop-device.js';
 import { LISTING_ATTRS, loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
 import type { LoopScope } from './scope.js';
 
@@ -9,23 +9,19 @@ export class HostScope implements LoopScope {
   readonly controlPath = HOST_DEVICES.controlPath;
 
   usedDevices(prefetch: readonly string[] = LISTING_ATTRS): LoopDevice[] {
-    const all = loopNamesInSysfs().map((name) => SysfsLoop.forName(name));
-    // one native call tells which devices are bound (most of a big pool is idle), a
-    // second one reads every attribute the listing will show, for those only
-    SysfsLoop.prefetch(all, ['loop/offset']);
-    const loops = all.filter((l) => l.offset() !== null);
-    SysfsLoop.prefetch(loops, [...new Set(['loop/backing_file', ...prefetch])].filter((a) => a !== 'loop/offset'));
+    // one native call finds the bound devices (most of a big pool may be idle) and reads
+    // every attribute the listing will show, for those only
+    const loops = SysfsLoop.prefetchBound(
+      loopNamesInSysfs().map((name) => SysfsLoop.forName(name)),
+      ['loop/backing_file', ...prefetch],
+    );
     const result: LoopDevice[] = [];
     for (const sys of loops) {
       // as util-linux: bound devices only (loop/backing_file and loop/offset exist), and
       // only when /dev has a loop device node of that name
-      if (sys.backingFile() === null || sys.offset() === null) continue;
+      if (sys.backingFile() === null) continue;
       const path = `/dev/${sys.dir.slice(sys.dir.lastIndexOf('/') + 1)}`;
-      try {
-        assertLoopDevice(path);
-      } catch {
-        continue;
-      }
+      if (!isLoopDevice(path)) continue;
       result.push(LoopDevice.withSysfs(path, sys));
     }
     return result;

@@ -353,6 +353,24 @@ export function assertLoopDevice(path: string): void {
   throw sysError('ENODEV', 'stat', path);
 }
 
+/**
+ * {@link assertLoopDevice} as a yes/no, for a listing that checks a node per device: a
+ * plain stat (no BigInt Stats, no exception for a missing node) settles the usual case,
+ * a block device with the loop major; anything else takes the full check.
+ */
+export function isLoopDevice(path: string): boolean {
+  const st = statSync(path, { throwIfNoEntry: false });
+  if (!st) return false;
+  // glibc major() of a dev_t held in a double (exact below 2^53)
+  if (st.isBlockDevice() && (((st.rdev >>> 8) & 0xfff) | (Math.floor(st.rdev / 2 ** 32) & ~0xfff)) === LOOP_MAJOR) return true;
+  try {
+    assertLoopDevice(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 /** Kernel name of a /sys/dev/block/M:m entry (the last component of its link target). */
 function sysfsName(dir: string): string | null {
   try {

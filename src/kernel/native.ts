@@ -92,6 +92,8 @@ export interface NativeConstants {
   S_IFLNK: number;
   S_IFSOCK: number;
   LOOP_MAJOR: number;
+  /** readFiles flag: names[0] gates each directory (see {@link NativeAddon.readFiles}). */
+  READ_FILES_FIRST_GATES: number;
   // Sockets (native/socket.cc)
   SHUT_RD: number;
   SHUT_WR: number;
@@ -260,8 +262,12 @@ export interface NativeAddon {
   /**
    * Read many small files (sysfs attributes) in one call: each of `names` inside each of
    * `dirs` (result row-major, dirs x names), up to maxBytes each; null when unreadable.
+   * Contents are latin1 strings (one char per byte). A read shorter than asked ends a file,
+   * as it does for sysfs attributes and regular files. With `flags` READ_FILES_FIRST_GATES,
+   * a directory whose names[0] cannot be read gets null for every name without more
+   * syscalls (a loop device's `loop/` attributes exist only while it is bound).
    */
-  readFiles(dirs: string[], names: string[], maxBytes: number): Array<string | null>;
+  readFiles(dirs: string[], names: string[], maxBytes: number, flags?: number): Array<string | null>;
 
   // Directory-relative calls for instance directories (native/fs_at.cc): a pinned
   // directory fd, and never a followed symlink in the last component.

@@ -49,6 +49,9 @@ export const LISTING_ATTRS = [
   'dev',
 ];
 
+/** sysfs shows at most a page; a backing-file path is at most PATH_MAX (4096) bytes plus " (deleted)". */
+const ATTR_MAX_BYTES = 4096 + 64;
+
 /** Decode a latin1-read string back into the UTF-8 path the kernel stored. */
 function bytesToPath(s: string): string {
   return Buffer.from(s, 'latin1').toString('utf8');
@@ -66,20 +69,52 @@ export class SysfsLoop {
    * thousand devices costs one N-API round trip instead of ~9000 readFileSync calls.
    * Values are cached on each SysfsLoop until {@link forget}.
    */
-  static prefetch(loops: SysfsLoop[], attrs: string[] = LISTING_ATTRS): void {
+  static prefetch(loops: SysfsLoop[], attrs: readonly string[] = LISTING_ATTRS): void {
     if (loops.length === 0 || attrs.length === 0) return;
     const values = native().readFiles(
       loops.map((l) => l.dir),
-      attrs,
-      4096 + 64,
+      [...attrs],
+      ATTR_MAX_BYTES,
     );
     let i = 0;
     for (const l of loops) {
-      for (const a of attrs) {
-        const v = values[i++];
-        l.cache.set(a, v === null ? null : stripNewline(v));
-      }
+      for (const a of attrs) l.store(a, values[i++]);
     }
+  }
+
+  /**
+   * The bound devices among `loops` (those with a `loop/offset` attribute), in the order
+   * given, each with `attrs` prefetched. One native call: `loop/offset` is opened first
+   * and the other attributes only where it exists, so the idle part of a big pool costs
+   * one failed openat per device.
+   */
+  static prefetchBound(loops: SysfsLoop[], attrs: readonly string[] = LISTING_ATTRS): SysfsLoop[] {
+    if (loops.length === 0) return [];
+    const n = native();
+    const names = ['loop/offset', ...new Set(attrs)].filter((a, i) => i === 0 || a !== 'loop/offset');
+    const values = n.readFiles(
+      loops.map((l) => l.dir),
+      names,
+      ATTR_MAX_BYTES,
+      n.constants.READ_FILES_FIRST_GATES,
+    );
+    const bound: SysfsLoop[] = [];
+    let i = 0;
+    for (const l of loops) {
+      if (values[i] === null) {
+        // unbound (or gone): nothing else was read
+        l.store('loop/offset', null);
+        i += names.length;
+        continue;
+      }
+      for (const a of names) l.store(a, values[i++]);
+      bound.push(l);
+    }
+    return bound;
+  }
+
+  private store(name: string, v: string | null): void {
+    this.cache.set(name, v === null ? null : stripNewline(v));
   }
 
   /** Drop cached values (after a change made through this process). */

@@ -119,6 +119,40 @@ describe('table mode', () => {
   });
 });
 
+describe('table mode: plain cells', () => {
+  // renderTable() lays out printable-ASCII string cells as strings; it must be exactly what
+  // the byte-by-byte layout gives (renderTableBytes always takes that path)
+  it('equals the byte path for random tables of plain cells, with headings or not', () => {
+    const rnd = prng(14);
+    const pick = <T,>(xs: readonly T[]): T => xs[Math.floor(rnd() * xs.length)];
+    const plainChars = ' !"#$%&()*+,-./0123456789:;<=>?@ABCDEFGHIJKLMNOPQRSTUVWXYZ[\\]^_`abcdefghijklmnopqrstuvwxyz{|}~';
+    const cell = (): Cell => {
+      const r = rnd();
+      if (r < 0.1) return null;
+      if (r < 0.15) return '';
+      let t = '';
+      const len = Math.floor(rnd() * 12);
+      for (let i = 0; i < len; i++) t += pick([...plainChars]);
+      return t.replace(/\\x/g, '\\y'); // "\x" is escaped: not plain
+    };
+    for (let n = 0; n < 300; n++) {
+      const c: ColumnSpec[] = Array.from({ length: 1 + Math.floor(rnd() * 5) }, () => ({
+        ...pick(ALL),
+        whint: rnd() < 0.2 ? Math.floor(rnd() * 14) : undefined,
+      }));
+      const rows = Array.from({ length: 1 + Math.floor(rnd() * 4) }, () => c.map(cell));
+      for (const noHeadings of [false, true]) {
+        expect(table(c, rows, noHeadings)).toBe(renderTableBytes(c, rows, { mode: 'table', noHeadings }).toString('utf8'));
+      }
+    }
+  });
+
+  it('a table with one cell that is not plain is laid out byte by byte throughout', () => {
+    expect(table([{ name: 'A' }, { name: 'B', right: true }], [['x', '1'], ['\u00e9t\u00e9', '22']])).toBe('A    B\nx    1\n\u00e9t\u00e9 22\n');
+    expect(table([{ name: 'A' }, { name: 'B' }], [['a\\xb', 'c']])).toBe('A       B\na\\x5cxb c\n');
+  });
+});
+
 describe('raw mode', () => {
   it('one space between cells, no alignment, header unless noHeadings', () => {
     const c: ColumnSpec[] = [{ name: 'NAME' }, { name: 'OFFSET', right: true }];

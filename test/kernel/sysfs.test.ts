@@ -165,6 +165,35 @@ describe.skipIf(reason !== undefined)(skipTitle('sysfs: SysfsLoop readers', reas
     expect(s.devno()).toEqual([7, idx]);
   });
 
+  it('prefetchBound() keeps the bound devices in order, read in one call as the readers read them', () => {
+    owned = new OwnedIndexes().ownBacking(dir);
+    const bound = owned.add();
+    const idle = owned.add();
+    const gone = owned.add();
+    owned.removeNow(gone);
+    // a long name: the attribute still comes back whole from a single read
+    const deep = path.join(dir, 'd'.repeat(200), 'e'.repeat(200), 'f'.repeat(200));
+    fs.mkdirSync(deep, { recursive: true });
+    const file = makeImage(path.join(deep, `${'g'.repeat(200)} end `), 2 * MiB);
+    losetup('-o', '512', '-r', `/dev/loop${bound}`, file);
+
+    const loops = [gone, bound, idle].map((i) => SysfsLoop.forName(`loop${i}`));
+    const found = SysfsLoop.prefetchBound(loops, ['loop/backing_file', 'ro', 'loop/offset', 'queue/logical_block_size']);
+    expect(found).toEqual([loops[1]]);
+    const fresh = SysfsLoop.forName(`loop${bound}`);
+    for (const s of [found[0], fresh]) {
+      expect(s.backingFile()).toBe(file);
+      expect(s.offset()).toBe(512n);
+      expect(s.readOnly()).toBe(true);
+      expect(s.logicalBlockSize()).toBe(512n);
+    }
+    // an idle or missing device: only loop/offset was tried, anything else reads on demand
+    expect(loops[2].offset()).toBeNull();
+    expect(loops[2].readOnly()).toBe(false);
+    expect(loops[0].offset()).toBeNull();
+    expect(loops[0].readOnly()).toBeNull();
+  });
+
   it('returns null for everything when the device does not exist', () => {
     owned = new OwnedIndexes().ownBacking(dir);
     const idx = owned.add();
