@@ -5,9 +5,31 @@
 // one file instead of ~20 modules takes start-up from ~1.2x to ~1.0x `node -e 0`
 // (bench/startup.mjs). The bundle sits two levels below the package root, like every
 // dist/<dir>/<file>.js, so relative paths to native/ stay valid.
+//
+// bin/losetup loads a CommonJS copy, dist/bundle/losetup.cjs: node 20 pays for its ES module
+// loader on every start (an empty .mjs costs ~10% more than an empty .cjs), and an ES
+// `import ... from 'node:fs'` builds a facade that reads every export of fs, loading node's
+// streams on the way (~5 ms). bin/package.json makes bin/losetup and bin/loopfs CommonJS.
+// bin/load-bundle.cjs loads it with V8's code cache, made here (scripts/code-cache.cjs).
+import { createHash } from 'node:crypto';
+import { spawnSync } from 'node:child_process';
+import { rmSync, writeFileSync } from 'node:fs';
 import { build } from 'esbuild';
 
+const common = {
+  bundle: true,
+  // our own modules only: npm packages (execa) load from node_modules as they are
+  packages: 'external',
+  platform: 'node',
+  target: 'node20',
+  // whitespace and syntax only (names kept for stack traces): less for V8 to parse at start-up
+  minifyWhitespace: true,
+  minifySyntax: true,
+  logLevel: 'warning',
+};
+
 await build({
+  ...common,
   entryPoints: {
     losetup: 'dist/compat/losetup/main.js',
     'mount.loop': 'dist/mount/mount-loop.js',
@@ -16,14 +38,28 @@ await build({
   },
   outdir: 'dist/bundle',
   outExtension: { '.js': '.mjs' },
-  bundle: true,
-  // our own modules only: npm packages (execa) load from node_modules as they are
-  packages: 'external',
-  platform: 'node',
   format: 'esm',
-  target: 'node20',
-  // whitespace and syntax only (names kept for stack traces): less for V8 to parse at start-up
-  minifyWhitespace: true,
-  minifySyntax: true,
-  logLevel: 'warning',
 });
+
+// CommonJS for bin/losetup; first line: a hash of the rest, which names the bundle for its
+// code cache (bin/load-bundle.cjs)
+const cjs = await build({
+  ...common,
+  entryPoints: { losetup: 'dist/compat/losetup/main.js' },
+  outdir: 'dist/bundle',
+  outExtension: { '.js': '.cjs' },
+  format: 'cjs',
+  write: false,
+  // the modules find native/ (and the package root) from import.meta.url; the banner keeps
+  // "use strict" the first statement
+  define: { 'import.meta.url': '__loopfsModuleUrl' },
+  banner: { js: '"use strict";var __loopfsModuleUrl=require("node:url").pathToFileURL(__filename).href;' },
+});
+for (const f of cjs.outputFiles) {
+  const hash = createHash('sha256').update(f.contents).digest('hex').slice(0, 32);
+  writeFileSync(f.path, `// loopfs bundle ${hash}\n${f.text}`);
+}
+// V8's code cache of it, made by a plain node (the flags must be those of bin/losetup's node)
+rmSync('dist/bundle/losetup.cjs.cache', { force: true });
+const made = spawnSync(process.execPath, ['scripts/code-cache.cjs', 'losetup'], { stdio: ['ignore', 'ignore', 'inherit'] });
+if (made.status !== 0) console.warn('scripts/bundle.mjs: no code cache for losetup.cjs (it still runs, from source)');
