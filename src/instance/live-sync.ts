@@ -23,7 +23,9 @@
  * unbind, autoclear at umount): the device freed behind our back goes back to the pool
  * policy at once, a reserved one waits for its bind (or for gc).
  */
+import { lstatSync } from 'node:fs';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
+import { hasCode } from '../kernel/errors.js';
 import { LoopUevents, type LoopUevent } from '../kernel/uevents.js';
 import { partitionsOf, type LocalInstance } from './local-instance.js';
 import { reconcileInstance, type GcReport } from './reconcile.js';
@@ -187,6 +189,21 @@ export function changed(o: SyncOutcome): boolean {
   return o.fixes.length > 0 || o.reserved.length > 0 || o.views.some((v) => v.added.length > 0 || v.removed.length > 0);
 }
 
+/** A removed name sysfs still shows is looked at again after LINGER_MS, at most LINGER_PASSES times (1 s). */
+const LINGER_MS = 5;
+const LINGER_PASSES = 200;
+
+/** Whether the kernel still lists block device `name` (loopN or loopNpM). */
+function existsInSysfs(name: string): boolean {
+  try {
+    lstatSync(`/sys/class/block/${name}`);
+    return true;
+  } catch (e) {
+    if (hasCode(e, 'ENOENT')) return false;
+    throw e;
+  }
+}
+
 export class LiveSync {
   private readonly events: LoopUevents;
   private dirtyDisks = new Set<number>();
@@ -197,6 +214,16 @@ export class LiveSync {
   private releaseAll = true;
   private scheduled = false;
   private stopped = false;
+  /**
+   * Names announced as removed that sysfs still showed at the last pass, with the passes
+   * left to wait for them. The kernel sends a `remove` uevent before it deletes the
+   * device's sysfs directory (device_del: the uevent, then kobject_del), so a pass that
+   * runs at once can still find the partition it was told about and keep its node; with
+   * no further event nothing would take it away. Each such name gets one more pass a few
+   * milliseconds later, until sysfs agrees (bounded: a name that stays is real again).
+   */
+  private lingering = new Map<string, { disk: number; passes: number }>();
+  private lingerTimer: NodeJS.Timeout | null = null;
   private markReady!: () => void;
   /** Resolves once the first sync of every target (the one at start) has run. */
   readonly ready: Promise<void> = new Promise((r) => (this.markReady = r));
@@ -229,13 +256,31 @@ export class LiveSync {
 
   close(): void {
     this.stopped = true;
+    if (this.lingerTimer) clearTimeout(this.lingerTimer);
     this.events.close();
   }
 
   private onEvent(e: LoopUevent): void {
     this.dirtyDisks.add(e.disk);
     if (e.action === 'change' && e.partition === null) this.rebound.add(e.disk);
+    if (e.action === 'remove') this.lingering.set(e.devname, { disk: e.disk, passes: LINGER_PASSES });
+    else this.lingering.delete(e.devname); // added again: sysfs is right about it now
     this.schedule();
+  }
+
+  /** After a pass: names announced removed that sysfs still has get another pass soon. */
+  private followLingering(): void {
+    for (const [name, l] of this.lingering) {
+      if (!existsInSysfs(name) || l.passes <= 0) this.lingering.delete(name);
+      else l.passes--;
+    }
+    if (this.lingering.size === 0 || this.lingerTimer || this.stopped) return;
+    this.lingerTimer = setTimeout(() => {
+      this.lingerTimer = null;
+      for (const l of this.lingering.values()) this.dirtyDisks.add(l.disk);
+      this.schedule();
+    }, LINGER_MS);
+    if (!this.opts.keepAlive) this.lingerTimer.unref();
   }
 
   /** Batch: every event read in one turn of the loop (partx adds p1 and p2 together) is one sync. */
@@ -266,6 +311,7 @@ export class LiveSync {
         this.opts.onError?.(t.dir, e);
       }
     }
+    this.followLingering();
     this.markReady();
   }
 }
