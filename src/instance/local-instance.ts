@@ -34,7 +34,7 @@ import { hasCode, sysError } from '../kernel/errors.js';
 import { LoopControl } from '../kernel/loop-control.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
-import { loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
+import { LISTING_ATTRS, loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
 import { jitterMs, sleepMs } from '../kernel/sleep.js';
 import { limitForUid } from './limits.js';
 import { PinnedDir } from './pinned-dir.js';
@@ -295,18 +295,28 @@ export class LocalInstance implements LoopScope {
     return new LoopDevice(this.names.pathOf(minor) ?? this.nodePath(minor));
   }
 
-  /** Held and bound devices, in /sys/block order like util-linux, named as device() names them. */
-  usedDevices(): LoopDevice[] {
-    const held = new Set(this.store.minors());
-    const result: LoopDevice[] = [];
+  /**
+   * Held and bound devices, in /sys/block order like util-linux, named as device() names
+   * them. One read of the records, and one native call that finds which candidates are
+   * bound and reads the attributes the listing shows (`prefetch`) for those only.
+   */
+  usedDevices(prefetch: readonly string[] = LISTING_ATTRS): LoopDevice[] {
+    const s = this.state();
+    const candidates: SysfsLoop[] = [];
+    const minorOf = new Map<SysfsLoop, number>();
     for (const name of loopNamesInSysfs()) {
       const minor = this.names.sysBlockMinor(name);
-      if (minor === null || !held.has(minor)) continue;
+      if (minor === null || s.devices[minor]?.state !== 'held') continue;
+      // the name this process's /sys/block has (a container's overlay: its loopK link)
+      const sys = SysfsLoop.forName(name);
+      candidates.push(sys);
+      minorOf.set(sys, minor);
+    }
+    const result: LoopDevice[] = [];
+    for (const sys of SysfsLoop.prefetchBound(candidates, ['loop/backing_file', ...prefetch])) {
+      const minor = minorOf.get(sys)!;
       if (!this.isPublished(minor)) continue;
-      const dev = this.device(minor);
-      if (dev.sysfs()?.offset() == null) continue; // not bound
-      if (this.store.device(minor)?.state !== 'held') continue;
-      result.push(dev);
+      result.push(LoopDevice.withSysfs(this.names.pathOf(minor) ?? this.nodePath(minor), sys));
     }
     return result;
   }

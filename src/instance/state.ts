@@ -232,10 +232,11 @@ export class StateStore {
     return true;
   }
 
+  /** Every version-2 record (the caller has read state.json once already). */
   private readRecords(): Record<string, HeldDevice> {
     const devices: Record<string, HeldDevice> = {};
-    for (const minor of this.minors()) {
-      const d = this.device(minor);
+    for (const minor of this.names(DEVICES_DIR)) {
+      const d = this.record(minor);
       if (d) devices[minor] = d;
     }
     return devices;
@@ -252,6 +253,11 @@ export class StateStore {
   device(minor: number): HeldDevice | null {
     const f = this.readFile();
     if (f?.legacyDevices) return f.legacyDevices[minor] ?? null;
+    return this.record(minor);
+  }
+
+  /** The version-2 record file of a device, parsed and checked; null when there is none. */
+  private record(minor: number): HeldDevice | null {
     const dir = this.sub(DEVICES_DIR, false);
     const text = dir?.readFile(recordName(minor)) ?? null;
     if (text === null) return null;
