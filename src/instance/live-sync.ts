@@ -62,9 +62,17 @@ export interface ViewChange {
 export interface InstanceView {
   readonly name: string;
   apply(snapshot: InstanceSnapshot): ViewChange;
+  /**
+   * Of devices that may leave, the order in which they should (first goes first); a view
+   * whose names must stay without gaps (busybox stops at the first missing /dev/loopK)
+   * puts its highest names first, so that nothing has to be renamed.
+   */
+  leaveOrder?(candidates: number[]): number[];
 }
 
 export interface SyncOutcome {
+  /** Devices whose release had to wait (still open somewhere): a later pass retries. */
+  pending: number[];
   dir: string;
   /** What the reconcile settled (gc's wording). */
   fixes: string[];
@@ -108,6 +116,8 @@ export type ReleasePolicy = 'all' | ReadonlySet<number>;
 export class SyncTarget {
   /** Devices the last sync published: an event about one of them concerns us even after it left. */
   private known = new Set<number>();
+  /** Devices this target reserved to refill the pool: they may leave again like freed ones. */
+  private refilled = new Set<number>();
 
   constructor(
     readonly inst: LocalInstance,
@@ -134,42 +144,67 @@ export class SyncTarget {
     const report: GcReport = { instances: 1, fixes: [], pending: [] };
     let reserved: number[] = [];
     let snapshot: InstanceSnapshot;
+    const changes = this.views.map((): ViewChange => ({ added: [], removed: [] }));
     this.inst.lock();
     try {
       const rt = Runtime.open(this.opts.env ?? process.env);
       try {
-        // with a narrower policy the reconcile keeps every idle device, and releaseChanged
-        // then applies the pool to the changed ones only
+        // with a narrower policy the reconcile keeps every idle device, and the changed
+        // ones are released below
         reconcileInstance(this.inst, rt, report, { pool: release === 'all' ? this.opts.pool : Number.MAX_SAFE_INTEGER });
       } finally {
         rt.close();
       }
-      if (release !== 'all' && release.size > 0) this.releaseChanged(release, report);
+      if (release !== 'all' && release.size > 0) {
+        const leaving = this.releaseCandidates(release);
+        // the views let go of a device before it goes: a name in a view never points at a
+        // device that is already gone (busybox takes a dangling /dev/loopK for a missing
+        // node, tries mknod and fails with EEXIST)
+        if (leaving.length > 0 && this.views.length > 0) {
+          const before = snapshotOf(this.inst);
+          this.applyViews({ ...before, nodes: before.nodes.filter((n) => !leaving.includes(n.disk)) }, changes);
+        }
+        for (const minor of leaving) {
+          if (this.inst.release(minor)) report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
+          else report.pending.push({ dir: this.inst.dir, minor, action: 'device is still in use; removal deferred' });
+        }
+      }
       if (this.opts.refill) reserved = this.inst.ensurePool(this.opts.pool ?? this.inst.state().pool);
       snapshot = snapshotOf(this.inst);
     } finally {
       this.inst.unlock();
     }
     this.known = new Set(snapshot.nodes.map((n) => n.disk));
-    const views = this.views.map((v) => ({ view: v.name, ...v.apply(snapshot) }));
-    return { dir: this.dir, fixes: report.fixes.map((f) => f.action), reserved, views, snapshot };
+    for (const m of reserved) this.refilled.add(m);
+    for (const m of this.refilled) if (!this.known.has(m)) this.refilled.delete(m);
+    this.applyViews(snapshot, changes);
+    const views = this.views.map((v, i) => ({ view: v.name, ...changes[i] }));
+    const pending = report.pending.map((p) => p.minor).filter((m): m is number => m !== null);
+    return { dir: this.dir, fixes: report.fixes.map((f) => f.action), pending, reserved, views, snapshot };
+  }
+
+  private applyViews(snap: InstanceSnapshot, into: ViewChange[]): void {
+    this.views.forEach((v, i) => {
+      const c = v.apply(snap);
+      into[i].added.push(...c.added);
+      into[i].removed.push(...c.removed);
+    });
   }
 
   /**
-   * The pool policy for devices whose binding changed: while more than `pool` held devices
-   * are idle, release changed idle ones (gc's wording). Caller holds the instance lock.
+   * The pool policy, narrowed: while more than `pool` held devices are idle, idle devices
+   * may leave if their binding changed (freed by autoclear or a detach) or if this target
+   * reserved them itself to refill the pool, never one somebody reserved on purpose
+   * (`losetup -f`, the broker's get-free). Which of them go first, the views say. Caller
+   * holds the instance lock.
    */
-  private releaseChanged(changed: ReadonlySet<number>, report: GcReport): void {
+  private releaseCandidates(changed: ReadonlySet<number>): number[] {
     const idle = this.inst.idleMinors();
-    let excess = idle.length - (this.opts.pool ?? this.inst.state().pool);
-    for (const minor of idle) {
-      if (excess <= 0) break;
-      if (!changed.has(minor)) continue;
-      if (this.inst.release(minor)) {
-        report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
-        excess--;
-      }
-    }
+    const excess = idle.length - (this.opts.pool ?? this.inst.state().pool);
+    if (excess <= 0) return [];
+    let eligible = idle.filter((m) => changed.has(m) || this.refilled.has(m));
+    for (const v of this.views) if (v.leaveOrder) eligible = v.leaveOrder(eligible);
+    return eligible.slice(0, excess);
   }
 }
 
@@ -223,6 +258,12 @@ export class LiveSync {
    * milliseconds later, until sysfs agrees (bounded: a name that stays is real again).
    */
   private lingering = new Map<string, { disk: number; passes: number }>();
+  /**
+   * Devices whose release a pass had to defer (the tool that freed it still held it open
+   * for a moment, as `losetup -d` does while the kernel announces the unbind): they get
+   * passes a few milliseconds apart until released (bounded like the names above).
+   */
+  private deferred = new Map<number, number>();
   private lingerTimer: NodeJS.Timeout | null = null;
   private markReady!: () => void;
   /** Resolves once the first sync of every target (the one at start) has run. */
@@ -274,10 +315,11 @@ export class LiveSync {
       if (!existsInSysfs(name) || l.passes <= 0) this.lingering.delete(name);
       else l.passes--;
     }
-    if (this.lingering.size === 0 || this.lingerTimer || this.stopped) return;
+    if ((this.lingering.size === 0 && this.deferred.size === 0) || this.lingerTimer || this.stopped) return;
     this.lingerTimer = setTimeout(() => {
       this.lingerTimer = null;
       for (const l of this.lingering.values()) this.dirtyDisks.add(l.disk);
+      for (const d of this.deferred.keys()) this.dirtyDisks.add(d);
       this.schedule();
     }, LINGER_MS);
     if (!this.opts.keepAlive) this.lingerTimer.unref();
@@ -302,14 +344,23 @@ export class LiveSync {
     this.releaseAll = false;
     this.dirtyDisks = new Set();
     this.rebound = new Set();
+    const pendingNow = new Set<number>();
     for (const t of this.opts.targets()) {
       if (!all && ![...disks].some((d) => t.concerns(d))) continue;
       try {
         const o = t.sync(release);
+        for (const m of o.pending) pendingNow.add(m);
         if (changed(o)) this.opts.onChange?.(o);
       } catch (e) {
         this.opts.onError?.(t.dir, e);
       }
+    }
+    // a deferred release is retried until a pass no longer has to defer it (bounded)
+    for (const m of [...this.deferred.keys()]) if (!pendingNow.has(m)) this.deferred.delete(m);
+    for (const m of pendingNow) {
+      const left = (this.deferred.get(m) ?? LINGER_PASSES) - 1;
+      if (left > 0) this.deferred.set(m, left);
+      else this.deferred.delete(m);
     }
     this.followLingering();
     this.markReady();

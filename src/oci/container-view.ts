@@ -40,6 +40,8 @@ import { processStartTime } from './record.js';
 
 const VIEW_NAME = /^loop(\d+)(?:p(\d+))?$/;
 const OUR_TARGET = new RegExp(`^${CONTAINER_INSTANCE_DIR}/loop(\\d+)(?:p(\\d+))?$`);
+/** Links are made under this name and renamed into place (never a loop name: nobody probes it). */
+const TEMP_PREFIX = ".loopfs-link.";
 const TMPFS_MAGIC = 0x01021994;
 
 export interface ContainerViewOptions {
@@ -59,6 +61,15 @@ interface Opened {
 }
 
 export class ContainerView implements InstanceView {
+  /** The container's number K of each device (loopK -> loopfs/loopN) after the last apply. */
+  private lastK = new Map<number, number>();
+
+  /** Highest /dev/loopK first: a device leaving from the top leaves no gap below. */
+  leaveOrder(candidates: number[]): number[] {
+    const k = (m: number) => this.lastK.get(m) ?? -1;
+    return [...candidates].sort((a, b) => k(b) - k(a));
+  }
+
   /** Devices granted in the device cgroup by this view ("MAJ:MIN"). */
   private granted: Set<string> | null = null;
   /** Our /sys/block overlay, writable (a detached mount of the tmpfs the container sees read-only). */
@@ -93,6 +104,7 @@ export class ContainerView implements InstanceView {
     let kOf: Map<number, number>;
     try {
       ({ change, kOf } = this.syncLinks(opened.dev, snap));
+      this.lastK = kOf;
       const names = [...kOf].sort((a, b) => a[1] - b[1]).map(([disk, k]) => ({ name: `loop${k}`, node: `loop${disk}`, minor: disk }));
       const key = namesKey(names.map((d) => [d.name, d.node]));
       if (key !== this.sysNames) {
@@ -205,15 +217,30 @@ export class ContainerView implements InstanceView {
         const name = n.partition === null ? `loop${k}` : `loop${k}p${n.partition}`;
         if (!foreign.has(name)) wanted.set(name, `${CONTAINER_INSTANCE_DIR}/${n.name}`);
       }
-      for (const [name, target] of ours) {
-        if (wanted.get(name) === target) continue;
-        dev.unlinkQuiet(name);
-        change.removed.push(name);
-      }
+      // every wanted name first, each made under a temporary name and renamed over the old
+      // link (atomic): a name that stays in the view never goes missing, not even while it
+      // changes target (busybox probing then would stop there, or try mknod); only then
+      // what is no longer wanted goes
+      const base = `/proc/self/fd/${dev.fd}`;
+      for (const name of dev.list()) if (name.startsWith(TEMP_PREFIX)) dev.unlinkQuiet(name); // a killed broker's
       for (const [name, target] of wanted) {
         if (ours.get(name) === target) continue;
-        symlinkSync(target, `/proc/self/fd/${dev.fd}/${name}`);
+        const temp = `${TEMP_PREFIX}${process.pid}.${name}`;
+        dev.unlinkQuiet(temp);
+        symlinkSync(target, `${base}/${temp}`);
+        try {
+          renameSync(`${base}/${temp}`, `${base}/${name}`);
+        } catch (e) {
+          dev.unlinkQuiet(temp);
+          throw e;
+        }
+        if (ours.has(name)) change.removed.push(name);
         change.added.push(name);
+      }
+      for (const [name] of ours) {
+        if (wanted.has(name)) continue;
+        dev.unlinkQuiet(name);
+        change.removed.push(name);
       }
       return { change, kOf };
     } finally {

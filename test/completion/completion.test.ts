@@ -66,7 +66,7 @@ describe.skipIf(built)(skipTitle('loopfs completion', built), () => {
     const top = completeBash(['loopfs', '']);
     for (const w of ['activate', 'completion', 'doctor', 'gc', 'install', 'instance', 'limits', 'losetup', 'serve', 'uninstall']) expect(top).toContain(w);
     expect(completeBash(['loopfs', 'd'])).toEqual(['doctor']);
-    expect(completeBash(['loopfs', 'instance', ''])).toEqual(['create', 'destroy', 'gc', 'ls', 'show']);
+    expect(completeBash(['loopfs', 'instance', ''])).toEqual(['create', 'destroy', 'gc', 'ls', 'show', 'watch']);
     expect(completeBash(['loopfs', 'limits', 's'])).toEqual(['set', 'show']);
     expect(completeBash(['loopfs', 'completion', ''])).toEqual(['bash', 'zsh']);
   });
@@ -126,7 +126,7 @@ describe.skipIf(built)(skipTitle('loopfs completion', built), () => {
       { encoding: 'utf8', cwd: scratch },
     ).split('\n');
     expect(out[0]).toBe('_bash_complete -F _loopfs _bash_complete -F _losetup_loopfs');
-    expect(out[1]).toBe('A:create destroy gc ls show');
+    expect(out[1]).toBe('A:create destroy gc ls show watch');
     expect(out[2].slice(2).split(' ').filter((w) => w.startsWith('NAME,BACK-F'))).toEqual(['NAME,BACK-FILE']);
   });
 

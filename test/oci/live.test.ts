@@ -200,6 +200,21 @@ async function within(ms: number, cond: () => boolean): Promise<number | null> {
   return Date.now() - t0;
 }
 
+/**
+ * The instance's devices once it has settled: a container's /dev lets go of a device
+ * before the device leaves the instance (LOOP_CTL_REMOVE takes tens of milliseconds), so
+ * the instance is read again until it holds `want` devices, for at most 1 s.
+ */
+async function settledMinors(sb: Parameters<typeof minorsOf>[0], dir: string, want: number): Promise<number[]> {
+  const t0 = Date.now();
+  let m = minorsOf(sb, dir);
+  while (m.length !== want && Date.now() - t0 < 1000) {
+    await new Promise((r) => setTimeout(r, 20));
+    m = minorsOf(sb, dir);
+  }
+  return m;
+}
+
 const lexists = (p: string) => {
   try {
     fs.lstatSync(p);
@@ -294,7 +309,7 @@ view`,
     expect(out.slice(after, after + 5)).toEqual(['partx-deleted', '/dev/loop0p1 gone', '/dev/loop0p2 gone', 'detached', 'devices 1']);
     // one idle device stays (the pool), as /dev/loop0: busybox probes from there
     const last = section(out, after);
-    const left = minorsOf(sb, dir);
+    const left = await settledMinors(sb, dir, 1);
     expect(left.length).toBe(1);
     expect(normalize(last)).toEqual(expectedView(new Map([[0, left[0]]])));
     // the device cgroup grants exactly what the instance holds now (v1)
@@ -399,7 +414,7 @@ view`,
     expect(text(rd.stderr)).toBe('');
     const outD = text(rd.stdout).split('\n');
     expect(outD.slice(0, 2)).toEqual(['detached', 'devices 1']);
-    const left = minorsOf(sb, dir);
+    const left = await settledMinors(sb, dir, 1);
     expect(left.length).toBe(1);
     expect(normalize(section(outD, 0))).toEqual(expectedView(new Map([[0, left[0]]])));
     await expectQuietBroker(ctx!.broker);
