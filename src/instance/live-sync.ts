@@ -166,7 +166,9 @@ export class SyncTarget {
         }
         for (const minor of leaving) {
           if (this.inst.release(minor)) report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
-          else report.pending.push({ dir: this.inst.dir, minor, action: 'device is still in use; removal deferred' });
+          // only open (a tool scanning for a free device, which may bind it next): it stays
+          // an idle device of the instance, and the next change of its binding decides again
+          else if (!this.inst.keepIfUnbound(minor)) report.pending.push({ dir: this.inst.dir, minor, action: 'device is still in use; removal deferred' });
         }
       }
       if (this.opts.refill) reserved = this.inst.ensurePool(this.opts.pool ?? this.inst.state().pool);

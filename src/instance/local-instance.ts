@@ -599,6 +599,25 @@ export class LocalInstance implements LoopScope {
   }
 
   /**
+   * Undo a release that LOOP_CTL_REMOVE refused (EBUSY) for a device that is still unbound:
+   * it was only open (a tool scanning for a free device), so it is still ours and idle;
+   * held and published again, a tool that binds it next leaves a binding that destroy will
+   * clear. A device bound meanwhile stays "removing": the binding may be a stranger's (a
+   * host tool that took it while it was free), and is never handed to the instance owner.
+   * Caller holds the instance lock. True when the device is held again.
+   */
+  keepIfUnbound(minor: number): boolean {
+    const entry = this.store.device(minor);
+    if (!entry || entry.state !== 'removing' || entry.partitions?.length) return false;
+    const sys = SysfsLoop.forName(nodeName(minor));
+    if (sys.devno() === null || sys.isBound()) return false;
+    this.store.writeDevice(minor, { state: 'held' });
+    this.republish(minor);
+    this.store.noteIdle(minor);
+    return true;
+  }
+
+  /**
    * Names in DIR that look like devices but are not published nodes of held devices:
    * nodes left by a crash, leftovers of a torn node creation, planted symlinks.
    */

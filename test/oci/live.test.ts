@@ -39,7 +39,8 @@ const WAIT = `export PATH=/usr/sbin:/usr/bin:/sbin:/bin
 appeared() { i=0; while [ "$i" -lt 20 ]; do if [ -e "$1" ]; then echo "$1 appeared"; return; fi; sleep 0.05; i=$((i+1)); done; echo "$1 missing"; }
 gone() { i=0; while [ "$i" -lt 20 ]; do if [ ! -e "$1" ] && [ ! -L "$1" ]; then echo "$1 gone"; return; fi; sleep 0.05; i=$((i+1)); done; echo "$1 still there"; }
 ndev() { ls /dev | grep -cE '^loop[0-9]+$'; }
-settled() { i=0; while [ "$i" -lt 20 ] && [ "$(ndev)" != "$1" ]; do sleep 0.05; i=$((i+1)); done; echo "devices $(ndev)"; }
+nnodes() { ls /dev/loopfs | grep -cE '^loop[0-9]+$'; }
+settled() { i=0; while [ "$i" -lt 20 ] && { [ "$(ndev)" != "$1" ] || [ "$(nnodes)" != "$1" ]; }; do sleep 0.05; i=$((i+1)); done; echo "devices $(ndev)"; }
 view() { echo "== view"; for l in /dev/loop[0-9]*; do echo "\${l#/dev/}->$(readlink "$l")"; done; for l in /sys/block/loop*; do echo "sys:\${l#/sys/block/}->$(readlink "$l")"; done; ls /dev/loopfs | grep -E '^loop[0-9]' | sed 's/^/node:/'; echo "== end"; }
 `;
 
