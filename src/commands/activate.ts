@@ -32,7 +32,7 @@ export default class Activate extends LoopfsCommand {
     if (!LocalInstance.isInstance(args.dir)) this.fail(`${args.dir}: not a loop device instance`);
     const inst = LocalInstance.open(args.dir);
     try {
-      const pool = flags.pool ?? inst.state().pool;
+      const pool = flags.pool ?? inst.header().pool;
       const first = syncDevDir(inst, flags.dev, pool);
       this.log(`${flags.dev}: ${first.nodes.length} node(s) (${first.nodes.join(' ') || 'none'}), pool ${pool}`);
       if (flags.watch) {

@@ -171,7 +171,7 @@ export class SyncTarget {
           else if (!this.inst.keepIfUnbound(minor)) report.pending.push({ dir: this.inst.dir, minor, action: 'device is still in use; removal deferred' });
         }
       }
-      if (this.opts.refill) reserved = this.inst.ensurePool(this.opts.pool ?? this.inst.state().pool);
+      if (this.opts.refill) reserved = this.inst.ensurePool(this.opts.pool ?? this.inst.header().pool);
       snapshot = snapshotOf(this.inst);
     } finally {
       this.inst.unlock();
@@ -202,7 +202,7 @@ export class SyncTarget {
    */
   private releaseCandidates(changed: ReadonlySet<number>): number[] {
     const idle = this.inst.idleMinors();
-    const excess = idle.length - (this.opts.pool ?? this.inst.state().pool);
+    const excess = idle.length - (this.opts.pool ?? this.inst.header().pool);
     if (excess <= 0) return [];
     let eligible = idle.filter((m) => changed.has(m) || this.refilled.has(m));
     for (const v of this.views) if (v.leaveOrder) eligible = v.leaveOrder(eligible);
