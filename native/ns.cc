@@ -1,4 +1,5 @@
-// Processes and namespaces: pidfd_open(2) and setns(2).
+// Processes, namespaces and per-thread credentials: pidfd_open(2), setns(2) and
+// setfsuid(2)/setfsgid(2).
 //
 // setns caveat: node is multi-threaded (libuv's thread pool, V8's platform threads), and
 // the kernel refuses to move a multi-threaded process into another mount namespace
@@ -7,6 +8,7 @@
 // only) and for pidfds with those types, never for entering a client's mount namespace:
 // the broker builds detached mounts (fsmount) and lets the client attach them instead.
 #include <sched.h>
+#include <sys/fsuid.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -57,11 +59,43 @@ Napi::Value Setns(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// setfsids(uid, gid): the calling thread's filesystem uid and gid (the ids that own what it
+// creates and that permission checks use); returns the previous [uid, gid]. Why not
+// seteuid: glibc applies set*id to every thread of the process, and a daemon's worker
+// threads must keep acting as root while one thread acts as a container's user. Leaving
+// fsuid 0 drops the thread's CAP_DAC_* and friends; going back to 0 raises them again.
+// The kernel reports no error from setfsuid(2): a second call tells whether it took.
+Napi::Value Setfsids(const Napi::CallbackInfo& info) {
+  const uint32_t uid = ToUint32(info[0], "setfsids", "uid");
+  const uint32_t gid = ToUint32(info[1], "setfsids", "gid");
+  const int oldUid = setfsuid(static_cast<uid_t>(-1));
+  const int oldGid = setfsgid(static_cast<gid_t>(-1));
+  // leaving root: the gid while CAP_SETGID is certainly effective, then the uid; back to
+  // root: the uid first, which brings the capabilities back
+  if (static_cast<uid_t>(oldUid) == 0) {
+    setfsgid(static_cast<gid_t>(gid));
+    setfsuid(static_cast<uid_t>(uid));
+  } else {
+    setfsuid(static_cast<uid_t>(uid));
+    setfsgid(static_cast<gid_t>(gid));
+  }
+  if (static_cast<uint32_t>(setfsuid(static_cast<uid_t>(-1))) != uid || static_cast<uint32_t>(setfsgid(static_cast<gid_t>(-1))) != gid) {
+    setfsuid(static_cast<uid_t>(oldUid));
+    setfsgid(static_cast<gid_t>(oldGid));
+    ThrowFdError(info.Env(), EPERM, "setfsuid", -1, false);
+  }
+  Napi::Array prev = Napi::Array::New(info.Env(), 2);
+  prev.Set(0u, Napi::Number::New(info.Env(), static_cast<uint32_t>(oldUid)));
+  prev.Set(1u, Napi::Number::New(info.Env(), static_cast<uint32_t>(oldGid)));
+  return prev;
+}
+
 } // namespace
 
 void RegisterNs(Napi::Env env, Napi::Object exports) {
   exports.Set("pidfdOpen", Napi::Function::New(env, PidfdOpen, "pidfdOpen"));
   exports.Set("setns", Napi::Function::New(env, Setns, "setns"));
+  exports.Set("setfsids", Napi::Function::New(env, Setfsids, "setfsids"));
 }
 
 } // namespace loopfs

@@ -380,7 +380,7 @@ export interface NativeAddon {
    */
   mountSetattrIdmap(mntFd: number, usernsFd: number): void;
 
-  // Processes and namespaces (native/ns.cc).
+  // Processes, namespaces and per-thread credentials (native/ns.cc).
   /** pidfd_open(2); flags 0 or PIDFD_NONBLOCK. ESRCH (with `pid`) when there is no such process. */
   pidfdOpen(pid: number, flags?: number): number;
   /**
@@ -388,6 +388,12 @@ export interface NativeAddon {
    * EINVAL here: never use this to enter a mount namespace (use detached mounts instead).
    */
   setns(fd: number, nstype: number): void;
+  /**
+   * setfsuid(2)/setfsgid(2) for the calling thread only (seteuid would change every thread
+   * of the process, a daemon's workers included); returns the previous [uid, gid]. EPERM
+   * when the kernel did not take them.
+   */
+  setfsids(uid: number, gid: number): [number, number];
 
   // Kernel uevents (native/uevent.cc): read-only, kernel-sent messages only.
   /** socket(NETLINK_KOBJECT_UEVENT) bound to the kernel's group: non-blocking, close-on-exec. */

@@ -31,6 +31,7 @@ import { spawnSync } from 'node:child_process';
 import { readdirSync, readFileSync, readlinkSync, statSync, symlinkSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { hasCode } from '../kernel/errors.js';
+import { native } from '../kernel/native.js';
 import { BROKER_SOCKET } from '../instance/broker-scope.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { OciError } from './bundle.js';
@@ -133,18 +134,17 @@ function isDirectory(path: string): boolean {
 }
 
 /**
- * Switch the effective ids (glibc applies them to every thread of the process) for the
- * permission checks of entries created through an fd opened before; returns the undo.
+ * Act as `id` for the permission checks and the ownership of entries this thread creates
+ * (a container's /dev belongs to its user namespace, where the host's root is unmapped);
+ * returns the undo. The filesystem ids of the calling thread only: seteuid would switch
+ * every thread of the process, and the oci-broker's instance workers, running meanwhile,
+ * would lose root's access to the instances' state (EACCES).
  */
 export function actAs(id: { uid: number; gid: number }): () => void {
-  const uid = process.geteuid!();
-  const gid = process.getegid!();
-  if (id.uid === uid && id.gid === gid) return () => {};
-  process.setegid!(id.gid);
-  process.seteuid!(id.uid);
+  const n = native();
+  const [uid, gid] = n.setfsids(id.uid, id.gid);
   return () => {
-    process.seteuid!(uid);
-    process.setegid!(gid);
+    n.setfsids(uid, gid);
   };
 }
 
