@@ -128,6 +128,9 @@ export function gc(env: NodeJS.ProcessEnv = process.env, progress?: ProgressFn):
     for (const tmp of rt.removeTempFiles()) {
       report.fixes.push({ dir: null, minor: null, action: `removed leftover ${tmp}` });
     }
+    // the per-uid index of the claims (derived from them, like the idle hints: mended
+    // silently) after a kill between a claim and its index entry
+    rt.syncUidIndex();
   } finally {
     rt.close();
   }

@@ -517,7 +517,9 @@ export class LocalInstance implements LoopScope {
         } catch (e) {
           // never published: nobody in the instance can hold it, so it may leave directly
           this.store.removeDevices([minor]);
+          rt.lock();
           rt.release(minor, h.id);
+          rt.unlock();
           this.removeQuietly(minor);
           throw e;
         }
@@ -536,26 +538,38 @@ export class LocalInstance implements LoopScope {
   }
 
   /**
-   * A free minor that no instance has claimed, claimed for us. LOOP_CTL_GET_FREE gives
-   * the lowest unbound device, which may be another instance's idle one; then a fresh
-   * index above every existing device is added instead.
+   * A fresh index above every existing device, made with LOOP_CTL_ADD and claimed for us,
+   * rather than LOOP_CTL_GET_FREE's lowest unbound one (which may be another instance's
+   * idle device): host tools allocate from the bottom, so they reach an instance's idle
+   * device only when every lower one is busy, and giving the device back
+   * (LOOP_CTL_REMOVE) never removes a device the host had before.
+   * Where "above every existing device" is comes from the runtime's hint (the index after
+   * the last one made) instead of a listing of /sys/block, whose size is the machine's
+   * device count; the listing is taken when there is no hint, every NEXT_INDEX_USES
+   * devices (the hint drifts up as lower devices go), and when indexes at the hint exist
+   * already (made by a host tool or under another runtime directory).
    */
   private claimFreeMinor(rt: Runtime, h: InstanceHeader): number {
-    // A fresh index above every existing device, created with LOOP_CTL_ADD, rather than
-    // LOOP_CTL_GET_FREE's lowest unbound one: host tools allocate from the bottom, so
-    // they reach an instance's idle device only when every lower one is busy, and giving
-    // the device back (LOOP_CTL_REMOVE) never removes a device the host had before.
     const ctl = LoopControl.open();
     try {
       ctl.lock();
-      let next = highestLoopIndex() + 1;
+      const hint = rt.nextIndex();
+      let scanned = hint === null;
+      let next = hint ?? highestLoopIndex() + 1;
+      let taken = 0;
       for (let tries = 0; tries < 64; tries++, next++) {
         try {
           ctl.add(next);
         } catch (e) {
-          if (hasCode(e, 'EEXIST')) continue;
-          throw e;
+          if (!hasCode(e, 'EEXIST')) throw e;
+          // somebody else makes devices up here: look where the devices end, once
+          if (!scanned && ++taken >= 4) {
+            scanned = true;
+            next = Math.max(next, highestLoopIndex());
+          }
+          continue;
         }
+        rt.madeIndex(next, scanned);
         if (rt.claim({ minor: next, id: h.id, dir: this.dir, uid: h.owner.uid })) return next;
         // a stale claim names this index: the device we just made is nobody's, undo it
         this.removeQuietly(next);

@@ -4,12 +4,18 @@
  *
  *   claims/loopN        which instance holds minor N — created with link(), so exactly
  *                       one instance can ever claim a device (the second gets EEXIST)
+ *   uids/UID/loopN      empty: an index of the claims by uid, so that the per-uid limit
+ *                       counts names in one small directory instead of reading every
+ *                       claim of the machine. Made before its claim and dropped after it:
+ *                       a kill in between can only over-count (stricter), and gc mends it
+ *   next-index          where the last new device was made (a hint for the next one, so an
+ *                       attach need not list every device of the machine; see nextIndex)
  *   instances/ID.json   the instances that exist (for `instance ls` and `gc`)
  *   lock                serialises claim changes and per-uid quota counting
  *
  * $LOOPFS_RUNTIME_DIR overrides the location (tests use private ones).
  */
-import { mkdirSync } from 'node:fs';
+import { mkdirSync, readSync, writeSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
 import { PinnedDir } from './pinned-dir.js';
@@ -36,8 +42,18 @@ export interface RegistryEntry {
   uid: number;
 }
 
+const UIDS_DIR = 'uids';
+const NEXT_INDEX_FILE = 'next-index';
+/**
+ * How many new devices are made from the hint before the next one looks at every device
+ * again: the hint only grows (a device given back below it is not seen), so this bounds
+ * how far it drifts above the devices that really exist.
+ */
+const NEXT_INDEX_USES = 64;
+
 export class Runtime {
   private lockFd = -1;
+  private uidsDir: PinnedDir | null = null;
 
   private constructor(
     readonly root: PinnedDir,
@@ -55,6 +71,8 @@ export class Runtime {
 
   close(): void {
     this.unlock();
+    this.uidsDir?.close();
+    this.uidsDir = null;
     this.claimsDir.close();
     this.instancesDir.close();
     this.root.close();
@@ -81,19 +99,25 @@ export class Runtime {
 
   /** Claim a minor for an instance; false when another claim exists already. Caller holds the lock. */
   claim(c: Claim): boolean {
+    // the uid index first: a kill before the claim exists leaves an entry too many
+    const indexed = this.indexUid(c.uid, c.minor);
     try {
       this.claimsDir.createExclusive(`loop${c.minor}`, `${JSON.stringify(c)}\n`);
       return true;
     } catch (e) {
+      // an entry that existed before belongs to the claim that won (same uid) or is gc's
+      if (indexed) this.unindexUid(c.uid, c.minor);
       if (hasCode(e, 'EEXIST')) return false;
       throw e;
     }
   }
 
-  /** Drop a claim, but only if it is this instance's. */
+  /** Drop a claim, but only if it is this instance's. Caller holds the lock. */
   release(minor: number, id: string): void {
     const c = this.claimOf(minor);
-    if (c && c.id === id) this.claimsDir.unlinkQuiet(`loop${minor}`);
+    if (!c || c.id !== id) return;
+    this.claimsDir.unlinkQuiet(`loop${minor}`);
+    this.unindexUid(c.uid, minor); // after the claim: a kill in between over-counts
   }
 
   /** Record that the claim's device was detached for its vanished instance (see Claim). */
@@ -151,8 +175,172 @@ export class Runtime {
     return removed;
   }
 
+  /**
+   * How many devices `uid` holds: the names in its index directory (never a claim read).
+   * Caller holds the lock. May count a claim whose creation or removal a kill interrupted
+   * (until gc: syncUidIndex); never misses one.
+   */
   countClaimsOfUid(uid: number): number {
-    return this.claims().filter((c) => c.uid === uid).length;
+    const dir = this.uidDir(uid, false);
+    if (!dir) return 0;
+    try {
+      return dir.list().filter((n) => /^loop\d+$/.test(n)).length;
+    } finally {
+      dir.close();
+    }
+  }
+
+  /**
+   * Make the uid index say exactly what the claims say (gc; caller holds the lock): entries
+   * a kill left without their claim go, claims without an entry get one. Returns the
+   * changes, as "uid UID: loopN added|dropped".
+   */
+  syncUidIndex(): string[] {
+    const want = new Map<string, Set<string>>();
+    for (const c of this.claims()) {
+      const set = want.get(String(c.uid)) ?? new Set<string>();
+      set.add(`loop${c.minor}`);
+      want.set(String(c.uid), set);
+    }
+    const changes: string[] = [];
+    const present = new Set<string>();
+    const root = this.uids();
+    for (const uid of root.list()) {
+      if (!/^\d+$/.test(uid)) continue;
+      const dir = root.openSub(uid);
+      try {
+        for (const n of dir.list()) {
+          if (!/^loop\d+$/.test(n)) continue;
+          if (want.get(uid)?.has(n)) present.add(`${uid}/${n}`);
+          else if (dir.unlinkQuiet(n)) changes.push(`uid ${uid}: ${n} dropped`);
+        }
+      } finally {
+        dir.close();
+      }
+    }
+    for (const [uid, names] of want) {
+      for (const n of names) {
+        if (present.has(`${uid}/${n}`)) continue;
+        this.indexUid(Number(uid), Number(n.slice(4)));
+        changes.push(`uid ${uid}: ${n} added`);
+      }
+    }
+    return changes;
+  }
+
+  /**
+   * runtime/uids, opened once; made (and filled from the claims) on first use, under the
+   * lock, where an older loopfs left claims without an index.
+   */
+  private uids(): PinnedDir {
+    if (this.uidsDir) return this.uidsDir;
+    try {
+      this.uidsDir = this.root.openSub(UIDS_DIR);
+      return this.uidsDir;
+    } catch (e) {
+      if (!hasCode(e, 'ENOENT')) throw e;
+    }
+    try {
+      this.root.mkdir(UIDS_DIR, 0o755);
+    } catch (e) {
+      if (!hasCode(e, 'EEXIST')) throw e;
+    }
+    this.uidsDir = this.root.openSub(UIDS_DIR);
+    for (const c of this.claims()) this.indexUid(c.uid, c.minor);
+    return this.uidsDir;
+  }
+
+  private uidDir(uid: number, create: boolean): PinnedDir | null {
+    const name = String(uid);
+    try {
+      return this.uids().openSub(name);
+    } catch (e) {
+      if (!hasCode(e, 'ENOENT') || !create) {
+        if (hasCode(e, 'ENOENT')) return null;
+        throw e;
+      }
+    }
+    try {
+      this.uids().mkdir(name, 0o755);
+    } catch (e) {
+      if (!hasCode(e, 'EEXIST')) throw e;
+    }
+    return this.uids().openSub(name);
+  }
+
+  /** Add uids/UID/loopN; false when it existed already. */
+  private indexUid(uid: number, minor: number): boolean {
+    const dir = this.uidDir(uid, true)!;
+    const n = native();
+    const c = n.constants;
+    try {
+      n.close(n.openat(dir.fd, `loop${minor}`, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, 0o644));
+      return true;
+    } catch (e) {
+      if (hasCode(e, 'EEXIST')) return false;
+      throw e;
+    } finally {
+      dir.close();
+    }
+  }
+
+  private unindexUid(uid: number, minor: number): void {
+    const dir = this.uidDir(uid, false);
+    if (!dir) return;
+    try {
+      dir.unlinkQuiet(`loop${minor}`);
+    } finally {
+      dir.close();
+    }
+  }
+
+  // ---------------------------------------------------------------- next index
+
+  /**
+   * Where to make the next new device: the index after the last one made, for at most
+   * NEXT_INDEX_USES devices in a row; null when it is time to look at every device (no
+   * hint yet, a torn one, or used up). Caller holds the lock.
+   */
+  nextIndex(): number | null {
+    const text = this.readNextIndexFile();
+    const m = /^(\d+) (\d+)\n$/.exec(text ?? '');
+    if (!m) return null;
+    const left = Number(m[2]);
+    return left > 0 ? Number(m[1]) : null;
+  }
+
+  /** Record that `index` was made: the next new device goes above it. Caller holds the lock. */
+  madeIndex(index: number, fromScan: boolean): void {
+    const m = /^(\d+) (\d+)\n$/.exec(this.readNextIndexFile() ?? '');
+    const left = fromScan || !m ? NEXT_INDEX_USES : Math.max(0, Number(m[2]) - 1);
+    // rewritten in place, without rename or fsync: a hint torn by a kill reads as none
+    const n = native();
+    const c = n.constants;
+    const fd = n.openat(this.root.fd, NEXT_INDEX_FILE, c.O_WRONLY | c.O_CREAT | c.O_NOFOLLOW, 0o644);
+    try {
+      const data = Buffer.from(`${String(index + 1).padStart(10, '0')} ${String(left).padStart(3, '0')}\n`);
+      writeSync(fd, data, 0, data.length, 0);
+    } finally {
+      n.close(fd);
+    }
+  }
+
+  private readNextIndexFile(): string | null {
+    const n = native();
+    const c = n.constants;
+    let fd: number;
+    try {
+      fd = n.openat(this.root.fd, NEXT_INDEX_FILE, c.O_RDONLY | c.O_NOFOLLOW);
+    } catch (e) {
+      if (hasCode(e, 'ENOENT')) return null;
+      throw e;
+    }
+    try {
+      const buf = Buffer.alloc(32);
+      return buf.toString('latin1', 0, readSync(fd, buf, 0, buf.length, 0));
+    } finally {
+      n.close(fd);
+    }
   }
 
   // ---------------------------------------------------------------- registry
