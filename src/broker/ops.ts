@@ -24,7 +24,7 @@ import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { otherBrokerAlive, ownIdentity, readSessionRecord, writeSessionRecord } from './sessions.js';
 import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriverOptions } from './fuse.js';
-import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from './protocol.js';
+import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from '../protocol/broker.js';
 
 /** Filesystems the broker mounts unless `loopfs serve --allow-fs` says otherwise. */
 export const DEFAULT_ALLOWED_FS = ['ext4', 'squashfs', 'erofs', 'iso9660', 'vfat'];

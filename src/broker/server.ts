@@ -1,6 +1,6 @@
 /**
  * `loopfs serve`: one privileged process serving one or more local instances, each on its
- * own `DIR/loop-control` SOCK_SEQPACKET socket (protocol.ts).
+ * own `DIR/loop-control` SOCK_SEQPACKET socket (src/protocol/broker.ts).
  *
  * Threads: this module owns the event loop and every socket. Listening and accepted
  * sockets are non-blocking and driven by watchFd (uv_poll on node's loop); nothing here
@@ -53,6 +53,7 @@ import { Runtime } from '../instance/runtime.js';
 import { DEFAULT_ALLOWED_FS, type MountOutcome } from './ops.js';
 import { FUSE_DRIVERS, fuseDriverPath, FuseDriverError, startFuseDriver, stopFuseDrivers, type FuseDriver } from './fuse.js';
 import {
+  BROKER_SOCKET,
   decodeRequest,
   encodeMessage,
   errorReply,
@@ -68,9 +69,8 @@ import {
   type FuseMode,
   type ListReply,
   type Request,
-} from './protocol.js';
+} from '../protocol/broker.js';
 import { InstanceWorker, WorkerError } from './worker-api.js';
-import { BROKER_SOCKET } from '../instance/broker-scope.js';
 
 /** Protocol violations after which a connection is closed. */
 export const MAX_VIOLATIONS = 8;

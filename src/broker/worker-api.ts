@@ -4,7 +4,7 @@
  */
 import { Worker } from 'node:worker_threads';
 import type { AttachOutcome, MountOutcome, MountPeer, OpsConfig } from './ops.js';
-import type { AttachRequestMsg, ErrorBody, GetFreeReply, ListReply, MountRequest } from './protocol.js';
+import type { AttachRequestMsg, ErrorBody, GetFreeReply, ListReply, MountRequest } from '../protocol/broker.js';
 
 export type WorkerRequest = { seq: number } & (
   | { op: 'list' }

@@ -7,7 +7,7 @@
 import { lstatSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
-import { BROKER_SOCKET } from '../instance/broker-scope.js';
+import { BROKER_SOCKET } from '../protocol/broker.js';
 import { Runtime, type RegistryEntry } from '../instance/runtime.js';
 import { readSessionRecord } from '../broker/sessions.js';
 import type { Check } from './check.js';

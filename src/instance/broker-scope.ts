@@ -24,6 +24,7 @@ import { LoopDevice } from '../kernel/loop-device.js';
 import { native, type LoopInfo64 } from '../kernel/native.js';
 import { SysfsLoop, loopNamesInSysfs } from '../kernel/sysfs.js';
 import {
+  BROKER_SOCKET,
   decodeReply,
   encodeMessage,
   MAX_MESSAGE_BYTES,
@@ -34,12 +35,10 @@ import {
   type ErrorBody,
   type MountAttrName,
   type Op,
-} from '../broker/protocol.js';
+} from '../protocol/broker.js';
 import { QuotaError } from './local-instance.js';
 import { DeviceNames } from './device-names.js';
 import { checkMember, devicePathIn, type LoopScope } from './scope.js';
-
-export const BROKER_SOCKET = 'loop-control';
 
 /** How long a client waits for each broker reply unless $LOOPFS_BROKER_TIMEOUT (seconds, 0 = for ever) says otherwise. */
 export const DEFAULT_BROKER_TIMEOUT_S = 30;

@@ -6,6 +6,7 @@
 import { existsSync, lstatSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { native, type NativeStatfs } from '../kernel/native.js';
+import { BROKER_SOCKET } from '../protocol/broker.js';
 import { BrokerScope, BrokerUnavailableError } from './broker-scope.js';
 import { DeviceNames } from './device-names.js';
 import { HostScope } from './host.js';
@@ -45,7 +46,7 @@ export function detectKind(dir: string, statfs: (p: string) => NativeStatfs = (p
   }
   if (LocalInstance.isInstance(dir)) return 'local';
   try {
-    if (lstatSync(`${dir}/loop-control`).isSocket()) return 'broker';
+    if (lstatSync(`${dir}/${BROKER_SOCKET}`).isSocket()) return 'broker';
   } catch {
     /* no control endpoint */
   }

@@ -12,7 +12,7 @@
  *  - a new mount: the source decides (supervisor.ts): a block device is ours to judge,
  *    anything else continues to the kernel.
  */
-import type { MountAttrName } from '../broker/protocol.js';
+import type { MountAttrName } from '../protocol/broker.js';
 
 export const MS = {
   RDONLY: 0x1,

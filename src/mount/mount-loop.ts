@@ -38,7 +38,7 @@ import {
 import { strtosize } from '../compat/strtosize.js';
 import { QuotaError } from '../instance/local-instance.js';
 import { BrokerError, BrokerScope, type BrokerMount } from '../instance/broker-scope.js';
-import { MOUNT_ATTRS, type MountAttrName } from '../broker/protocol.js';
+import { MOUNT_ATTRS, type MountAttrName } from '../protocol/broker.js';
 import { InstanceError, resolveScope } from '../instance/resolve.js';
 import type { LoopScope } from '../instance/scope.js';
 import { versionLine } from '../compat/losetup/help.js';

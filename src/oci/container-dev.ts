@@ -32,7 +32,7 @@ import { readdirSync, readFileSync, readlinkSync, statSync, symlinkSync } from '
 import { resolve as resolvePath } from 'node:path';
 import { hasCode } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
-import { BROKER_SOCKET } from '../instance/broker-scope.js';
+import { BROKER_SOCKET } from '../protocol/broker.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { OciError } from './bundle.js';
 import { ociRoot } from './record.js';

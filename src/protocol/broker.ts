@@ -39,6 +39,12 @@
  *       which the kernel allows only with CAP_SYS_ADMIN or a writable open of the node.
  */
 
+/**
+ * The broker's socket in a served instance: named like the control node it stands in for,
+ * so a tool that looks for DIR/loop-control finds the broker there.
+ */
+export const BROKER_SOCKET = 'loop-control';
+
 export const PROTOCOL_VERSION = 2;
 export const SUPPORTED_VERSIONS = [1, 2] as const;
 export type ProtocolVersion = (typeof SUPPORTED_VERSIONS)[number];

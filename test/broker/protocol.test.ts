@@ -1,4 +1,4 @@
-// The broker protocol's validation (src/broker/protocol.ts), no kernel needed: every request
+// The broker protocol's validation (src/protocol/broker.ts), no kernel needed: every request
 // shape the broker accepts, and the error (code, id) for everything it must refuse.
 import { describe, expect, it } from 'vitest';
 import {
@@ -11,7 +11,7 @@ import {
   okReply,
   OPS,
   ProtocolError,
-} from '../../src/broker/protocol.js';
+} from '../../src/protocol/broker.js';
 
 const enc = (o: unknown) => Buffer.from(JSON.stringify(o));
 
