@@ -26,7 +26,7 @@ function sysErr(fn: () => unknown): SysError {
 describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_MACHINE, () => {
   let dir: string;
   let owned: OwnedIndexes;
-  let ctls: LoopControl[] = [];
+  const ctls: LoopControl[] = [];
   const openCtl = () => {
     const c = LoopControl.open();
     ctls.push(c);

@@ -376,6 +376,8 @@ describe('watchFd: readable callbacks on the event loop', () => {
     let self: unknown;
     let wake: () => void = () => {};
     const w = addon.watchFd(b, function () {
+      // the test is about what `this` is in the callback
+      // eslint-disable-next-line @typescript-eslint/no-this-alias
       self = this;
       for (let m = addon.recvMsg(b, 64, 0); m; m = addon.recvMsg(b, 64, 0)) seen.push(m.data.toString());
       wake();

@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { BrokerSandbox, HELLO, waitFor, type Server } from '../broker/support.js';
+import { BrokerSandbox, HELLO, type Server } from '../broker/support.js';
 import { JUDGED_SYSCALLS } from '../../src/oci/agent-contract.js';
 import { agentSkipReason, brokerLog, DOCKER_CAPS, Runc, startBroker, text, writeBundle } from './agent-support.js';
 

@@ -196,7 +196,6 @@ function renderStream(tag: string, text: string): string[] {
   if (text === '') return [];
   const body = text.endsWith('\n') ? text.slice(0, -1) : text;
   const lines = body.split('\n').map((l) => {
-    // eslint-disable-next-line no-control-regex
     let s = l.replace(/[\x00-\x09\x0b-\x1f\x7f]/g, (c) => `<0x${c.charCodeAt(0).toString(16).padStart(2, '0')}>`);
     if (/[ \t]$/.test(l)) s += '$'; // make trailing blanks visible (cat -A style)
     return `  ${tag}| ${s}`;
@@ -207,7 +206,6 @@ function renderStream(tag: string, text: string): string[] {
 
 function quoteArg(a: string): string {
   if (/^[A-Za-z0-9_@%+=:,./{}-]+$/.test(a)) return a;
-  // eslint-disable-next-line no-control-regex
   if (/[\x00-\x1f\x7f]/.test(a)) return `$${JSON.stringify(a).replace(/^"|"$/g, "'")}`;
   return `'${a.replace(/'/g, `'\\''`)}'`;
 }
