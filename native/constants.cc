@@ -52,6 +52,7 @@ void RegisterConstants(Napi::Env env, Napi::Object exports) {
   LOOPFS_CONSTANT(S_IFSOCK);
   LOOPFS_CONSTANT(LOOP_MAJOR);
   LOOPFS_CONSTANT(READ_FILES_FIRST_GATES);  // read_files.cc
+  LOOPFS_CONSTANT(READ_FILES_NO_FOLLOW);    // read_files.cc
   // Sockets (socket.cc)
   LOOPFS_CONSTANT(SHUT_RD);
   LOOPFS_CONSTANT(SHUT_WR);

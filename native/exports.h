@@ -20,8 +20,10 @@ void RegisterNs(Napi::Env env, Napi::Object exports);        // ns.cc
 void RegisterSeccomp(Napi::Env env, Napi::Object exports);   // seccomp.cc
 void RegisterUevent(Napi::Env env, Napi::Object exports);    // uevent.cc
 
-// readFiles flag (read_files.cc): names[0] gates each directory. In `constants`.
+// readFiles flags (read_files.cc): names[0] gates each directory; no symlink followed and
+// regular files only. In `constants`.
 constexpr uint32_t READ_FILES_FIRST_GATES = 1;
+constexpr uint32_t READ_FILES_NO_FOLLOW = 2;
 
 // struct stat as the JS NativeStat object (fs.cc); shared by fstat and lstatat.
 Napi::Object StatObject(Napi::Env env, const struct stat& st);

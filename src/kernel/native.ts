@@ -94,6 +94,8 @@ export interface NativeConstants {
   LOOP_MAJOR: number;
   /** readFiles flag: names[0] gates each directory (see {@link NativeAddon.readFiles}). */
   READ_FILES_FIRST_GATES: number;
+  /** readFiles flag: O_NOFOLLOW | O_NONBLOCK, regular files only (see {@link NativeAddon.readFiles}). */
+  READ_FILES_NO_FOLLOW: number;
   // Sockets (native/socket.cc)
   SHUT_RD: number;
   SHUT_WR: number;
@@ -265,7 +267,10 @@ export interface NativeAddon {
    * Contents are latin1 strings (one char per byte). A read shorter than asked ends a file,
    * as it does for sysfs attributes and regular files. With `flags` READ_FILES_FIRST_GATES,
    * a directory whose names[0] cannot be read gets null for every name without more
-   * syscalls (a loop device's `loop/` attributes exist only while it is bound).
+   * syscalls (a loop device's `loop/` attributes exist only while it is bound). With
+   * READ_FILES_NO_FOLLOW, a file's own name is not followed if it is a symlink, opening it
+   * cannot block, and only a regular file is read: anything else is null (state files
+   * inside an instance directory).
    */
   readFiles(dirs: string[], names: string[], maxBytes: number, flags?: number): Array<string | null>;
 
