@@ -35,6 +35,12 @@ export interface LoopScope {
   /** After a device was cleared by other means (autoclear): the scope's part of detach. */
   settle(dev: LoopDevice): void;
   /**
+   * `-D`: detach() of every device, with the scope's part done for all of them at once
+   * (an instance gives devices back in one batch). Returns, per device, null or the error
+   * of its LOOP_CLR_FD. Absent: detach() one by one.
+   */
+  detachMany?(devs: LoopDevice[]): unknown[];
+  /**
    * LOOP_SET_CAPACITY for a scope that does it on the caller's behalf (a broker);
    * absent: the caller opens the device itself.
    */

@@ -9,7 +9,8 @@
  * 1, still read, and migrated under the instance lock): an attach or a release writes
  * and reads only the record of its own device, so its cost stays the same whether the
  * instance holds one device or ten thousand. Each record is replaced atomically (write,
- * fsync, rename, fsync the directory), exactly as the whole map used to be.
+ * fsync, rename, fsync the directory), exactly as the whole map used to be; the record of
+ * a plain held device is an empty file, durable with the directory's fsync alone.
  *
  * Only the minors are recorded, not whether they are bound: the kernel (sysfs) is the
  * truth for that, so the record cannot go stale when a device is detached by autoclear
@@ -256,11 +257,15 @@ export class StateStore {
     return this.record(minor);
   }
 
-  /** The version-2 record file of a device, parsed and checked; null when there is none. */
+  /**
+   * The version-2 record file of a device, parsed and checked; null when there is none.
+   * An empty file is a held device without partitions (see writeDevice).
+   */
   private record(minor: number): HeldDevice | null {
     const dir = this.sub(DEVICES_DIR, false);
     const text = dir?.readFile(recordName(minor)) ?? null;
     if (text === null) return null;
+    if (text === '') return { state: 'held' };
     let d: unknown;
     try {
       d = JSON.parse(text);
@@ -272,13 +277,42 @@ export class StateStore {
   }
 
   /**
-   * Record (or replace the record of) a device: write, fsync, rename, and (unless the
-   * caller fsyncs the directory itself, once for a batch) fsync the directory. Caller
-   * holds the instance lock, on a version-2 state (LocalInstance.lock migrates).
+   * Record (or replace the record of) a device, durably, and (unless the caller fsyncs the
+   * directory itself, once for a batch) fsync the directory. Caller holds the instance
+   * lock, on a version-2 state (LocalInstance.lock migrates).
+   *
+   * The common record, a device just taken (held, no partitions), is an empty file made
+   * with O_EXCL: it has no data to flush, so the directory's fsync alone makes it durable
+   * (one fsync per attach instead of two), and no crash can tear it. Any other record is
+   * replaced atomically: written, fsynced, renamed.
    */
   writeDevice(minor: number, d: HeldDevice, syncDir = true): void {
+    const dir = this.sub(DEVICES_DIR, true)!;
+    const plain = d.state === 'held' && !d.partitions?.length;
+    if (plain && this.createEmpty(dir, recordName(minor))) {
+      if (syncDir) dir.fsync();
+      return;
+    }
     const rec: HeldDevice = { state: d.state, ...(d.partitions?.length ? { partitions: d.partitions } : {}) };
-    this.sub(DEVICES_DIR, true)!.writeFileAtomic(recordName(minor), `${JSON.stringify(rec)}\n`, 0o644, syncDir);
+    dir.writeFileAtomic(recordName(minor), plain ? '' : `${JSON.stringify(rec)}\n`, 0o644, syncDir);
+  }
+
+  /** Create an empty file; false when the name exists already. */
+  private createEmpty(dir: PinnedDir, name: string): boolean {
+    const n = native();
+    const c = n.constants;
+    try {
+      n.close(n.openat(dir.fd, name, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, 0o644));
+      return true;
+    } catch (e) {
+      if (hasCode(e, 'EEXIST')) return false;
+      throw e;
+    }
+  }
+
+  /** fsync the records' directory (after a batch of writeDevice(…, false)). */
+  syncDevices(): void {
+    this.sub(DEVICES_DIR, false)?.fsync();
   }
 
   /** Forget devices, durably: the unlinks, then one fsync of the directory. */

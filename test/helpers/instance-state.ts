@@ -42,7 +42,9 @@ export function readInstanceState(dir: string): InstanceStateFile | null {
   }
   for (const n of names.filter((x) => /^loop\d+$/.test(x)).sort((a, b) => Number(a.slice(4)) - Number(b.slice(4)))) {
     try {
-      devices[n.slice(4)] = JSON.parse(fs.readFileSync(path.join(devicesDir(dir), n), 'utf8')) as DeviceRecord;
+      // an empty record is a held device without partitions (src/instance/state.ts)
+      const text = fs.readFileSync(path.join(devicesDir(dir), n), 'utf8');
+      devices[n.slice(4)] = text === '' ? { state: 'held' } : (JSON.parse(text) as DeviceRecord);
     } catch {
       /* removed meanwhile */
     }

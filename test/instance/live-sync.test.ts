@@ -106,7 +106,9 @@ function recorded(dir: string): Record<string, Recorded> {
     const m = /^loop(\d+)$/.exec(n);
     if (!m) continue;
     try {
-      out[m[1]] = JSON.parse(fs.readFileSync(path.join(dir, '.loopfs', 'devices', n), 'utf8')) as Recorded;
+      // an empty record is a held device without partitions (state.ts)
+      const t = fs.readFileSync(path.join(dir, '.loopfs', 'devices', n), 'utf8');
+      out[m[1]] = t === '' ? ({ state: 'held' } as Recorded) : (JSON.parse(t) as Recorded);
     } catch {
       /* removed meanwhile */
     }

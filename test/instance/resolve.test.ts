@@ -156,7 +156,7 @@ const out = {};
 out.hostBefore = run(['-a']);
 execFileSync('mount', ['--bind', inst, '/dev/loopfs']);
 out.attach = run(['-f', '--show', fInst]);
-out.stateAfterAttach = { devices: Object.fromEntries(fs.readdirSync(inst + '/.loopfs/devices').filter((n) => /^loop\\d+$/.test(n)).map((n) => [n.slice(4), JSON.parse(fs.readFileSync(inst + '/.loopfs/devices/' + n, 'utf8'))])) };
+out.stateAfterAttach = { devices: Object.fromEntries(fs.readdirSync(inst + '/.loopfs/devices').filter((n) => /^loop\\d+$/.test(n)).map((n) => [n.slice(4), ((t) => (t === '' ? { state: 'held' } : JSON.parse(t)))(fs.readFileSync(inst + '/.loopfs/devices/' + n, 'utf8'))])) };
 out.list = run(['-a']);
 out.listJ = run(['-j', fHost]);
 out.override = run(['-a'], { LOOPFS_INSTANCE: other });

@@ -150,7 +150,20 @@ function detach(ctx: ActionContext): number {
 
 function detachAll(ctx: ActionContext): number {
   let failures = 0;
-  for (const dev of ctx.scope.usedDevices()) {
+  const devs = ctx.scope.usedDevices();
+  if (ctx.scope.detachMany) {
+    // the same warnings, in the same order, as one detach() after another
+    const errors = ctx.scope.detachMany(devs);
+    for (const [i, dev] of devs.entries()) {
+      if (errors[i] !== null) {
+        ctx.out.warn(`${dev.path}: detach failed`, describe(errors[i]));
+        failures++;
+      }
+      dev.close();
+    }
+    return failures ? 1 : 0;
+  }
+  for (const dev of devs) {
     if (!detachOne(ctx, dev)) failures++;
     dev.close();
   }
