@@ -32,6 +32,13 @@
       "cflags_cc!": ["-fno-exceptions"],
       "cflags": ["-Wall", "-Wextra"],
       "cflags_cc": ["-fexceptions"]
+    },
+    {
+      "target_name": "loopfs-fuse-exec",
+      "type": "executable",
+      "sources": ["fuse_exec.c"],
+      "cflags": ["-Wall", "-Wextra", "-O2"],
+      "ldflags": ["-static"]
     }
   ]
 }

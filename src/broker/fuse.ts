@@ -17,28 +17,33 @@
  *    user_id/group_id's processes may use the mount (no allow_other): the caller's, not
  *    root's and not another tenant's. The kernel queues FUSE_INIT at once; requests wait
  *    (interruptibly) until the driver answers them.
- *  - startFuseDriver spawns the driver as `uid:gid` with no supplementary groups, fd 3 =
- *    the /dev/fuse connection and fd 4 = the image (an fd, reopened by the driver as
- *    /dev/fd/4: an O_PATH fd of a node the uid may open). libfuse 3 (squashfuse) takes a
- *    mount point of /dev/fd/3 to mean "already mounted, serve this fd". libfuse 2 (fuse2fs)
- *    does not know that; with `-o auto_unmount` it asks fusermount for the fd instead, so
- *    the driver runs in its own user and mount namespace (`unshare -r -m`, as the same
- *    uid), where FUSERMOUNT_SHIM is bind-mounted over /bin/fusermount and hands libfuse
- *    fd 3 over _FUSE_COMMFD. Nothing is mounted anywhere but by us.
+ *  - startFuseDriver runs the driver through native/fuse_exec.c (FUSE_EXEC, compiled: no
+ *    node process on this path), started as root: it closes every fd but 0-4, drops to
+ *    `uid:gid` with no supplementary groups and no capabilities (none even for an owner
+ *    of uid 0: empty bounding set, SECBIT_NOROOT), sets no_new_privs and execs the driver
+ *    with fd 3 = the /dev/fuse connection and fd 4 = the image (an fd, reopened by the
+ *    driver as /dev/fd/4: an O_PATH fd of a node the uid may open). libfuse 3
+ *    (squashfuse) takes a mount point of /dev/fd/3 to mean "already mounted, serve this
+ *    fd". libfuse 2 (fuse2fs) does not know that; with `-o auto_unmount` it asks
+ *    /bin/fusermount for the fd instead, so for it fuse_exec first makes a private mount
+ *    namespace with itself bind-mounted over /bin/fusermount, where it hands libfuse fd 3
+ *    over _FUSE_COMMFD. Nothing is mounted anywhere but by us: the driver could not even
+ *    if it tried (no CAP_SYS_ADMIN, and its mount point `/` is only a name to libfuse).
  *  - Lifetime: the driver exits by itself when the filesystem goes away (last unmount of
  *    the mount, or its fd closed before it was attached: /dev/fuse then reads ENODEV).
  *    stopFuseDrivers() ends the ones still running (their mounts then fail with ENOTCONN).
  *    If the broker is SIGKILLed they are orphans that still exit with their mounts.
  *  - Readiness: the driver is ready when it waits in read(2) on its /dev/fuse fd: by then
- *    it has answered FUSE_INIT (queued before it started). A driver that exits first
- *    (unreadable image, not that filesystem) fails the start with its last stderr line.
+ *    it has answered FUSE_INIT (queued before it started). The drivers serve with one
+ *    thread (-s), so that is the main thread's /proc/PID/syscall, looked at every
+ *    millisecond (a start takes a few). A driver that exits first (unreadable image, not
+ *    that filesystem) fails the start with its last stderr line.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, chmodSync, constants as fsc, existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, readlinkSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { accessSync, constants as fsc, readFileSync, readlinkSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { isSysError } from '../kernel/errors.js';
+import { FUSE_EXEC } from '../kernel/fuse-exec.js';
 import { native } from '../kernel/native.js';
 
 /** The userspace drivers loopfs knows, by the filesystem types they serve. */
@@ -168,39 +173,18 @@ export async function stopFuseDrivers(graceMs = 2000): Promise<void> {
   clearTimeout(t);
 }
 
-/** The shim libfuse 2 runs as fusermount: it passes fd 3 over $_FUSE_COMMFD (fusermount-shim.ts). */
-const SHIM_JS = fileURLToPath(new URL('./fusermount-shim.js', import.meta.url));
-let shimDir: string | null = null;
-
-/**
- * A root-owned directory (mode 0755) with `fusermount`, a script running the shim, and
- * `mnt`, an empty directory libfuse 2 insists on as mount point (nothing is mounted on
- * it). Made once per process (again if a tmp cleaner took it), removed at exit.
- */
-function fusermountShim(): { script: string; mountPoint: string } {
-  if (shimDir === null || !existsSync(join(shimDir, 'fusermount')) || !existsSync(join(shimDir, 'mnt'))) {
-    if (shimDir) rmSync(shimDir, { recursive: true, force: true });
-    else process.once('exit', () => shimDir && rmSync(shimDir, { recursive: true, force: true }));
-    const dir = mkdtempSync(join(tmpdir(), 'loopfs-fuse-'));
-    chmodSync(dir, 0o755);
-    writeFileSync(join(dir, 'fusermount'), `#!/bin/sh\nexec '${process.execPath}' '${SHIM_JS}' "$@"\n`, { mode: 0o755 });
-    mkdirSync(join(dir, 'mnt'), { mode: 0o755 });
-    shimDir = dir;
-  }
-  return { script: join(shimDir, 'fusermount'), mountPoint: join(shimDir, 'mnt') };
-}
-
-/** argv for the driver: fd 3 is /dev/fuse, fd 4 the image. */
-function driverArgv(o: FuseDriverOptions, program: string): [string, string[]] {
-  const ro = o.readOnly ? ['-o', 'ro'] : [];
+/** argv for FUSE_EXEC: the driver's identity, whether it needs the fusermount namespace, the driver's argv (fd 3 /dev/fuse, fd 4 the image). */
+function driverArgv(o: FuseDriverOptions, program: string): string[] {
+  const ids = [String(o.uid), String(o.gid)];
   if (FUSE_DRIVERS[o.driver].libfuse === 3) {
     // -f: stay in the foreground (our child); -s: one thread (readiness is one read(2))
-    return [program, ['-f', '-s', ...ro, '/dev/fd/4', '/dev/fd/3']];
+    return [...ids, 'plain', program, '-f', '-s', ...(o.readOnly ? ['-o', 'ro'] : []), '/dev/fd/4', '/dev/fd/3'];
   }
-  const shim = fusermountShim();
-  const opts = ['auto_unmount', ...(o.readOnly ? ['ro'] : [])].join(',');
-  const script = 'mount --bind "$1" /bin/fusermount && shift && exec "$@"';
-  return ['unshare', ['-r', '-m', '--', 'sh', '-c', script, 'sh', shim.script, program, '/dev/fd/4', shim.mountPoint, '-f', '-s', '-o', opts]];
+  // auto_unmount: libfuse 2 then goes straight to fusermount (it never tries mount(2)); the
+  // mount point is only a name here, handed to fusermount, which ignores it (nonempty:
+  // libfuse 2 would refuse a directory with entries before it even asks)
+  const opts = ['auto_unmount', 'nonempty', ...(o.readOnly ? ['ro'] : [])].join(',');
+  return [...ids, 'fusermount', program, '/dev/fd/4', '/', '-f', '-s', '-o', opts];
 }
 
 /**
@@ -211,10 +195,8 @@ export async function startFuseDriver(o: FuseDriverOptions): Promise<FuseDaemon>
   const env = o.env ?? process.env;
   const program = fuseDriverPath(o.driver, env);
   if (!program) throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} is not installed`);
-  const [cmd, args] = driverArgv(o, program);
-  const child = spawn(cmd, args, {
-    uid: o.uid,
-    gid: o.gid, // libuv drops supplementary groups (setgroups(0)) with it
+  // as root: FUSE_EXEC needs it for the namespace, then drops every privilege itself
+  const child = spawn(FUSE_EXEC, driverArgv(o, program), {
     stdio: ['ignore', 'ignore', 'pipe', o.fuseFd, o.imageFd],
     env: { PATH: env.PATH || '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin', LANG: 'C' },
     cwd: '/',
@@ -223,6 +205,8 @@ export async function startFuseDriver(o: FuseDriverOptions): Promise<FuseDaemon>
   child.stderr!.setEncoding('utf8').on('data', (s: string) => {
     if (stderr.length < 4096) stderr += s;
   });
+  // 'exit' may come before the last of stderr is read
+  const stderrEnded = new Promise<void>((resolve) => child.stderr!.once('close', resolve));
   let exitedFlag = false;
   let exitDescription = '';
   const exited = new Promise<void>((resolve) => {
@@ -251,9 +235,11 @@ export async function startFuseDriver(o: FuseDriverOptions): Promise<FuseDaemon>
       await exited;
       throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} did not start within ${Math.round((o.timeoutMs ?? 10_000) / 1000)} s`);
     }
-    await new Promise((r) => setTimeout(r, 5));
+    await new Promise((r) => setTimeout(r, 1));
   }
   await exited;
+  // bounded: a process the driver left behind may still hold the pipe
+  await Promise.race([stderrEnded, new Promise((r) => setTimeout(r, 200))]);
   const why = lastLine(stderr) || exitDescription;
   throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} failed: ${why}`);
 }
@@ -263,32 +249,26 @@ function lastLine(s: string): string {
   return lines.length ? lines[lines.length - 1] : '';
 }
 
-/** Whether a thread of `pid` is blocked in read(2) on a /dev/fuse fd (/proc/PID/task/T/syscall). */
+/**
+ * Whether pid's main thread is blocked in read(2) on a /dev/fuse fd (/proc/PID/syscall:
+ * the drivers run with -s, so the main thread is the one that serves).
+ */
 function servingFuse(pid: number): boolean {
-  let tasks: string[];
+  let sc: string;
   try {
-    tasks = readdirSync(`/proc/${pid}/task`);
+    sc = readFileSync(`/proc/${pid}/syscall`, 'utf8');
   } catch {
     return false;
   }
-  for (const t of tasks) {
-    let sc: string;
-    try {
-      sc = readFileSync(`/proc/${pid}/task/${t}/syscall`, 'utf8');
-    } catch {
-      continue;
-    }
-    // "0 0x3 0x7f..." : syscall number (x86-64 read = 0, arm64 read = 63) and its first argument
-    const [nr, arg0] = sc.trim().split(' ');
-    if (READ_SYSCALL < 0) return true; // no table for this architecture: alive is all we can tell
-    if (nr !== String(READ_SYSCALL)) continue;
-    try {
-      if (readlinkSync(`/proc/${pid}/fd/${parseInt(arg0, 16)}`) === '/dev/fuse') return true;
-    } catch {
-      /* raced with exit */
-    }
+  if (READ_SYSCALL < 0) return true; // no table for this architecture: alive is all we can tell
+  // "0 0x3 0x7f..." : syscall number (x86-64 read = 0, arm64 read = 63) and its first argument
+  const [nr, arg0] = sc.trim().split(' ');
+  if (nr !== String(READ_SYSCALL)) return false;
+  try {
+    return readlinkSync(`/proc/${pid}/fd/${parseInt(arg0, 16)}`) === '/dev/fuse';
+  } catch {
+    return false; // raced with exit
   }
-  return false;
 }
 
 const READ_SYSCALL = process.arch === 'arm64' ? 63 : process.arch === 'x64' ? 0 : -1;
