@@ -150,6 +150,13 @@ export function serializeHeader(h: InstanceHeader): string {
 
 const recordName = (minor: number): string => `loop${minor}`;
 const RECORD_RE = /^loop(\d+)$/;
+/** Far above any record (a device has at most 256 partitions); a longer one is read alone. */
+const RECORD_MAX_BYTES = 65536;
+
+/** readFiles() returns bytes as latin1; a record is UTF-8 JSON (nearly always ASCII). */
+function latin1ToUtf8(s: string): string {
+  return /[\x80-\xff]/.test(s) ? Buffer.from(s, 'latin1').toString('utf8') : s;
+}
 
 /**
  * `destroying`: written (durably, one fsync) by `instance destroy` before it touches any
@@ -233,13 +240,25 @@ export class StateStore {
     return true;
   }
 
-  /** Every version-2 record (the caller has read state.json once already). */
+  /**
+   * Every version-2 record (the caller has read state.json once already), read in one
+   * native call through the pinned directory: three syscalls a record and no N-API or fs
+   * round trips each (a listing of an instance holding a thousand devices spent most of
+   * its time reading records one by one). A record that call could not read whole is read
+   * again alone, which reports what is wrong with it as before (or finds it removed).
+   */
   private readRecords(): Record<string, HeldDevice> {
     const devices: Record<string, HeldDevice> = {};
-    for (const minor of this.names(DEVICES_DIR)) {
-      const d = this.record(minor);
+    const minors = this.names(DEVICES_DIR);
+    const dir = this.sub(DEVICES_DIR, false);
+    if (!dir || minors.length === 0) return devices;
+    const n = native();
+    const texts = n.readFiles([`/proc/self/fd/${dir.fd}`], minors.map(recordName), RECORD_MAX_BYTES, n.constants.READ_FILES_NO_FOLLOW);
+    minors.forEach((minor, i) => {
+      const text = texts[i];
+      const d = text === null || text.length >= RECORD_MAX_BYTES ? this.record(minor) : this.parseRecord(minor, latin1ToUtf8(text));
       if (d) devices[minor] = d;
-    }
+    });
     return devices;
   }
 
@@ -264,7 +283,11 @@ export class StateStore {
   private record(minor: number): HeldDevice | null {
     const dir = this.sub(DEVICES_DIR, false);
     const text = dir?.readFile(recordName(minor)) ?? null;
-    if (text === null) return null;
+    return text === null ? null : this.parseRecord(minor, text);
+  }
+
+  /** The text of a device's record, parsed and checked. */
+  private parseRecord(minor: number, text: string): HeldDevice {
     if (text === '') return { state: 'held' };
     let d: unknown;
     try {
