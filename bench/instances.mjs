@@ -12,12 +12,14 @@
 //      the instance, util-linux on the host (the same devices, plus whatever else is bound),
 //      ours on the host.
 //   3. 256 concurrent `losetup --instance DIRk -f --show FILE` across 4 instances (64 each):
-//      failures, duplicates, devices outside their instance, wall time.
+//      failures, duplicates, devices outside their instance, wall time; against 256 concurrent
+//      util-linux `-f --show FILE` on the host in the same run (ratio of wall times).
 //
 // Machine-wide loopfs records go to a private LOOPFS_RUNTIME_DIR (unless one is set). Every
 // instance is destroyed and every device bound to one of this run's files is detached in
 // `finally`, also after Ctrl-C / SIGTERM. Host devices are detached one by one with util-linux,
 // only when their backing file is this run's, never with -D.
+// BENCH_ONLY=attach,listing,concurrent runs only the parts named.
 // BENCH_PROFILE=DIR additionally writes `node --cpu-prof` profiles of ours -l/-a into DIR.
 import { spawn, spawnSync } from 'node:child_process';
 import { closeSync, existsSync, ftruncateSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync } from 'node:fs';
@@ -334,19 +336,14 @@ function stateMinors(dir) {
   }
 }
 
-async function benchConcurrent() {
-  const dirs = Array.from({ length: CONC_INSTANCES }, (_, k) => createInstance(`inst-conc${k}`));
-  const jobs = [];
-  for (let i = 0; i < CONC_PER_INSTANCE; i++) {
-    for (let k = 0; k < CONC_INSTANCES; k++) jobs.push({ k, file: makeFile(`img-c${k}-${String(i).padStart(2, '0')}`) });
-  }
-  progress(`concurrent: ${jobs.length} x losetup --instance DIRk -f --show FILE across ${CONC_INSTANCES} instances`);
+/** Start every job's argv at once; resolves with each one's exit, output and the wall time. */
+async function concurrently(jobs) {
   const t0 = process.hrtime.bigint();
   const results = await Promise.all(
     jobs.map(
       (j) =>
         new Promise((resolve) => {
-          const child = spawn(OURS, ['--instance', dirs[j.k], '-f', '--show', j.file], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+          const child = spawn(j.argv[0], j.argv.slice(1), { env, stdio: ['ignore', 'pipe', 'pipe'] });
           let out = '';
           let err = '';
           child.stdout.on('data', (b) => (out += b));
@@ -356,7 +353,32 @@ async function benchConcurrent() {
         }),
     ),
   );
-  const wallMs = Number(process.hrtime.bigint() - t0) / 1e6;
+  return { results, wallMs: Number(process.hrtime.bigint() - t0) / 1e6 };
+}
+
+async function benchConcurrent() {
+  const dirs = Array.from({ length: CONC_INSTANCES }, (_, k) => createInstance(`inst-conc${k}`));
+  const jobs = [];
+  for (let i = 0; i < CONC_PER_INSTANCE; i++) {
+    for (let k = 0; k < CONC_INSTANCES; k++) jobs.push({ k, file: makeFile(`img-c${k}-${String(i).padStart(2, '0')}`) });
+  }
+  // util-linux first, the same 256 concurrent attaches on the host (its files of its own)
+  const ulJobs = jobs.map((j, i) => ({ ...j, file: makeFile(`img-ul-${String(i).padStart(3, '0')}`) }));
+  progress(`concurrent: ${ulJobs.length} x ${UL} -f --show FILE on the host`);
+  const ul = await concurrently(ulJobs.map((j) => ({ ...j, argv: [UL, '-f', '--show', j.file] })));
+  check();
+  const ulDevs = ul.results.filter((r) => r.rc === 0).map((r) => r.out.trim());
+  const ulFailures = ul.results.filter((r) => r.rc !== 0 || r.err !== '' || !/^\/dev\/loop\d+\n$/.test(r.out));
+  const ulDuplicates = ulDevs.length - new Set(ulDevs).size;
+  detachOurs(ulDevs);
+
+  // the floor a node program cannot go below: 256 node start-ups at once on this machine
+  progress(`concurrent: ${jobs.length} x node -e 0`);
+  const floor = await concurrently(jobs.map((j) => ({ ...j, argv: [process.execPath, '-e', '0'] })));
+  check();
+
+  progress(`concurrent: ${jobs.length} x losetup --instance DIRk -f --show FILE across ${CONC_INSTANCES} instances`);
+  const { results, wallMs } = await concurrently(jobs.map((j) => ({ ...j, argv: [OURS, '--instance', dirs[j.k], '-f', '--show', j.file] })));
   check();
 
   const failures = [];
@@ -386,6 +408,16 @@ async function benchConcurrent() {
     ['failures', 'duplicates', 'not in its instance', 'wrong backing file', 'bindings lost', 'minors in 2 instances', 'wall ms', 'ms per attach'],
     [[failures.length, duplicates, outside, wrongFile, lost, sharedAcross, fmt(wallMs), fmt(wallMs / jobs.length, 2)].map(String)],
   );
+  table(
+    `${jobs.length} concurrent -f --show FILE: ours into ${CONC_INSTANCES} instances against util-linux on the host, same run (target <= 3.00x, 0 failures)`,
+    ['series', 'failures', 'duplicates', 'wall ms', 'x util-linux'],
+    [
+      ['util-linux, host', String(ulFailures.length), String(ulDuplicates), fmt(ul.wallMs), '1.00'],
+      [`ours, ${CONC_INSTANCES} instances`, String(failures.length), String(duplicates), fmt(wallMs), fmt(wallMs / ul.wallMs, 2)],
+      ['floor: node -e 0 (no attach)', '-', '-', fmt(floor.wallMs), fmt(floor.wallMs / ul.wallMs, 2)],
+    ],
+  );
+  for (const f of ulFailures.slice(0, 3)) console.log(`  util-linux failure: exit ${f.rc}: ${(f.err || f.out).trim()}`);
   if (lost) console.log(`  ${lost} attach(es) lost their binding afterwards: another process detached them (duplicates follow from that)`);
   for (const f of failures.slice(0, 5)) console.log(`  failure: instance ${f.k}: exit ${f.rc}: ${(f.err || f.out).trim()}`);
   for (const dir of dirs) destroyInstance(dir);
@@ -412,11 +444,13 @@ async function cleanup() {
 
 console.log(`instances, node ${process.version}, ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}, ${(await import('node:os')).cpus().length} CPUs`);
 try {
-  await benchAttach();
+  // BENCH_ONLY=attach,listing,concurrent runs only those parts (default: all)
+  const only = new Set((process.env.BENCH_ONLY ?? 'attach,listing,concurrent').split(','));
+  if (only.has('attach')) await benchAttach();
   await checkpoint();
-  await benchListing();
+  if (only.has('listing')) await benchListing();
   await checkpoint();
-  await benchConcurrent();
+  if (only.has('concurrent')) await benchConcurrent();
 } catch (e) {
   if (e instanceof Interrupted) process.exitCode = 130;
   else {

@@ -16,6 +16,12 @@
 //   destroy  `loopfs instance destroy` of every instance (one process each), per device,
 //            against util-linux `losetup -d` of min(N, 500) host devices (64 per process, as
 //            a script would), per device.
+//   -D       `losetup --instance DIR -D` of a further instance holding min(N, 500) bound
+//            devices (one process: detach, then the pool's settling in one batch), per device,
+//            against the same util-linux figure.
+//   bound    with BENCH_STRACE=1, that -D and the destroy of the first instance run again
+//            under `strace -f -c` (one more fill each): the syscalls that take the time, so a
+//            missed target says what bounds it (LOOP_CTL_REMOVE's wait in the kernel, fsync).
 //
 // Limits: the loop driver takes minors up to 2^20 (part_shift 0), devtmpfs has no limit of
 // its own; a level whose devices cannot be created stops with the kernel's error and says so.
@@ -206,6 +212,43 @@ async function fill(dir, count, file) {
   return { each, failures };
 }
 
+/** Minors DIR's instance records (.loopfs/devices/loopN). */
+function stateMinorsOf(dir) {
+  try {
+    return readdirSync(join(dir, '.loopfs/devices')).filter((x) => /^loop\d+$/.test(x));
+  } catch {
+    return [];
+  }
+}
+
+/**
+ * `strace -f -c` of -D and of destroy, each on a fresh instance of `count` bound devices:
+ * the syscalls by time (wall time of the calls; parallel removals overlap, so the sum can
+ * exceed the elapsed time). Returns rows [what, syscall, calls, seconds, us/call].
+ */
+async function straceFigures(n, count, file) {
+  const rows = [];
+  for (const what of ['-D', 'destroy']) {
+    const dir = createInstance(`i${n}-strace-${what === '-D' ? 'D' : 'destroy'}`);
+    await fill(dir, count, file);
+    const out = join(tmp, `strace-${n}-${what}.txt`);
+    const argv = what === '-D' ? [OURS, '--instance', dir, '-D'] : [LOOPFS, 'instance', 'destroy', dir];
+    const t0 = process.hrtime.bigint();
+    const r = run(['strace', '-f', '-c', '-w', '-o', out, ...argv]);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    if (r.rc !== 0) throw new Error(`strace ${argv.join(' ')}: exit ${r.rc}: ${r.err.trim()}`);
+    if (what === '-D') destroyInstance(dir);
+    else instances.delete(dir);
+    // "% time seconds usecs/call calls errors syscall", sorted by time
+    const lines = readFileSync(out, 'utf8').split('\n').filter((l) => /^\s*\d/.test(l));
+    for (const l of lines.slice(0, 5)) {
+      const f = l.trim().split(/\s+/);
+      rows.push([`${what} (${count} devices, ${fmt(ms / count, 2)} ms/device under strace)`, f[f.length - 1], f[3], f[1], f[2]]);
+    }
+  }
+  return rows;
+}
+
 async function level(n) {
   const split = n > SPLIT_ABOVE;
   const count = split ? 100 : 1;
@@ -273,6 +316,17 @@ async function level(n) {
 
   progress(`level ${n}: util-linux -d of ${ulDevs.length} host devices`);
   const uld = detachOurs(ulDevs);
+
+  // -D: one process detaching every device of an instance
+  progress(`level ${n}: losetup --instance DIR -D of ${sample} devices`);
+  const dDir = createInstance(`i${n}-D`);
+  const dFill = await fill(dDir, sample, file);
+  fillFailures += dFill.failures;
+  const dAll = timed([OURS, '--instance', dDir, '-D']);
+  const dLeft = stateMinorsOf(dDir).length;
+  destroyInstance(dDir);
+  let straced = null;
+  if (process.env.BENCH_STRACE === '1') straced = await straceFigures(n, sample, file);
   progress(`level ${n}: destroying ${count} instance(s)`);
   const t1 = process.hrtime.bigint();
   for (const dir of dirs) destroyInstance(dir);
@@ -292,6 +346,10 @@ async function level(n) {
     listed,
     ulDetachMs: uld.ms / Math.max(1, uld.count),
     ulDetached: uld.count,
+    detachAllPerDevice: dAll.ms / sample,
+    detachAllCount: sample,
+    detachAllLeft: dLeft,
+    straced,
     destroyMs,
     destroyPerDevice: destroyMs / destroyed,
   };
@@ -343,14 +401,15 @@ try {
       const base = results[0];
       const shape = (r) => (r.count === 1 ? `1 x ${r.n}` : `${r.count} x ${r.n / r.count}`);
       table(
-        'attach (ms per device; in-process: first and last tenth of the fill; CLI: median of -f --show, a new process each)',
-        ['devices', 'instances', 'in-proc first', 'in-proc last', 'last/first', 'ours CLI', 'util-linux', 'x util-linux', 'CLI vs level 1'],
+        'attach (ms per device; in-process: first and last tenth of the fill, target last/first <= 1.20 and <= 2x util-linux; CLI: median of -f --show, a new process each, node start-up included)',
+        ['devices', 'instances', 'in-proc first', 'in-proc last', 'last/first', 'last x UL', 'ours CLI', 'util-linux', 'x util-linux', 'CLI vs level 1'],
         results.map((r) => [
           String(r.n),
           shape(r),
           fmt(r.first, 2),
           fmt(r.last, 2),
           fmt(r.last / r.first, 2),
+          fmt(r.last / r.ul, 2),
           fmt(r.ours, 1),
           fmt(r.ul, 1),
           fmt(r.ours / r.ul, 2),
@@ -378,10 +437,23 @@ try {
         }),
       );
       table(
-        `destroy (loopfs instance destroy, one process per instance, node start-up included) vs util-linux -d (up to ${UL_DETACH_SAMPLE} host devices, 64 per process)`,
-        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux'],
-        results.map((r) => [String(r.n), shape(r), fmt(r.destroyMs / 1000, 2), fmt(r.destroyPerDevice, 2), fmt(r.ulDetachMs, 2), fmt(r.destroyPerDevice / r.ulDetachMs, 2)]),
+        `destroy (loopfs instance destroy, one process per instance, node start-up included) and -D (one process, min(N, ${UL_DETACH_SAMPLE}) devices) vs util-linux -d (up to ${UL_DETACH_SAMPLE} host devices, 64 per process); target: <= 1.00x`,
+        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux', '-D devices', '-D ms/device', 'x util-linux', '-D left'],
+        results.map((r) => [
+          String(r.n),
+          shape(r),
+          fmt(r.destroyMs / 1000, 2),
+          fmt(r.destroyPerDevice, 2),
+          fmt(r.ulDetachMs, 2),
+          fmt(r.destroyPerDevice / r.ulDetachMs, 2),
+          String(r.detachAllCount),
+          fmt(r.detachAllPerDevice, 2),
+          fmt(r.detachAllPerDevice / r.ulDetachMs, 2),
+          String(r.detachAllLeft),
+        ]),
       );
+      const straced = results.flatMap((r) => r.straced ?? []);
+      if (straced.length) table('what bounds -D and destroy: strace -f -c -w, top 5 syscalls by wall time', ['run', 'syscall', 'calls', 'seconds', 'us/call'], straced);
       for (const r of results) if (r.fillFailures) console.log(`note: level ${r.n}: ${r.fillFailures} in-process attaches lost a race to another tool and were retried`);
       for (const r of results) {
         const got = r.listed.get('ours -l, instance');
