@@ -11,7 +11,7 @@
 // (--cpu-prof, ...); the bundle is then compiled from source, as without a cache.
 'use strict';
 const { readFileSync } = require('node:fs');
-const { dirname, join } = require('node:path');
+const { dirname, join, resolve } = require('node:path');
 const { createRequire } = require('node:module');
 const { Script } = require('node:vm');
 
@@ -54,4 +54,21 @@ function loadBundle(name) {
   return runBundle(file, compileBundle(file, source, readCache(file, id)));
 }
 
-module.exports = { bundlePath, compileBundle, readCache, runBundle, loadBundle };
+/**
+ * The script's path exactly as it was passed to execve(2) (what a shell's $0 holds, what glibc
+ * prints as argv[0] in getopt messages): node replaces process.argv[1] by its absolute form,
+ * so `bin/mount.loop -x` would say "/abs/bin/mount.loop: invalid option". The kernel hands the
+ * interpreter the path as given; /proc/self/cmdline still has it. process.argv[1] when that
+ * entry is not the script (node run with options before it, no /proc).
+ */
+function scriptAsInvoked() {
+  const resolved = process.argv[1];
+  try {
+    const raw = readFileSync('/proc/self/cmdline', 'utf8').split('\0')[1 + process.execArgv.length];
+    return raw !== undefined && resolve(raw) === resolved ? raw : resolved;
+  } catch {
+    return resolved;
+  }
+}
+
+module.exports = { bundlePath, compileBundle, readCache, runBundle, loadBundle, scriptAsInvoked };

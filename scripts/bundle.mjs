@@ -6,11 +6,13 @@
 // (bench/startup.mjs). The bundle sits two levels below the package root, like every
 // dist/<dir>/<file>.js, so relative paths to native/ stay valid.
 //
-// bin/losetup loads a CommonJS copy, dist/bundle/losetup.cjs: node 20 pays for its ES module
-// loader on every start (an empty .mjs costs ~10% more than an empty .cjs), and an ES
-// `import ... from 'node:fs'` builds a facade that reads every export of fs, loading node's
-// streams on the way (~5 ms). bin/package.json makes bin/losetup and bin/loopfs CommonJS.
-// bin/load-bundle.cjs loads it with V8's code cache, made here (scripts/code-cache.cjs).
+// bin/losetup and bin/mount.loop load CommonJS copies, dist/bundle/losetup.cjs and
+// mount.loop.cjs: node 20 pays for its ES module loader on every start (an empty .mjs costs
+// ~10% more than an empty .cjs), and an ES `import ... from 'node:fs'` builds a facade that
+// reads every export of fs, loading node's streams on the way (~5 ms). bin/package.json makes
+// the files of bin/ CommonJS. bin/load-bundle.cjs loads them with V8's code cache, made here
+// (scripts/code-cache.cjs). The ES bundles stay for the other entry points (bin/mount-loop.mjs,
+// the OCI hook and runtime).
 import { createHash } from 'node:crypto';
 import { spawnSync } from 'node:child_process';
 import { rmSync, writeFileSync } from 'node:fs';
@@ -41,11 +43,12 @@ await build({
   format: 'esm',
 });
 
-// CommonJS for bin/losetup; first line: a hash of the rest, which names the bundle for its
-// code cache (bin/load-bundle.cjs)
+// CommonJS for bin/losetup and bin/mount.loop; first line: a hash of the rest, which names the
+// bundle for its code cache (bin/load-bundle.cjs)
+const CJS_ENTRIES = { losetup: 'dist/compat/losetup/main.js', 'mount.loop': 'dist/mount/mount-loop.js' };
 const cjs = await build({
   ...common,
-  entryPoints: { losetup: 'dist/compat/losetup/main.js' },
+  entryPoints: CJS_ENTRIES,
   outdir: 'dist/bundle',
   outExtension: { '.js': '.cjs' },
   format: 'cjs',
@@ -59,7 +62,9 @@ for (const f of cjs.outputFiles) {
   const hash = createHash('sha256').update(f.contents).digest('hex').slice(0, 32);
   writeFileSync(f.path, `// loopfs bundle ${hash}\n${f.text}`);
 }
-// V8's code cache of it, made by a plain node (the flags must be those of bin/losetup's node)
-rmSync('dist/bundle/losetup.cjs.cache', { force: true });
-const made = spawnSync(process.execPath, ['scripts/code-cache.cjs', 'losetup'], { stdio: ['ignore', 'ignore', 'inherit'] });
-if (made.status !== 0) console.warn('scripts/bundle.mjs: no code cache for losetup.cjs (it still runs, from source)');
+// V8's code cache of each, made by a plain node (the flags must be those of the bin/ scripts' node)
+for (const name of Object.keys(CJS_ENTRIES)) {
+  rmSync(`dist/bundle/${name}.cjs.cache`, { force: true });
+  const made = spawnSync(process.execPath, ['scripts/code-cache.cjs', name], { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (made.status !== 0) console.warn(`scripts/bundle.mjs: no code cache for ${name}.cjs (it still runs, from source)`);
+}

@@ -3,7 +3,7 @@
 // Run by scripts/bundle.mjs in a plain `node` (no flags: V8 rejects a cache made under other
 // flags). The module is evaluated and `--version` and `--help` are run first (output thrown
 // away), so the functions of start-up and option parsing are in the cache; nothing touches a
-// device.
+// device (both return before an instance is resolved).
 'use strict';
 const { readFileSync, writeFileSync, renameSync } = require('node:fs');
 const { bundlePath, compileBundle, runBundle } = require('../bin/load-bundle.cjs');
@@ -14,9 +14,16 @@ const source = readFileSync(file, 'utf8');
 const id = source.slice(0, source.indexOf('\n'));
 const script = compileBundle(file, source);
 const bundle = runBundle(file, script);
-if (name === 'losetup') {
-  for (const args of [['--version'], ['--help']]) bundle.losetup({ argv0: 'losetup', args, env: {} });
+
+async function warmUp() {
+  for (const args of [['--version'], ['--help']]) {
+    if (name === 'losetup') bundle.losetup({ argv0: 'losetup', args, env: {} });
+    if (name === 'mount.loop') await bundle.mountLoop({ argv0: 'mount.loop', args, env: {} });
+  }
 }
-const tmp = `${file}.cache.tmp`;
-writeFileSync(tmp, Buffer.concat([Buffer.from(`${id}\n`, 'latin1'), script.createCachedData()]));
-renameSync(tmp, `${file}.cache`);
+
+warmUp().then(() => {
+  const tmp = `${file}.cache.tmp`;
+  writeFileSync(tmp, Buffer.concat([Buffer.from(`${id}\n`, 'latin1'), script.createCachedData()]));
+  renameSync(tmp, `${file}.cache`);
+});
