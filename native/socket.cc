@@ -107,12 +107,24 @@ Napi::Value StreamListen(const Napi::CallbackInfo& info) {
   return ListenOn(info, SOCK_STREAM, "streamListen");
 }
 
-// seqpacketConnect(path): a blocking, close-on-exec socket connected to path. ECONNREFUSED
-// when nobody listens there (a stale socket file); the call waits while the listener's
-// backlog is full.
+// SO_SNDTIMEO of fd: ms (0: wait for ever).
+static int SetSendTimeout(int fd, uint32_t ms) {
+  struct timeval tv;
+  tv.tv_sec = static_cast<time_t>(ms / 1000);
+  tv.tv_usec = static_cast<suseconds_t>((ms % 1000) * 1000);
+  return setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// seqpacketConnect(path, timeoutMs = 0): a blocking, close-on-exec socket connected to path.
+// ECONNREFUSED when nobody listens there (a stale socket file). While the listener's backlog
+// is full (a daemon out of fds, stopped or hung) connect(2) waits: for ever with no timeout,
+// else at most timeoutMs and then EAGAIN. The kernel bounds that wait of an AF_UNIX connect
+// by the socket's SO_SNDTIMEO, so it is set for the connect and cleared again after it (the
+// socket's sends keep blocking as before).
 Napi::Value ConnectTo(const Napi::CallbackInfo& info, int type, const char* fn) {
   Napi::Env env = info.Env();
   const std::string path = ToPath(info[0], fn, "path");
+  const uint32_t timeoutMs = info.Length() > 1 && !info[1].IsUndefined() ? ToBits(info[1], fn, "timeoutMs") : 0;
   sockaddr_un sa;
   const socklen_t len = UnixAddress(env, path, "connect", &sa);
   const int fd = socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
@@ -120,10 +132,20 @@ Napi::Value ConnectTo(const Napi::CallbackInfo& info, int type, const char* fn) 
     const int err = errno;
     ThrowPathError(env, err, "socket", path);
   }
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&sa), len) < 0) {
-    CloseQuietly(fd);
+  if (timeoutMs > 0 && SetSendTimeout(fd, timeoutMs) < 0) {
     const int err = errno;
+    CloseQuietly(fd);
+    ThrowPathError(env, err, "setsockopt(SO_SNDTIMEO)", path);
+  }
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&sa), len) < 0) {
+    const int err = errno;
+    CloseQuietly(fd);
     ThrowPathError(env, err, "connect", path);
+  }
+  if (timeoutMs > 0 && SetSendTimeout(fd, 0) < 0) {
+    const int err = errno;
+    CloseQuietly(fd);
+    ThrowPathError(env, err, "setsockopt(SO_SNDTIMEO)", path);
   }
   return Napi::Number::New(env, fd);
 }

@@ -174,14 +174,20 @@ export class BrokerScope implements LoopScope {
   static connect(dir: string, client = 'losetup', env: NodeJS.ProcessEnv = process.env, names = DeviceNames.NONE): BrokerScope {
     dir = resolvePath(dir); // names we print must work again as operands
     const n = native();
+    const timeoutMs = brokerTimeoutMs(env);
     let fd: number;
     try {
-      fd = n.seqpacketConnect(`${dir}/${BROKER_SOCKET}`);
+      // bounded too: a broker that stopped accepting (out of fds, stopped, hung) leaves its
+      // backlog full, and connect(2) would wait for ever
+      fd = n.seqpacketConnect(`${dir}/${BROKER_SOCKET}`, timeoutMs);
     } catch (e) {
       if (hasCode(e, 'ECONNREFUSED')) throw new BrokerUnavailableError(dir, 'the loopfs broker of this instance is not running');
+      if (hasCode(e, 'EAGAIN')) {
+        const s = timeoutMs / 1000;
+        throw new BrokerUnavailableError(dir, `the loopfs broker did not accept the connection within ${s} second${s === 1 ? '' : 's'} (LOOPFS_BROKER_TIMEOUT)`);
+      }
       throw new BrokerUnavailableError(dir, `cannot reach the loopfs broker: ${toSysError(e).description}`);
     }
-    const timeoutMs = brokerTimeoutMs(env);
     const scope = new BrokerScope(dir, fd, timeoutMs, names);
     try {
       n.setRecvTimeout(fd, timeoutMs);

@@ -296,8 +296,12 @@ export interface NativeAddon {
    * `path` exists (unlink a stale socket first); ENAMETOOLONG beyond 107 bytes.
    */
   seqpacketListen(path: string, backlog: number, mode: number): number;
-  /** socket + connect: a *blocking* socket connected to `path` (ECONNREFUSED: nobody listens). */
-  seqpacketConnect(path: string): number;
+  /**
+   * socket + connect: a *blocking* socket connected to `path` (ECONNREFUSED: nobody listens).
+   * While the listener's backlog is full connect waits: for ever, or with `timeoutMs` > 0 at
+   * most that long, then EAGAIN.
+   */
+  seqpacketConnect(path: string, timeoutMs?: number): number;
   /** accept4(NONBLOCK|CLOEXEC): the next connection, or null when none is pending. */
   seqpacketAccept(listenFd: number): number | null;
   /**
@@ -308,7 +312,7 @@ export interface NativeAddon {
    * / ENFILE with the connection still queued: back off rather than retry at once.
    */
   streamListen(path: string, backlog: number, mode: number): number;
-  streamConnect(path: string): number;
+  streamConnect(path: string, timeoutMs?: number): number;
   streamAccept(listenFd: number): number | null;
   /** socketpair(AF_UNIX, SOCK_SEQPACKET): a connected pair, non-blocking when asked. */
   socketPair(nonblock?: boolean): [number, number];
@@ -448,6 +452,15 @@ export interface NativeAddon {
   setChildSubreaper(): void;
   /** waitpid(pid, WNOHANG?|__WALL): null when still running (noHang) or no such child. */
   waitPid(pid: number, noHang: boolean): { pid: number; code: number | null; signal: number | null } | null;
+
+  /**
+   * Start a program as posix_spawn does (native/spawn.cc): clone(CLONE_VM | CLONE_VFORK |
+   * CLONE_PIDFD), no copy of node's page tables. fds[i] becomes the child's fd i (-1:
+   * closed), signals default, cwd, execve(file, argv, envp). The pidfd (close-on-exec)
+   * becomes readable when the child exits: reap it with waitPid. Throws the failed step
+   * (execve with the path), the child reaped.
+   */
+  spawnVm(file: string, argv: string[], envp: string[], fds: number[], cwd: string): { pid: number; pidfd: number };
 }
 
 /** One seccomp notification: a trapped syscall of thread `pid` (in our PID namespace). */
