@@ -132,14 +132,14 @@ function killGroup(child: ChildProcess): void {
 
 /** A daemon that is restarted after a SIGKILL, as its systemd unit (Restart=on-failure) would. */
 class Unit {
-  server: Server | null = null;
+  server: Daemon | null = null;
   kills = 0;
   restarts = 0;
   private restarting: Promise<void> | null = null;
 
   constructor(
     readonly name: string,
-    private readonly launch: () => Promise<Server>,
+    private readonly launch: () => Promise<Daemon>,
     private readonly restartMs: number,
   ) {}
 
@@ -184,34 +184,62 @@ class Unit {
   }
 }
 
-/** `loopfs activate DIR --dev D --watch`: ready once it reported its first sync. */
-async function launchWatcher(sb: BrokerSandbox, dir: string, devDir: string, pool: number): Promise<Server> {
-  // Server.launch waits for "ready"; activate reports its first sync as a line instead, so wrap
-  // it: a tiny shell that prints "ready" after that line would hide the daemon's pid from the
-  // chaos thread. Start it ourselves and wait for the line.
-  const child = spawn(LOOPFS, ['activate', dir, '--dev', devDir, '--pool', String(pool), '--watch'], { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] });
-  const srv = Object.create(Server.prototype) as Server;
-  // Server's constructor is private; it only records output and exit: give the object the same shape
-  (srv as unknown as { child: ChildProcess }).child = child;
-  const state = srv as unknown as { stdout: string[]; stderr: string[]; done: boolean; exited: Promise<void> };
-  state.stdout = [];
-  state.stderr = [];
-  state.done = false;
-  state.exited = new Promise((resolve) => child.once('exit', () => {
-    state.done = true;
-    resolve();
-  }));
-  child.stdout!.setEncoding('utf8').on('data', (s: string) => state.stdout.push(s));
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => state.stderr.push(s));
-  const end = Date.now() + 20_000;
-  while (!/node\(s\)/.test(state.stdout.join(''))) {
-    if (state.done || Date.now() > end) {
-      await srv.stop();
-      throw new Error(`loopfs activate --watch did not start: ${state.stdout.join('')}${state.stderr.join('')}`);
-    }
-    await sleep(20);
+/** What a Unit supervises: a `loopfs serve`/`oci-broker` (the broker fixtures' Server) or a watcher. */
+interface Daemon {
+  readonly child: ChildProcess;
+  readonly pid: number;
+  readonly alive: boolean;
+  stop(): Promise<void>;
+}
+
+/**
+ * `loopfs activate DIR --dev D --watch`: ready once it reported its first sync (it prints no
+ * "ready", which Server.launch waits for).
+ */
+class Watcher implements Daemon {
+  private out = '';
+  private done = false;
+  private readonly exited: Promise<void>;
+  readonly child: ChildProcess;
+
+  private constructor(sb: BrokerSandbox, dir: string, devDir: string, pool: number) {
+    this.child = spawn(LOOPFS, ['activate', dir, '--dev', devDir, '--pool', String(pool), '--watch'], { env: sb.env, stdio: ['ignore', 'pipe', 'pipe'] });
+    this.child.stdout!.setEncoding('utf8').on('data', (s: string) => (this.out += s));
+    this.child.stderr!.setEncoding('utf8').on('data', (s: string) => (this.out += s));
+    this.exited = new Promise((resolve) => this.child.once('exit', () => {
+      this.done = true;
+      resolve();
+    }));
   }
-  return srv;
+
+  static async start(sb: BrokerSandbox, dir: string, devDir: string, pool: number): Promise<Watcher> {
+    const w = new Watcher(sb, dir, devDir, pool);
+    const end = Date.now() + 20_000;
+    while (!/ node\(s\) /.test(w.out)) {
+      if (w.done || Date.now() > end) {
+        await w.stop();
+        throw new Error(`loopfs activate --watch did not start: ${w.out}`);
+      }
+      await sleep(20);
+    }
+    return w;
+  }
+
+  get pid(): number {
+    return this.child.pid!;
+  }
+
+  get alive(): boolean {
+    return !this.done;
+  }
+
+  async stop(): Promise<void> {
+    if (this.done) return;
+    this.child.kill('SIGTERM');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), 15_000);
+    await this.exited;
+    clearTimeout(t);
+  }
 }
 
 // ------------------------------------------------------------------ /proc
@@ -316,7 +344,7 @@ class Stats {
     const lines = r.stderr.split('\n').filter((l) => l !== '');
     const key = `${pathName}: ${oneLine ? lines[0] ?? '(no message)' : (lines.at(-1) ?? '(no message)').slice(0, 200)}`;
     this.failures.set(key, (this.failures.get(key) ?? 0) + 1);
-    if (oneLine && (lines.length !== 1 || r.exitCode === null)) {
+    if (oneLine && (lines.length !== 1 || r.exitCode === null || !clearLine(r.stderr))) {
       this.badFailures.push(`${pathName}: exit ${r.exitCode}${r.signal ? ` (${r.signal})` : ''}, stderr ${JSON.stringify(r.stderr)}`);
     }
     return false;
@@ -461,6 +489,16 @@ function expectOneLineFailure(problems: string[], what: string, r: OpResult): vo
   if (r.timedOut) problems.push(`${what}: hung`);
   else if (r.exitCode === 0) problems.push(`${what}: succeeded (stdout ${JSON.stringify(r.stdout)})`);
   else if (r.exitCode === null || !oneLine(r.stderr)) problems.push(`${what}: exit ${r.exitCode}, stderr ${JSON.stringify(r.stderr)}`);
+  else if (!clearLine(r.stderr)) problems.push(`${what}: not a clear line (node's raw error text, no file named): ${JSON.stringify(r.stderr)}`);
+}
+
+/**
+ * util-linux words an error "PROG: FILE: strerror text". node's own fs errors read
+ * "ENOSPC: no space left on device, write": the errno name and the syscall, no file. Seeing
+ * one means an error escaped without being given its file.
+ */
+function clearLine(stderr: string): boolean {
+  return !/\bE[A-Z0-9]{2,}: [a-z]/.test(stderr);
 }
 
 // ------------------------------------------------------------------ faults
@@ -768,8 +806,8 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     // the growth figures: a restarted daemon starts from nothing)
     const serveA = new Unit('serve (killed)', () => Server.start(sb, [b1]), opts.restartMs);
     const serveB = new Unit('serve (steady)', () => Server.start(sb, [b2]), opts.restartMs);
-    const watchA = new Unit('activate --watch (killed)', () => launchWatcher(sb, views[0].dir, views[0].dev, 2), opts.restartMs);
-    const watchB = new Unit('activate --watch (steady)', () => launchWatcher(sb, views[1].dir, views[1].dev, 2), opts.restartMs);
+    const watchA = new Unit('activate --watch (killed)', () => Watcher.start(sb, views[0].dir, views[0].dev, 2), opts.restartMs);
+    const watchB = new Unit('activate --watch (steady)', () => Watcher.start(sb, views[1].dir, views[1].dev, 2), opts.restartMs);
     units.push(serveA, serveB, watchA, watchB);
     let ociBroker: Unit | null = null;
     if (opts.podman) {

@@ -35,6 +35,9 @@ describe.skipIf(reason !== undefined)('chaos soak (short profile)', () => {
     if (out) fs.writeFileSync(out, `${JSON.stringify(report, null, 2)}\n`);
     console.log(`[chaos] seed ${seed}: ${JSON.stringify({ ops: report.ops, kills: report.kills, failures: report.failures }, null, 1)}`);
     for (const f of report.faults) console.log(`[chaos] fault ${f.name}: ${f.notes.join(' | ')}`);
+    console.log(`[chaos] growth ${JSON.stringify(report.growth)}`);
+    console.log(`[chaos] leaks ${JSON.stringify(Object.fromEntries(Object.entries(report.leaks).filter(([, v]) => v.length)))}`);
+    for (const b of report.badFailures) console.log(`[chaos] bad failure: ${b}`);
 
     // it really ran: work done on every path, kills that hit something
     expect(report.ops, 'operations done').toBeGreaterThan(0);
