@@ -23,6 +23,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterNs(env, exports);
   RegisterSeccomp(env, exports);
   RegisterUevent(env, exports);
+  RegisterSpawn(env, exports);
   return exports;
 }
 

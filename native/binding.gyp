@@ -19,6 +19,7 @@
         "ns.cc",
         "seccomp.cc",
         "socket.cc",
+        "spawn.cc",
         "uevent.cc"
       ],
       "include_dirs": [

@@ -19,6 +19,7 @@ void RegisterMountApi(Napi::Env env, Napi::Object exports);  // mount_api.cc
 void RegisterNs(Napi::Env env, Napi::Object exports);        // ns.cc
 void RegisterSeccomp(Napi::Env env, Napi::Object exports);   // seccomp.cc
 void RegisterUevent(Napi::Env env, Napi::Object exports);    // uevent.cc
+void RegisterSpawn(Napi::Env env, Napi::Object exports);     // spawn.cc
 
 // readFiles flags (read_files.cc): names[0] gates each directory; no symlink followed and
 // regular files only. In `constants`.

@@ -39,8 +39,8 @@
  *    millisecond (a start takes a few). A driver that exits first (unreadable image, not
  *    that filesystem) fails the start with its last stderr line.
  */
-import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants as fsc, readFileSync, readlinkSync } from 'node:fs';
+import { constants as osc } from 'node:os';
 import { delimiter, join } from 'node:path';
 import { isSysError } from '../kernel/errors.js';
 import { FUSE_EXEC } from '../kernel/fuse-exec.js';
@@ -155,7 +155,8 @@ export interface FuseDaemon {
   exited: Promise<void>;
 }
 
-const running = new Map<number, { child: ChildProcess; daemon: FuseDaemon }>();
+/** Drivers running: each with the way to signal it (only until it is reaped, so never a reused pid). */
+const running = new Map<number, { daemon: FuseDaemon; signal(sig: NodeJS.Signals): void }>();
 
 /** Drivers started by this process that are still running. */
 export function runningFuseDrivers(): FuseDaemon[] {
@@ -165,9 +166,9 @@ export function runningFuseDrivers(): FuseDaemon[] {
 /** End every driver still running (SIGTERM, SIGKILL after graceMs); their mounts fail from then on. */
 export async function stopFuseDrivers(graceMs = 2000): Promise<void> {
   const all = [...running.values()];
-  for (const r of all) r.child.kill('SIGTERM');
+  for (const r of all) r.signal('SIGTERM');
   const t = setTimeout(() => {
-    for (const r of all) r.child.kill('SIGKILL');
+    for (const r of all) r.signal('SIGKILL');
   }, graceMs);
   await Promise.all(all.map((r) => r.daemon.exited));
   clearTimeout(t);
@@ -195,43 +196,79 @@ export async function startFuseDriver(o: FuseDriverOptions): Promise<FuseDaemon>
   const env = o.env ?? process.env;
   const program = fuseDriverPath(o.driver, env);
   if (!program) throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} is not installed`);
-  // as root: FUSE_EXEC needs it for the namespace, then drops every privilege itself
-  const child = spawn(FUSE_EXEC, driverArgv(o, program), {
-    stdio: ['ignore', 'ignore', 'pipe', o.fuseFd, o.imageFd],
-    env: { PATH: env.PATH || '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin', LANG: 'C' },
-    cwd: '/',
-  });
+  // Started without node's child_process, whose fork copies node's page tables (~3 ms):
+  // native spawnVm (posix_spawn's way). As root: FUSE_EXEC needs it for the namespace,
+  // then drops every privilege itself. Its stderr is a socket here (one record per write).
+  const n = native();
+  const [errRead, errWrite] = n.socketPair(false);
+  let started: { pid: number; pidfd: number };
+  let devNull = -1;
+  try {
+    devNull = n.open('/dev/null', n.constants.O_RDWR);
+    const path = env.PATH || '/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin';
+    started = n.spawnVm(FUSE_EXEC, [FUSE_EXEC, ...driverArgv(o, program)], [`PATH=${path}`, 'LANG=C'], [devNull, devNull, errWrite, o.fuseFd, o.imageFd], '/');
+  } catch (e) {
+    n.close(errRead);
+    throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} failed: ${FUSE_EXEC}: ${describeFuseError(e)}`);
+  } finally {
+    n.close(errWrite);
+    if (devNull >= 0) n.close(devNull);
+  }
+  const { pid, pidfd } = started;
+
   let stderr = '';
-  child.stderr!.setEncoding('utf8').on('data', (s: string) => {
-    if (stderr.length < 4096) stderr += s;
+  let stderrEnded!: () => void;
+  const stderrClosed = new Promise<void>((resolve) => (stderrEnded = resolve));
+  const errWatch = n.watchFd(errRead, () => {
+    for (;;) {
+      let m: { eof: boolean; data?: Buffer } | null;
+      try {
+        m = n.recvMsg(errRead, 4096, 0);
+      } catch {
+        m = { eof: true }; // an error reading the driver's words ends them, not the driver
+      }
+      if (!m) return; // all read for now
+      if (m.eof) {
+        errWatch.close();
+        n.close(errRead);
+        stderrEnded();
+        return;
+      }
+      if (stderr.length < 4096) stderr += m.data!.toString('utf8');
+    }
   });
-  // 'exit' may come before the last of stderr is read
-  const stderrEnded = new Promise<void>((resolve) => child.stderr!.once('close', resolve));
+  errWatch.unref();
+
   let exitedFlag = false;
   let exitDescription = '';
-  const exited = new Promise<void>((resolve) => {
-    child.once('error', (e) => {
-      exitedFlag = true;
-      exitDescription = e.message;
-      resolve();
-    });
-    child.once('exit', (code, signal) => {
-      exitedFlag = true;
-      exitDescription = signal ? `killed by ${signal}` : `exit status ${code}`;
-      resolve();
-    });
+  let markExited!: () => void;
+  const exited = new Promise<void>((resolve) => (markExited = resolve));
+  // the pidfd turns readable when the driver exits; it is reaped here (waitPid) and only
+  // then forgotten, so a signal from stopFuseDrivers never reaches a reused pid
+  const exitWatch = n.watchFd(pidfd, () => {
+    const w = n.waitPid(pid, true);
+    exitWatch.close();
+    n.close(pidfd);
+    exitedFlag = true;
+    exitDescription = !w ? 'exited' : w.signal !== null ? `killed by ${signalName(w.signal)}` : `exit status ${w.code}`;
+    running.delete(pid);
+    markExited();
   });
-  const pid = child.pid ?? -1;
   const daemon: FuseDaemon = { driver: o.driver, pid, exited };
-  if (pid > 0) {
-    running.set(pid, { child, daemon });
-    void exited.then(() => running.delete(pid));
-  }
+  const signal = (sig: NodeJS.Signals) => {
+    if (exitedFlag) return;
+    try {
+      process.kill(pid, sig);
+    } catch {
+      /* exiting: not reaped yet, so still ours */
+    }
+  };
+  running.set(pid, { daemon, signal });
   const end = Date.now() + (o.timeoutMs ?? 10_000);
   while (!exitedFlag) {
-    if (pid > 0 && servingFuse(pid)) return daemon;
+    if (servingFuse(pid)) return daemon;
     if (Date.now() > end) {
-      child.kill('SIGKILL');
+      signal('SIGKILL');
       await exited;
       throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} did not start within ${Math.round((o.timeoutMs ?? 10_000) / 1000)} s`);
     }
@@ -239,9 +276,13 @@ export async function startFuseDriver(o: FuseDriverOptions): Promise<FuseDaemon>
   }
   await exited;
   // bounded: a process the driver left behind may still hold the pipe
-  await Promise.race([stderrEnded, new Promise((r) => setTimeout(r, 200))]);
+  await Promise.race([stderrClosed, new Promise((r) => setTimeout(r, 200))]);
   const why = lastLine(stderr) || exitDescription;
   throw new FuseDriverError(o.driver, `the FUSE driver ${o.driver} failed: ${why}`);
+}
+
+function signalName(n: number): string {
+  return Object.entries(osc.signals).find(([, v]) => v === n)?.[0] ?? `signal ${n}`;
 }
 
 function lastLine(s: string): string {
