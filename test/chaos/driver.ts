@@ -440,8 +440,9 @@ async function podmanWorker(w: World, podman: Podman, rootful: boolean): Promise
     try {
       id = await podman.start(flags, [`${w.sb.image}:/img:ro`]);
     } catch (e) {
-      const msg = String((e as Error).message).split('\n').filter(Boolean).at(-1) ?? '';
-      w.stats.failures.set(`${name} start: ${msg.slice(0, 160)}`, (w.stats.failures.get(`${name} start: ${msg.slice(0, 160)}`) ?? 0) + 1);
+      // the hook's own words are at the end of runc's message
+      const msg = (String((e as Error).message).split('\n').filter(Boolean).at(-1) ?? '').replace(/^.*error running hook: /, 'hook: ');
+      w.stats.failures.set(`${name} start: ${msg.slice(0, 400)}`, (w.stats.failures.get(`${name} start: ${msg.slice(0, 400)}`) ?? 0) + 1);
       await removeAll(podman);
       await sleep(200);
       continue;
@@ -588,8 +589,10 @@ async function faultFdExhaustion(w: World, user: User, dir: string, file: string
   const server = await Server.start(w.sb, [dir]);
   let flood: ChildProcess | null = null;
   try {
+    // room for one request (its connection, the client's file, loop-control, the device, the
+    // instance's lock and state files) but not for a flood
     const fds = server.fdCount();
-    execFileSync('prlimit', ['--pid', String(server.pid), `--nofile=${fds + 4}:${fds + 4}`]);
+    execFileSync('prlimit', ['--pid', String(server.pid), `--nofile=${fds + 16}:${fds + 16}`]);
     let progress = '';
     flood = spawn('setpriv', ['--reuid', String(user.uid), '--regid', String(user.gid), '--clear-groups', process.execPath, FLOOD, ADDON, path.join(dir, 'loop-control'), '2000'], {
       env: w.sb.userEnv(),
@@ -621,8 +624,10 @@ async function faultFdExhaustion(w: World, user: User, dir: string, file: string
     if (boundTo(file).length) out.problems.push(`a device stayed bound to ${file}`);
     killGroup(flood);
     flood = null;
-    // the same daemon serves again
-    await sleep(500);
+    // the same daemon serves again, once it has seen the flood's connections end
+    const end = Date.now() + 20_000;
+    while ((server.fdCount() ?? 0) > fds + 2 && Date.now() < end) await sleep(100);
+    out.notes.push(`daemon fds: ${fds} before, ${server.fdCount()} after the flood`);
     const ok = await w.clients.run(f, args, w.sb.userEnv({ LOOPFS_INSTANCE: dir, LOOPFS_BROKER_TIMEOUT: '10' }), w.sb.root);
     if (ok.exitCode !== 0) out.problems.push(`after the flood the daemon did not serve: ${ok.stderr.trim()}`);
     else {
@@ -638,21 +643,51 @@ async function faultFdExhaustion(w: World, user: User, dir: string, file: string
   return out;
 }
 
-/** The runtime directory removed under a running daemon. */
-async function faultRuntimeRemoved(w: World, unit: Unit, user: User, dir: string, file: string): Promise<FaultOutcome> {
+/**
+ * The runtime directory (/run/loopfs: claims, registry) removed under a running `loopfs
+ * serve`. In a runtime dir of its own, so that what it leaves is this fault's: the daemon
+ * keeps serving (or a command fails with one line), and after `loopfs gc` every device the
+ * instance records is claimed again and no device is bound to the fault's file unrecorded.
+ */
+async function faultRuntimeRemoved(w: World, user: User): Promise<FaultOutcome> {
   const out: FaultOutcome = { name: 'runtime dir removed under a daemon', injected: 1, problems: [], notes: [] };
-  fs.rmSync(w.sb.runtime, { recursive: true, force: true });
-  const env = w.sb.userEnv({ LOOPFS_INSTANCE: dir, LOOPFS_BROKER_TIMEOUT: '10' });
-  const [f, a] = asUserArgs(user, [LOSETUP, '-f', '--show', file]);
-  const r = await w.clients.run(f, a, env, w.sb.root);
-  out.notes.push(`attach: exit ${r.exitCode}: ${r.stdout.trim()}${r.stderr.trim()}`);
-  if (r.exitCode !== 0) expectOneLineFailure(out.problems, 'brokered attach with the runtime dir gone', r);
-  else {
-    const [f2, a2] = asUserArgs(user, [LOSETUP, '-d', r.stdout.trim()]);
-    const d = await w.clients.run(f2, a2, env, w.sb.root);
-    if (d.exitCode !== 0) expectOneLineFailure(out.problems, 'brokered detach with the runtime dir gone', d);
+  const run = w.sb.path('fault-rm-run');
+  const rootEnv = { ...w.sb.env, LOOPFS_RUNTIME_DIR: run };
+  const dir = w.sb.path('fault-rm');
+  const c = await w.clients.run(LOOPFS, ['instance', 'create', dir, '--max', '4', '--owner', `${user.uid}:${user.gid}`], rootEnv, w.sb.root);
+  if (c.exitCode !== 0) {
+    out.problems.push(`instance create: ${c.stderr.trim()}`);
+    return out;
   }
-  if (unit.pid === null) out.problems.push('the daemon died when its runtime dir was removed');
+  const file = w.sb.file('fault-rm.img');
+  fs.chownSync(file, user.uid, user.gid);
+  // Server.launch takes the sandbox only for its environment
+  const server = await Server.start(Object.create(w.sb, { env: { value: rootEnv } }) as BrokerSandbox, [dir]);
+  try {
+    const env = w.sb.userEnv({ LOOPFS_INSTANCE: dir, LOOPFS_BROKER_TIMEOUT: '10' });
+    const [f, a] = asUserArgs(user, [LOSETUP, '-f', '--show', file]);
+    const before = await w.clients.run(f, a, env, w.sb.root);
+    if (before.exitCode !== 0) out.problems.push(`attach before the removal: ${before.stderr.trim()}`);
+    fs.rmSync(run, { recursive: true, force: true });
+    const r = await w.clients.run(f, a, env, w.sb.root);
+    out.notes.push(`attach after: exit ${r.exitCode}: ${r.stdout.trim()}${r.stderr.trim()}`);
+    if (r.exitCode !== 0) expectOneLineFailure(out.problems, 'brokered attach with the runtime dir gone', r);
+    if (!server.alive) out.problems.push('the daemon died when its runtime dir was removed');
+  } finally {
+    await server.stop();
+  }
+  const gc = await w.clients.run(LOOPFS, ['gc'], rootEnv, w.sb.root);
+  out.notes.push(`gc: exit ${gc.exitCode}: ${gc.stdout.trim().split('\n').length} line(s)${gc.stderr.trim() ? `, ${gc.stderr.trim()}` : ''}`);
+  if (gc.exitCode !== 0) out.problems.push(`loopfs gc: ${gc.stderr.trim()}`);
+  const recorded = Object.keys(readInstanceState(dir)?.devices ?? {}).map(Number);
+  const claimed = new Set(claimsIn(run).map((n) => Number(n.slice(4))));
+  const unclaimed = recorded.filter((m) => !claimed.has(m));
+  if (unclaimed.length) out.problems.push(`after gc, devices the instance records have no claim: ${unclaimed.map((m) => `loop${m}`).join(' ')}`);
+  const unlisted = boundTo(file).filter((d) => !recorded.includes(Number(d.replace(/^\/dev\/loop/, ''))));
+  if (unlisted.length) out.problems.push(`after gc, devices bound to the fault's file that the instance does not list: ${unlisted.join(' ')}`);
+  const d = await w.clients.run(LOOPFS, ['instance', 'destroy', '--force', dir], rootEnv, w.sb.root);
+  if (d.exitCode !== 0) out.problems.push(`destroy: ${d.stderr.trim()}`);
+  if (boundTo(file).length) out.problems.push(`after destroy still bound to the fault's file: ${boundTo(file).join(' ')}`);
   return out;
 }
 
@@ -898,8 +933,10 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     faults.push(await faultRuntimeFull(w));
     faults.push(await faultInstanceReadOnly(w));
     const b3 = await sb.instance('broker3', ['--max', '4']);
-    faults.push(await faultFdExhaustion(w, sb.user, b3, fileU1));
-    faults.push(await faultRuntimeRemoved(w, serveB, user2, b2, fileU2));
+    const fileFd = sb.file('fault-fd.img');
+    sb.giveToUser(fileFd);
+    faults.push(await faultFdExhaustion(w, sb.user, b3, fileFd));
+    faults.push(await faultRuntimeRemoved(w, user2));
     log(opts, `faults done: ${faults.map((f) => `${f.name}: ${f.problems.length ? 'FAILED' : 'ok'}`).join('; ')}`);
 
     // --- the end: stop the daemons (as their units would on shutdown), gc, count
