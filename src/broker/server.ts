@@ -70,6 +70,7 @@ import {
   type ListReply,
   type Request,
 } from '../protocol/broker.js';
+import { AcceptLoop } from '../protocol/accept-loop.js';
 import { InstanceWorker, WorkerError } from './worker-api.js';
 
 /** Protocol violations after which a connection is closed. */
@@ -104,10 +105,9 @@ export class ServeError extends Error {}
 /** One served instance: its socket, its worker, its connections. */
 class Endpoint {
   listenFd = -1;
-  watcher: FdWatcher | null = null;
+  private acceptLoop: AcceptLoop | null = null;
   socketIno = 0n;
   readonly connections = new Set<Connection>();
-  private pausedUntil = 0;
   private lingering = 0;
 
   constructor(
@@ -170,40 +170,12 @@ class Endpoint {
   }
 
   private watch(): void {
-    this.watcher = native().watchFd(this.listenFd, () => {
-      try {
-        this.onAcceptable();
-      } catch (e) {
-        this.server.log(`${this.dir}: internal error while accepting: ${describe(e)}`);
-      }
+    this.acceptLoop = new AcceptLoop(this.listenFd, {
+      label: this.dir,
+      accept: (fd) => native().seqpacketAccept(fd),
+      onConnection: (fd) => this.admit(fd),
+      log: (line) => this.server.log(line),
     });
-  }
-
-  private onAcceptable(): void {
-    const n = native();
-    for (let i = 0; i < 64; i++) {
-      let fd: number | null;
-      try {
-        fd = n.seqpacketAccept(this.listenFd);
-      } catch (e) {
-        // EMFILE/ENFILE: the listener stays readable; stop polling it for a moment
-        // instead of spinning, then try again
-        this.server.log(`${this.dir}: accept: ${describe(e)}`);
-        this.pause(100);
-        return;
-      }
-      if (fd === null) return;
-      this.admit(fd);
-    }
-  }
-
-  private pause(ms: number): void {
-    this.watcher?.close();
-    this.watcher = null;
-    this.pausedUntil = Date.now() + ms;
-    setTimeout(() => {
-      if (this.listenFd >= 0 && this.watcher === null && Date.now() >= this.pausedUntil) this.watch();
-    }, ms);
   }
 
   private admit(fd: number): void {
@@ -283,8 +255,8 @@ class Endpoint {
 
   /** Stop listening and remove our socket (only if it is still ours). */
   closeListener(): void {
-    this.watcher?.close();
-    this.watcher = null;
+    this.acceptLoop?.close();
+    this.acceptLoop = null;
     if (this.listenFd < 0) return;
     native().close(this.listenFd);
     this.listenFd = -1;

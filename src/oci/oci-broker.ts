@@ -50,6 +50,7 @@ import { containerAlive, containerDirs, instanceDirFor, makeParent, ociRoot, pro
 import { DEFAULT_ALLOWED_FS } from '../broker/ops.js';
 import { seccompSocketPath } from './agent-contract.js';
 import { SeccompAgent, type AgentLimits } from './seccomp-agent.js';
+import { AcceptLoop } from '../protocol/accept-loop.js';
 import { LiveSync, SyncTarget } from '../instance/live-sync.js';
 import { ContainerGoneError, ContainerView } from './container-view.js';
 
@@ -116,7 +117,7 @@ interface LiveContainer {
 
 export class OciBroker {
   private listenFd = -1;
-  private watcher: FdWatcher | null = null;
+  private acceptLoop: AcceptLoop | null = null;
   private agent: SeccompAgent | null = null;
   private readonly agentLimits: Partial<AgentLimits>;
   private readonly watched = new Map<string, Watched>();
@@ -247,18 +248,10 @@ export class OciBroker {
       throw e;
     }
     this.agent = new SeccompAgent(agentFd, { env: this.env, allowFs: DEFAULT_ALLOWED_FS, log: this.log, limits: this.agentLimits });
-    this.watcher = n.watchFd(this.listenFd, () => {
-      for (;;) {
-        let fd: number | null;
-        try {
-          fd = n.seqpacketAccept(this.listenFd);
-        } catch (e) {
-          this.log(`accept: ${(e as Error).message}`);
-          return;
-        }
-        if (fd === null) return;
-        this.admit(fd);
-      }
+    this.acceptLoop = new AcceptLoop(this.listenFd, {
+      accept: (fd) => n.seqpacketAccept(fd),
+      onConnection: (fd) => this.admit(fd),
+      log: this.log,
     });
   }
 
@@ -388,7 +381,8 @@ export class OciBroker {
       this.agent = null;
       unlinkQuiet(seccompSocketPath(this.env));
     }
-    this.watcher?.close();
+    this.acceptLoop?.close();
+    this.acceptLoop = null;
     if (this.listenFd >= 0) {
       native().close(this.listenFd);
       this.listenFd = -1;

@@ -43,12 +43,12 @@
  */
 import { readlinkSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { hasCode } from '../kernel/errors.js';
 import { native, type FdWatcher, type PeerCred } from '../kernel/native.js';
 import { LocalInstance } from '../instance/local-instance.js';
 import { MountJudge } from '../intercept/judge.js';
 import { MountPerformer, type Outcome } from '../intercept/perform.js';
 import type { TrappedProcess } from '../intercept/trapped.js';
+import { AcceptLoop } from '../protocol/accept-loop.js';
 import { parseMetadata, type EngineVerdict } from './agent-contract.js';
 import { CONTAINER_ID } from './bundle.js';
 import { instanceDirFor, processStartTime, readRecord } from './record.js';
@@ -97,8 +97,7 @@ interface Container {
 }
 
 export class SeccompAgent {
-  private watcher: FdWatcher | null = null;
-  private backoff: NodeJS.Timeout | null = null;
+  private readonly acceptLoop: AcceptLoop;
   private readonly pending = new Set<Pending>();
   private readonly containers = new Map<string, Container>();
   private readonly limits: AgentLimits;
@@ -109,46 +108,15 @@ export class SeccompAgent {
     private readonly opts: AgentOptions,
   ) {
     this.limits = { ...DEFAULT_LIMITS, ...opts.limits };
-    this.watch();
-  }
-
-  private watch(): void {
-    this.watcher = native().watchFd(this.listenFd, () => this.acceptAll());
-  }
-
-  private acceptAll(): void {
-    const n = native();
-    while (this.pending.size < this.limits.maxPending) {
-      let fd: number | null;
-      try {
-        fd = n.streamAccept(this.listenFd);
-      } catch (e) {
-        if (hasCode(e, 'EMFILE', 'ENFILE', 'ENOBUFS', 'ENOMEM')) {
-          // the connection stays queued and the listener readable: retrying now would spin
-          this.opts.log(`seccomp agent: accept: ${(e as Error).message}; pausing ${FD_EXHAUSTED_BACKOFF_MS} ms`);
-          this.pause(FD_EXHAUSTED_BACKOFF_MS);
-        } else {
-          this.opts.log(`seccomp agent: accept: ${(e as Error).message}`);
-        }
-        return;
-      }
-      if (fd === null) return;
-      this.admit(fd);
-    }
-    // full: stop polling the listener until a handshake ends (see settle)
-    this.pause(null);
-  }
-
-  /** Stop accepting, for `ms` or (null) until a pending handshake ends. */
-  private pause(ms: number | null): void {
-    this.watcher?.close();
-    this.watcher = null;
-    if (ms !== null && !this.backoff) {
-      this.backoff = setTimeout(() => {
-        this.backoff = null;
-        if (!this.stopped && !this.watcher) this.watch();
-      }, ms);
-    }
+    // at most maxPending handshakes at once: the listener pauses until one ends (settle)
+    this.acceptLoop = new AcceptLoop(listenFd, {
+      label: 'seccomp agent',
+      accept: (fd) => native().streamAccept(fd),
+      onConnection: (fd) => this.admit(fd),
+      log: opts.log,
+      canAccept: () => this.pending.size < this.limits.maxPending,
+      backoffMs: FD_EXHAUSTED_BACKOFF_MS,
+    });
   }
 
   private admit(fd: number): void {
@@ -174,7 +142,7 @@ export class SeccompAgent {
   /** A handshake ended: a document (to check) or the reason it failed. */
   private settle(p: Pending, result: { doc: unknown; fds: number[] } | { error: string }): void {
     this.pending.delete(p);
-    if (!this.stopped && !this.watcher && !this.backoff) this.watch();
+    if (!this.stopped) this.acceptLoop.resume();
     if ('error' in result) {
       // a bare connect and close is somebody asking whether we listen (loopfs doctor)
       if (result.error === EMPTY) return;
@@ -278,9 +246,7 @@ export class SeccompAgent {
 
   stop(): void {
     this.stopped = true;
-    this.pause(null);
-    if (this.backoff) clearTimeout(this.backoff);
-    this.backoff = null;
+    this.acceptLoop.close();
     for (const p of [...this.pending]) p.abort();
     this.pending.clear();
     for (const c of [...this.containers.values()]) this.dropContainer(c);
