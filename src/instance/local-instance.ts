@@ -8,6 +8,7 @@
  *       state.json       id, owner, mode, limits (written once)
  *       devices/loopN    the record of each held device ("held"/"removing", partitions)
  *       idle/loopN       hints: held devices believed unbound (checked before use)
+ *       releasing        a batch of devices being released (-D), until folded
  *       destroying       `instance destroy` has begun; lock
  *
  * Life of a device in an instance (every step may be SIGKILLed; gc.ts settles it):
@@ -206,6 +207,8 @@ export class LocalInstance implements LoopScope {
     this.lockFd = fd;
     this.store.invalidate();
     if (this.store.readFile()?.legacyDevices) this.migrate();
+    // a batch release killed half-way: its marks go into the records before anything else
+    this.store.foldReleasing();
   }
 
   unlock(): void {
@@ -851,9 +854,11 @@ export class LocalInstance implements LoopScope {
   }
 
   /**
-   * release() for many devices: every record marked "removing" under one fsync of the
-   * records' directory, every node unlinked, then the removals in flight together for up
-   * to `waitMs` in all. Caller holds the instance lock. Returns the minors that left.
+   * release() for many devices: all of them marked "removing" in one durable write (the
+   * batch mark, state.ts RELEASING_FILE), every node unlinked, the removals in flight
+   * together for up to `waitMs` in all, the removed ones forgotten, and the mark folded
+   * into the records of those still busy. Caller holds the instance lock. Returns the
+   * minors that left.
    */
   private releaseMany(minors: number[], waitMs: number): number[] {
     if (minors.length === 0) return [];
@@ -870,11 +875,9 @@ export class LocalInstance implements LoopScope {
         const e = this.store.device(m);
         if (e) entries.push([m, e]);
       }
-      for (const [m, e] of entries) {
-        this.store.dropIdle(m);
-        if (e.state !== 'removing') this.store.writeDevice(m, { ...e, state: 'removing' }, false);
-      }
-      this.store.syncDevices();
+      for (const [m] of entries) this.store.dropIdle(m);
+      const marking = entries.filter(([, e]) => e.state !== 'removing').map(([m]) => m);
+      if (marking.length > 0) this.store.markReleasing(marking);
       for (const [m, e] of entries) this.unlinkNodesOf(m, e);
       removed = removeManyWithin(
         ctl,
@@ -885,6 +888,7 @@ export class LocalInstance implements LoopScope {
       ctl.close();
     }
     this.forgetRemoved(removed);
+    this.store.foldReleasing();
     return removed;
   }
 

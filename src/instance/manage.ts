@@ -10,7 +10,7 @@ import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, partitionsOf } from './local-instance.js';
 import { PinnedDir } from './pinned-dir.js';
 import { Runtime } from './runtime.js';
-import { DESTROYING_FILE, DEVICES_DIR, heldMinors, IDLE_DIR, LOCK_FILE, STATE_DIR, STATE_FILE, type InstanceState } from './state.js';
+import { DESTROYING_FILE, DEVICES_DIR, heldMinors, IDLE_DIR, LOCK_FILE, RELEASING_FILE, STATE_DIR, STATE_FILE, type InstanceState } from './state.js';
 
 export interface DeviceInfo {
   minor: number;
@@ -221,6 +221,7 @@ function removeInstanceFiles(dir: string, s: InstanceState, env: NodeJS.ProcessE
       // (a .loopfs without state is taken over by the next `instance create`)
       sd.unlinkQuiet(STATE_FILE);
       sd.unlinkQuiet(DESTROYING_FILE);
+      sd.unlinkQuiet(RELEASING_FILE);
       sd.unlinkQuiet(LOCK_FILE);
       for (const sub of [DEVICES_DIR, IDLE_DIR]) {
         let d: PinnedDir;

@@ -54,6 +54,8 @@ const NEXT_INDEX_USES = 64;
 export class Runtime {
   private lockFd = -1;
   private uidsDir: PinnedDir | null = null;
+  /** uids/UID directories opened so far (a batch of releases opens each once). */
+  private readonly uidDirs = new Map<number, PinnedDir>();
 
   private constructor(
     readonly root: PinnedDir,
@@ -71,6 +73,8 @@ export class Runtime {
 
   close(): void {
     this.unlock();
+    for (const d of this.uidDirs.values()) d.close();
+    this.uidDirs.clear();
     this.uidsDir?.close();
     this.uidsDir = null;
     this.claimsDir.close();
@@ -182,12 +186,7 @@ export class Runtime {
    */
   countClaimsOfUid(uid: number): number {
     const dir = this.uidDir(uid, false);
-    if (!dir) return 0;
-    try {
-      return dir.list().filter((n) => /^loop\d+$/.test(n)).length;
-    } finally {
-      dir.close();
-    }
+    return dir ? dir.list().filter((n) => /^loop\d+$/.test(n)).length : 0;
   }
 
   /**
@@ -250,22 +249,26 @@ export class Runtime {
     return this.uidsDir;
   }
 
+  /** uids/UID, opened once per Runtime (null when missing and not `create`). */
   private uidDir(uid: number, create: boolean): PinnedDir | null {
+    const cached = this.uidDirs.get(uid);
+    if (cached) return cached;
     const name = String(uid);
+    let dir: PinnedDir;
     try {
-      return this.uids().openSub(name);
+      dir = this.uids().openSub(name);
     } catch (e) {
-      if (!hasCode(e, 'ENOENT') || !create) {
-        if (hasCode(e, 'ENOENT')) return null;
-        throw e;
+      if (!hasCode(e, 'ENOENT')) throw e;
+      if (!create) return null;
+      try {
+        this.uids().mkdir(name, 0o755);
+      } catch (e2) {
+        if (!hasCode(e2, 'EEXIST')) throw e2;
       }
+      dir = this.uids().openSub(name);
     }
-    try {
-      this.uids().mkdir(name, 0o755);
-    } catch (e) {
-      if (!hasCode(e, 'EEXIST')) throw e;
-    }
-    return this.uids().openSub(name);
+    this.uidDirs.set(uid, dir);
+    return dir;
   }
 
   /** Add uids/UID/loopN; false when it existed already. */
@@ -279,19 +282,11 @@ export class Runtime {
     } catch (e) {
       if (hasCode(e, 'EEXIST')) return false;
       throw e;
-    } finally {
-      dir.close();
     }
   }
 
   private unindexUid(uid: number, minor: number): void {
-    const dir = this.uidDir(uid, false);
-    if (!dir) return;
-    try {
-      dir.unlinkQuiet(`loop${minor}`);
-    } finally {
-      dir.close();
-    }
+    this.uidDir(uid, false)?.unlinkQuiet(`loop${minor}`);
   }
 
   // ---------------------------------------------------------------- next index

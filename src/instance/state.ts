@@ -4,6 +4,7 @@
  *   state.json       identity, owner, limits: written once by `instance create`
  *   devices/loopN    one small record per loop device the instance holds
  *   idle/loopN       empty hint files: held devices believed idle (see below)
+ *   releasing        transient: a batch of devices marked "removing" (RELEASING_FILE)
  *
  * One record per device (format version 2) rather than one map of every device (version
  * 1, still read, and migrated under the instance lock): an attach or a release writes
@@ -166,6 +167,15 @@ function latin1ToUtf8(s: string): string {
 export const DESTROYING_FILE = 'destroying';
 
 /**
+ * `releasing`: many devices marked "removing" in one durable step (a release of many,
+ * `losetup -D`): the minors, as a JSON array. Whoever takes the instance lock next folds it
+ * into the records of those still held (foldReleasing) before anything else, so every
+ * holder of the lock sees the marks in the records, as if written one by one; readers
+ * without the lock need none (the devices' nodes go only after the mark is durable).
+ */
+export const RELEASING_FILE = 'releasing';
+
+/**
  * The files of one instance's state, through its pinned `.loopfs`. Readers need no lock;
  * every writer holds the instance lock.
  */
@@ -208,6 +218,7 @@ export class StateStore {
     const idle = this.sub(IDLE_DIR, true)!;
     for (const name of idle.list()) idle.unlinkQuiet(name);
     this.stateDir.unlinkQuiet(DESTROYING_FILE);
+    this.stateDir.unlinkQuiet(RELEASING_FILE);
     this.stateDir.writeFileAtomic(STATE_FILE, serializeHeader(h), 0o644);
     this.cached = { header: h, legacyDevices: null };
   }
@@ -364,6 +375,39 @@ export class StateStore {
       }
     }
     return removed;
+  }
+
+  // ---------------------------------------------------------------- batch release mark
+
+  /** Mark `minors` "removing" with one durable write (RELEASING_FILE). Caller holds the lock. */
+  markReleasing(minors: number[]): void {
+    this.stateDir.writeFileAtomic(RELEASING_FILE, `${JSON.stringify(minors)}\n`, 0o600);
+  }
+
+  /**
+   * Write the batch mark into the records of the devices it names that are still recorded
+   * (durably, one directory fsync), then drop the mark. Caller holds the lock.
+   */
+  foldReleasing(): void {
+    const text = this.stateDir.readFile(RELEASING_FILE);
+    if (text === null) return;
+    let minors: unknown = null;
+    try {
+      minors = JSON.parse(text);
+    } catch {
+      /* written atomically, so never torn: a foreign file, dropped */
+    }
+    let wrote = false;
+    for (const m of Array.isArray(minors) ? minors : []) {
+      if (!isUint(m)) continue;
+      const d = this.device(m);
+      if (!d || d.state === 'removing') continue;
+      this.writeDevice(m, { ...d, state: 'removing' }, false);
+      wrote = true;
+    }
+    if (wrote) this.syncDevices();
+    this.stateDir.unlinkQuiet(RELEASING_FILE);
+    this.stateDir.fsync();
   }
 
   // ---------------------------------------------------------------- destroy marker

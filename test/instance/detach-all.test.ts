@@ -2,6 +2,8 @@
 // those: a host device on another file stays bound), then they are settled in one batch: the
 // pool keeps what it lacks as idle published devices, the others leave the instance (records,
 // nodes and claims gone, the indexes removed), exactly as one `-d` after another would leave it.
+// The batch is marked "removing" in one durable write (.loopfs/releasing); a -D killed after it
+// leaves the mark, which the next holder of the instance lock writes into the records.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
@@ -77,5 +79,35 @@ describe.skipIf(reason)(skipTitle('instance -D', reason), () => {
     const again = await sb.losetup(['--instance', dir, '-f', '--show', sb.file('again.img')]);
     expect([again.exitCode, text(again.stderr)]).toEqual([0, '']);
     expect(heldMinors).toContain(minorOf(text(again.stdout).trim()));
+  });
+
+  it('a -D killed after its batch mark: the next command taking the lock writes the mark into the records, gc gives the devices back', async () => {
+    const dir = sb.path('k');
+    await sb.create(dir);
+    const take = async (file?: string) => {
+      const r = await sb.losetup(['--instance', dir, '-f', ...(file ? ['--show', file] : [])]);
+      expect([r.exitCode, text(r.stderr)]).toEqual([0, '']);
+      return minorOf(text(r.stdout).trim());
+    };
+    const b = await take(sb.file('b.img')); // bound
+    const a = await take(); // idle (hinted)
+    // what a -D killed right after its one durable step leaves: the mark, every node still there
+    fs.writeFileSync(`${dir}/.loopfs/releasing`, `${JSON.stringify([a])}\n`);
+    // -f takes the lock: the mark is written into a's record first, so a is no longer idle
+    const c = await take();
+    expect([a, b]).not.toContain(c);
+    expect(sb.state(dir)!.devices).toEqual({ [a]: { state: 'removing' }, [b]: { state: 'held' }, [c]: { state: 'held' } });
+    expect(fs.existsSync(`${dir}/.loopfs/releasing`)).toBe(false);
+    const g = await sb.loopfs(['instance', 'gc', '--json']);
+    expect([g.exitCode, text(g.stderr)]).toEqual([0, '']);
+    const report = JSON.parse(text(g.stdout));
+    expect(report.fixes.filter((f: { minor: number | null }) => f.minor === a).map((f: { action: string }) => f.action)).toEqual(
+      expect.arrayContaining([expect.stringMatching(/^(removed device left half-released|forgot device that no longer exists)$/)]),
+    );
+    // (c, idle above the pool of 0, goes too: gc's pool rule)
+    expect(sb.state(dir)!.devices).toEqual({ [b]: { state: 'held' } });
+    expect(loopEntries(dir)).toEqual([`loop${b}`]);
+    expect(sb.claims().map((x) => x.minor)).toEqual([b]);
+    expect(fs.readdirSync(`${dir}/.loopfs`).sort()).toEqual(['devices', 'idle', 'lock', 'state.json']);
   });
 });
