@@ -6,22 +6,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { LoopControl, LOOP_CONTROL_PATH } from '../../src/kernel/loop-control.js';
-import { isSysError, native, type SysError } from '../../src/kernel/native.js';
+import { isSysError, native } from '../../src/kernel/native.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
 import { distSkipReason, DIST_KERNEL, kernelSkipReason, makeImage, MiB, OwnedIndexes, runNode, skipTitle, sysBacking, SHARED_MACHINE } from './support.js';
+import { sysErrorOf } from '../helpers/errors.js';
 
 const reason = kernelSkipReason('kernel/loop-control');
-
-function sysErr(fn: () => unknown): SysError {
-  try {
-    fn();
-  } catch (e) {
-    if (isSysError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a SysError, but the call succeeded');
-}
 
 describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_MACHINE, () => {
   let dir: string;
@@ -48,7 +39,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_M
     expect(LOOP_CONTROL_PATH).toBe('/dev/loop-control');
     const c = openCtl();
     expect(c.path).toBe('/dev/loop-control');
-    const e = sysErr(() => LoopControl.open(path.join(dir, 'no-such-control')));
+    const e = sysErrorOf(() => LoopControl.open(path.join(dir, 'no-such-control')));
     expect(e.code).toBe('ENOENT');
     expect(e.syscall).toBe('open');
   });
@@ -86,14 +77,14 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_M
     expect(fs.existsSync(`/sys/block/loop${probe}`)).toBe(true);
     expect(fs.readFileSync(`/sys/block/loop${probe}/dev`, 'utf8').trim()).toBe(`7:${probe}`);
     expect(sysBacking(probe)).toBeNull();
-    expect(sysErr(() => c.add(probe)).code).toBe('EEXIST');
+    expect(sysErrorOf(() => c.add(probe)).code).toBe('EEXIST');
 
     // the ioctl's return value: the index on kernels before 5.15 (loop_lookup()), 0 since
     // (loop_control_remove()); LoopControl.remove() passes it through
     expect([probe, 0]).toContain(c.remove(probe));
     owned.indexes.delete(probe);
     expect(fs.existsSync(`/sys/block/loop${probe}`)).toBe(false);
-    const e = sysErr(() => c.remove(probe));
+    const e = sysErrorOf(() => c.remove(probe));
     expect(e.code).toBe('ENODEV');
     expect(e.description).toBe('No such device');
   });
@@ -104,7 +95,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_M
     const file = makeImage(path.join(dir, 'bound.img'), MiB);
     execFileSync(REF_LOSETUP, [`/dev/loop${idx}`, file]);
     const c = openCtl();
-    const e = sysErr(() => c.remove(idx));
+    const e = sysErrorOf(() => c.remove(idx));
     expect(e.code).toBe('EBUSY');
     expect(e.errno).toBe(16);
     expect(e.description).toBe('Device or resource busy');
@@ -117,7 +108,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_M
     const fd = fs.openSync(`/dev/loop${idx}`, 'r');
     try {
       const c = openCtl();
-      expect(sysErr(() => c.remove(idx)).code).toBe('EBUSY');
+      expect(sysErrorOf(() => c.remove(idx)).code).toBe('EBUSY');
     } finally {
       fs.closeSync(fd);
     }
@@ -130,9 +121,9 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_M
     const fd2 = n.open('/dev/loop-control', C.O_RDWR);
     try {
       a.lock();
-      const e = sysErr(() => n.flock(fd2, C.LOCK_EX | C.LOCK_NB));
+      const e = sysErrorOf(() => n.flock(fd2, C.LOCK_EX | C.LOCK_NB));
       expect(e.code).toBe('EAGAIN');
-      expect(sysErr(() => n.flock(fd2, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
+      expect(sysErrorOf(() => n.flock(fd2, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
       a.unlock();
       n.flock(fd2, C.LOCK_EX | C.LOCK_NB); // free now
       n.flock(fd2, C.LOCK_UN);
@@ -141,7 +132,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopControl', reason), SHARED_M
       a.lock();
       a.unlock();
       b.lock();
-      expect(sysErr(() => n.flock(fd2, C.LOCK_EX | C.LOCK_NB)).code).toBe('EAGAIN');
+      expect(sysErrorOf(() => n.flock(fd2, C.LOCK_EX | C.LOCK_NB)).code).toBe('EAGAIN');
       b.unlock();
     } finally {
       n.close(fd2);

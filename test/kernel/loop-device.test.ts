@@ -7,24 +7,15 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { assertLoopDevice, cString, LoopDevice } from '../../src/kernel/loop-device.js';
-import { isSysError, native, type SysError } from '../../src/kernel/native.js';
+import { native } from '../../src/kernel/native.js';
 import { REF_LOSETUP } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
 import { kernelSkipReason, makeImage, MiB, mknodLoop, OwnedIndexes, readSys, skipTitle, sysBacking, waitIndexUnbound, NO_RETRY, SHARED_MACHINE } from './support.js';
+import { sysErrorOf } from '../helpers/errors.js';
 
 const reason = kernelSkipReason('kernel/loop-device');
 const n = native();
 const C = n.constants;
-
-function sysErr(fn: () => unknown): SysError {
-  try {
-    fn();
-  } catch (e) {
-    if (isSysError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a SysError, but the call succeeded');
-}
 
 describe('cString', () => {
   it('stops at the first NUL and decodes UTF-8', () => {
@@ -114,7 +105,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), SHARED_MA
     const again = dev();
     expect(again.isBound()).toBe(false);
     expect(again.tryStatus()).toBeNull();
-    expect(sysErr(() => again.status()).code).toBe('ENXIO');
+    expect(sysErrorOf(() => again.status()).code).toBe('ENXIO');
   });
 
   it('configure() on a device that is already bound fails with EBUSY', () => {
@@ -123,7 +114,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), SHARED_MA
     execFileSync(REF_LOSETUP, [node, a]);
     const d = dev();
     d.open('rw');
-    expect(sysErr(() => d.configure({ backingFd: openFile(b) })).code).toBe('EBUSY');
+    expect(sysErrorOf(() => d.configure({ backingFd: openFile(b) })).code).toBe('EBUSY');
     expect(sysBacking(idx)).toBe(a);
   });
 
@@ -253,7 +244,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), SHARED_MA
     expect(d.logicalBlockSize()).toBe(4096n);
     expect(d.sectorSize()).toBe(4096);
     expect(readSys(`/sys/block/loop${idx}/queue/logical_block_size`)).toBe('4096');
-    const e = sysErr(() => d.setBlockSize(1000));
+    const e = sysErrorOf(() => d.setBlockSize(1000));
     expect(e.code).toBe('EINVAL');
     expect(d.logicalBlockSize()).toBe(4096n);
   });
@@ -273,7 +264,7 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), SHARED_MA
     const d = dev();
     d.lock(true);
     const fd2 = openFile(node, C.O_RDONLY);
-    expect(sysErr(() => n.flock(fd2, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
+    expect(sysErrorOf(() => n.flock(fd2, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
     d.close();
     n.flock(fd2, C.LOCK_EX | C.LOCK_NB);
   });
@@ -319,7 +310,7 @@ describe.skipIf(reason !== undefined)(skipTitle('assertLoopDevice', reason), () 
   });
 
   const expectEnodev = (p: string) => {
-    const e = sysErr(() => assertLoopDevice(p));
+    const e = sysErrorOf(() => assertLoopDevice(p));
     expect(e.code).toBe('ENODEV');
     expect(e.errno).toBe(19);
     expect(e.description).toBe('No such device');

@@ -11,25 +11,15 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { isSysError, native, type SysError } from '../../src/kernel/native.js';
+import { isSysError, native } from '../../src/kernel/native.js';
 import { loopSkipReason } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
+import { sysErrorOf } from '../helpers/errors.js';
 
 const addon = native();
 const C = addon.constants;
 const MiB = 1024 * 1024;
 const TMPFS_MAGIC = 0x01021994;
-
-/** The SysError `fn` throws; fails the test when it throws something else or nothing. */
-function sysError(fn: () => unknown): SysError {
-  try {
-    fn();
-  } catch (e) {
-    if (isSysError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a SysError, but the call succeeded');
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -141,7 +131,7 @@ describe('native addon: constants, strerror, argument checks', () => {
 describe('native addon: files, locks, stat (any user)', () => {
   it('open: ENOENT carries code, errno, syscall, path, description', () => {
     const missing = path.join(tmp, 'does-not-exist');
-    const e = sysError(() => addon.open(missing, C.O_RDONLY));
+    const e = sysErrorOf(() => addon.open(missing, C.O_RDONLY));
     expect(e).toBeInstanceOf(Error);
     expect(e.code).toBe('ENOENT');
     expect(e.errno).toBe(os.constants.errno.ENOENT);
@@ -168,7 +158,7 @@ describe('native addon: files, locks, stat (any user)', () => {
       expect(fs.statSync(file).mode & 0o777).toBe(0o600);
       expect(addon.fstat(fd2).ino).toBe(addon.fstat(fd).ino);
 
-      const e = sysError(() => addon.openat(dirfd, 'nope', C.O_RDONLY));
+      const e = sysErrorOf(() => addon.openat(dirfd, 'nope', C.O_RDONLY));
       expect(e.code).toBe('ENOENT');
       expect(e.syscall).toBe('openat');
       expect(e.path).toBe(path.join(fs.realpathSync(tmp), 'nope'));
@@ -181,7 +171,7 @@ describe('native addon: files, locks, stat (any user)', () => {
   it('close: EBADF on a closed fd, with fd and no path', () => {
     const fd = addon.open(tmp, C.O_RDONLY | C.O_DIRECTORY);
     addon.close(fd);
-    const e = sysError(() => addon.close(fd));
+    const e = sysErrorOf(() => addon.close(fd));
     expect(e.code).toBe('EBADF');
     expect(e.errno).toBe(os.constants.errno.EBADF);
     expect(e.syscall).toBe('close');
@@ -197,17 +187,17 @@ describe('native addon: files, locks, stat (any user)', () => {
     const b = addon.open(file, C.O_RDONLY);
     try {
       addon.flock(a, C.LOCK_EX);
-      const e = sysError(() => addon.flock(b, C.LOCK_EX | C.LOCK_NB));
+      const e = sysErrorOf(() => addon.flock(b, C.LOCK_EX | C.LOCK_NB));
       expect(e.errno).toBe(os.constants.errno.EWOULDBLOCK);
       expect(e.code).toBe('EAGAIN'); // EWOULDBLOCK's canonical name on Linux
       expect(e.syscall).toBe('flock');
       expect(e.fd).toBe(b);
       expect(e.path).toBe(fs.realpathSync(file));
-      expect(sysError(() => addon.flock(b, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
+      expect(sysErrorOf(() => addon.flock(b, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
       addon.flock(a, C.LOCK_UN);
       addon.flock(b, C.LOCK_SH | C.LOCK_NB);
       addon.flock(a, C.LOCK_SH | C.LOCK_NB); // shared locks coexist
-      expect(sysError(() => addon.flock(a, C.LOCK_SH | C.LOCK_EX)).code).toBe('EINVAL');
+      expect(sysErrorOf(() => addon.flock(a, C.LOCK_SH | C.LOCK_EX)).code).toBe('EINVAL');
     } finally {
       addon.close(a);
       addon.close(b);
@@ -238,7 +228,7 @@ describe('native addon: files, locks, stat (any user)', () => {
       const dn = addon.fstat(nullFd);
       expect(dn.mode & C.S_IFMT).toBe(C.S_IFCHR);
       expect([dn.rdevMajor, dn.rdevMinor]).toEqual([1, 3]);
-      expect(sysError(() => addon.fstat(999_999)).code).toBe('EBADF');
+      expect(sysErrorOf(() => addon.fstat(999_999)).code).toBe('EBADF');
     } finally {
       addon.close(fd);
       addon.close(nullFd);
@@ -262,9 +252,9 @@ describe('native addon: files, locks, stat (any user)', () => {
     if (fs.existsSync('/dev/shm')) expect(addon.statfs('/dev/shm').type).toBe(TMPFS_MAGIC);
     if (magic('/') === 0xef53) expect(addon.statfs('/').type).toBe(0xef53); // ext2/3/4
 
-    const e = sysError(() => addon.statfs(path.join(tmp, 'nope')));
+    const e = sysErrorOf(() => addon.statfs(path.join(tmp, 'nope')));
     expect([e.code, e.syscall]).toEqual(['ENOENT', 'statfs']);
-    const f = sysError(() => addon.statfs(999_999));
+    const f = sysErrorOf(() => addon.statfs(999_999));
     expect([f.code, f.syscall, f.fd]).toEqual(['EBADF', 'fstatfs', 999_999]);
   });
 });
@@ -472,7 +462,7 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
     expect(head.toString()).toBe(marker.toString());
 
     // A bound device refuses a second binding; the error names the device by its path.
-    const e = sysError(() => addon.loopConfigure(b.fd, b.backingFd, {}, 0));
+    const e = sysErrorOf(() => addon.loopConfigure(b.fd, b.backingFd, {}, 0));
     expect(e.code).toBe('EBUSY');
     expect(e.syscall).toBe('ioctl(LOOP_CONFIGURE)');
     expect(e.fd).toBe(b.fd);
@@ -564,7 +554,7 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
       addon.loopSetBlockSize(b.fd, 4096);
       expect(addon.blkSszGet(b.fd)).toBe(4096);
       expect(readSys(`${sys}/queue/logical_block_size`)).toBe('4096');
-      const e = sysError(() => addon.loopSetBlockSize(b.fd, 1000));
+      const e = sysErrorOf(() => addon.loopSetBlockSize(b.fd, 1000));
       expect([e.code, e.syscall]).toEqual(['EINVAL', 'ioctl(LOOP_SET_BLOCK_SIZE)']);
 
       expect(raBefore).toBe(Number(readSys(`${sys}/queue/read_ahead_kb`)) * 2);
@@ -582,7 +572,7 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
     const index = addUnusedIndex();
     expect(fs.existsSync(`/sys/block/loop${index}`)).toBe(true);
 
-    const e = sysError(() => addon.ctlAdd(ctl, index));
+    const e = sysErrorOf(() => addon.ctlAdd(ctl, index));
     expect(e.code).toBe('EEXIST');
     expect(e.errno).toBe(os.constants.errno.EEXIST);
     expect(e.syscall).toBe('ioctl(LOOP_CTL_ADD)');
@@ -593,7 +583,7 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
     const node = path.join(tmp, `loop${index}`);
     addon.mknod(node, C.S_IFBLK | 0o660, C.LOOP_MAJOR, index);
     expect(fs.statSync(node).isBlockDevice()).toBe(true);
-    expect(sysError(() => addon.mknod(node, C.S_IFBLK | 0o660, C.LOOP_MAJOR, index)).code).toBe('EEXIST');
+    expect(sysErrorOf(() => addon.mknod(node, C.S_IFBLK | 0o660, C.LOOP_MAJOR, index)).code).toBe('EEXIST');
     const fd = addon.open(node, C.O_RDWR);
     try {
       const st = addon.fstat(fd);
@@ -603,22 +593,22 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
         7,
         index,
       ]);
-      const nx = sysError(() => addon.loopGetStatus64(fd));
+      const nx = sysErrorOf(() => addon.loopGetStatus64(fd));
       expect(nx.code).toBe('ENXIO');
       expect(nx.errno).toBe(os.constants.errno.ENXIO);
       expect(nx.syscall).toBe('ioctl(LOOP_GET_STATUS64)');
       expect(nx.path).toBe(fs.realpathSync(node));
       expect(nx.description).toBe('No such device or address');
-      expect(sysError(() => addon.loopClrFd(fd)).code).toBe('ENXIO');
+      expect(sysErrorOf(() => addon.loopClrFd(fd)).code).toBe('ENXIO');
       // Held open by us: the kernel refuses to remove it.
-      expect(sysError(() => addon.ctlRemove(ctl, index)).code).toBe('EBUSY');
+      expect(sysErrorOf(() => addon.ctlRemove(ctl, index)).code).toBe('EBUSY');
     } finally {
       addon.close(fd);
       fs.rmSync(node);
     }
     expect(await removeAdded(index)).toBeUndefined();
     expect(fs.existsSync(`/sys/block/loop${index}`)).toBe(false);
-    const gone = sysError(() => addon.ctlRemove(ctl, index));
+    const gone = sysErrorOf(() => addon.ctlRemove(ctl, index));
     expect([gone.code, gone.syscall]).toEqual(['ENODEV', 'ioctl(LOOP_CTL_REMOVE)']);
   });
 
@@ -640,7 +630,7 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
       } finally {
         addon.close(pfd);
       }
-      const e = sysError(() => addon.mknodat(dirfd, 'loop999', C.S_IFBLK | 0o660, 7, 999));
+      const e = sysErrorOf(() => addon.mknodat(dirfd, 'loop999', C.S_IFBLK | 0o660, 7, 999));
       expect([e.code, e.syscall, e.fd, e.path]).toEqual(['EEXIST', 'mknodat', dirfd, path.join(dir, 'loop999')]);
     } finally {
       addon.close(dirfd);
@@ -659,7 +649,7 @@ describe.skipIf(skipReason !== undefined)('native addon: loop devices (root, rea
       addon.fchown(fd, -1, 0);
       expect([fs.statSync(file).uid, fs.statSync(file).gid]).toEqual([12345, 0]);
       // O_PATH fds cannot change ownership.
-      const e = sysError(() => addon.fchown(pfd, 0, 0));
+      const e = sysErrorOf(() => addon.fchown(pfd, 0, 0));
       expect([e.code, e.syscall, e.fd]).toEqual(['EBADF', 'fchown', pfd]);
     } finally {
       addon.close(fd);

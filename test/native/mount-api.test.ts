@@ -12,26 +12,17 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isSysError, native, type FsContextError, type SysError } from '../../src/kernel/native.js';
+import { native, type FsContextError, type SysError } from '../../src/kernel/native.js';
 import { DeviceTracker, readLoopState } from '../helpers/devices.js';
 import { announceSkip, firstReason, loopSkipReason, REF_LOSETUP, REPO_ROOT } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
+import { sysErrorOf } from '../helpers/errors.js';
 
 const addon = native();
 const C = addon.constants;
 const ADDON_PATH = path.join(REPO_ROOT, 'native', 'build', 'Release', 'loopfs.node');
 const MKFS = '/usr/sbin/mkfs.ext4';
 const UNSHARE = '/usr/bin/unshare';
-
-function sysError<T extends SysError = SysError>(fn: () => unknown): T {
-  try {
-    fn();
-  } catch (e) {
-    if (isSysError(e)) return e as T;
-    throw e;
-  }
-  throw new Error('expected a SysError, but the call succeeded');
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -265,14 +256,14 @@ describe.skipIf(skipReason !== undefined)('new mount API (root, real kernel, pri
   });
 
   it('fsconfig failures carry the kernel log; fsopen of an unknown type is ENODEV with fsname', () => {
-    const unknown = sysError(() => addon.fsopen('no-such-fs', 0)) as SysError & { fsname?: string };
+    const unknown = sysErrorOf(() => addon.fsopen('no-such-fs', 0)) as SysError & { fsname?: string };
     expect([unknown.code, unknown.syscall, unknown.fsname]).toEqual(['ENODEV', 'fsopen', 'no-such-fs']);
     expect(unknown.message).toBe("ENODEV: No such device, fsopen 'no-such-fs'");
 
     // None of these create a superblock, let alone a mount: safe in the host namespace.
     const fsfd = addon.fsopen('ext4', 0);
     try {
-      const badKey = sysError<FsContextError>(() => addon.fsconfigSetString(fsfd, 'no_such_option', '1'));
+      const badKey = sysErrorOf<FsContextError>(() => addon.fsconfigSetString(fsfd, 'no_such_option', '1'));
       expect([badKey.code, badKey.syscall, badKey.key, badKey.fd]).toEqual([
         'EINVAL',
         'fsconfig(FSCONFIG_SET_STRING)',
@@ -282,20 +273,20 @@ describe.skipIf(skipReason !== undefined)('new mount API (root, real kernel, pri
       expect(badKey.details.join('\n')).toContain('no_such_option');
       expect(badKey.message).toContain(badKey.details[0]);
 
-      const badFlag = sysError<FsContextError>(() => addon.fsconfigSetFlag(fsfd, 'no_such_flag'));
+      const badFlag = sysErrorOf<FsContextError>(() => addon.fsconfigSetFlag(fsfd, 'no_such_flag'));
       expect([badFlag.code, badFlag.syscall, badFlag.key]).toEqual(['EINVAL', 'fsconfig(FSCONFIG_SET_FLAG)', 'no_such_flag']);
 
       // A regular file as the source of a block-device filesystem.
       const file = path.join(tmp, 'src', 'hello.txt');
       addon.fsconfigSetString(fsfd, 'source', file);
-      const create = sysError<FsContextError>(() => addon.fsconfigCreate(fsfd));
+      const create = sysErrorOf<FsContextError>(() => addon.fsconfigCreate(fsfd));
       expect(create.syscall).toBe('fsconfig(FSCONFIG_CMD_CREATE)');
       expect(['ENOTBLK', 'EINVAL']).toContain(create.code);
       expect(create.details.length).toBeGreaterThan(0);
       expect(create.details.some((l) => /^e /.test(l))).toBe(true);
       expect(create.key).toBeUndefined();
       // A failed context is dead: fsmount then fails too (with an empty or repeated log).
-      const mount = sysError<FsContextError>(() => addon.fsmount(fsfd, 0, 0));
+      const mount = sysErrorOf<FsContextError>(() => addon.fsmount(fsfd, 0, 0));
       expect(mount.syscall).toBe('fsmount');
       expect(Array.isArray(mount.details)).toBe(true);
     } finally {
@@ -344,7 +335,7 @@ describe('namespaces and pidfds', () => {
       await exited;
       if (pidfd >= 0) addon.close(pidfd);
     }
-    const e = sysError(() => addon.pidfdOpen(0x3fffffff)) as SysError & { pid?: number };
+    const e = sysErrorOf(() => addon.pidfdOpen(0x3fffffff)) as SysError & { pid?: number };
     expect([e.code, e.syscall, e.pid]).toEqual(['ESRCH', 'pidfd_open', 0x3fffffff]);
     expect(() => addon.pidfdOpen(0)).toThrow(RangeError);
   });
@@ -359,7 +350,7 @@ describe('namespaces and pidfds', () => {
     ] as const) {
       const fd = addon.open(`/proc/self/ns/${ns}`, C.O_RDONLY);
       try {
-        const e = sysError(() => addon.setns(fd, type));
+        const e = sysErrorOf(() => addon.setns(fd, type));
         expect([e.code, e.syscall, e.fd]).toEqual(['EINVAL', 'setns', fd]);
       } finally {
         addon.close(fd);
@@ -370,7 +361,7 @@ describe('namespaces and pidfds', () => {
     try {
       addon.setns(uts, C.CLONE_NEWUTS);
       // The wrong type for the fd: EINVAL as well.
-      expect(sysError(() => addon.setns(uts, C.CLONE_NEWNET)).code).toBe('EINVAL');
+      expect(sysErrorOf(() => addon.setns(uts, C.CLONE_NEWNET)).code).toBe('EINVAL');
     } finally {
       addon.close(uts);
     }

@@ -9,24 +9,15 @@ import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { isSysError, native, type FdWatcher, type SysError } from '../../src/kernel/native.js';
+import { native, type FdWatcher } from '../../src/kernel/native.js';
 import { announceSkip, REPO_ROOT } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
+import { sysErrorOf } from '../helpers/errors.js';
 
 const addon = native();
 const C = addon.constants;
 const ADDON_PATH = path.join(REPO_ROOT, 'native', 'build', 'Release', 'loopfs.node');
 const O_CLOEXEC = 0o2000000;
-
-function sysError(fn: () => unknown): SysError {
-  try {
-    fn();
-  } catch (e) {
-    if (isSysError(e)) return e;
-    throw e;
-  }
-  throw new Error('expected a SysError, but the call succeeded');
-}
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
@@ -163,7 +154,7 @@ describe('seqpacket sockets: datagrams and SCM_RIGHTS', () => {
     try {
       expect(addon.recvMsg(b, 16, 0)).toBeNull();
       let sent = 0;
-      const e = sysError(() => {
+      const e = sysErrorOf(() => {
         for (;;) {
           addon.sendMsg(a, Buffer.alloc(4096), []);
           sent++;
@@ -190,7 +181,7 @@ describe('seqpacket sockets: datagrams and SCM_RIGHTS', () => {
 
       addon.shutdown(c);
       expect(addon.recvMsg(d, 64, 0)?.eof).toBe(true);
-      const e = sysError(() => addon.sendMsg(c, Buffer.from('x'), []));
+      const e = sysErrorOf(() => addon.sendMsg(c, Buffer.from('x'), []));
       expect(e.code).toBe('EPIPE'); // and no SIGPIPE (MSG_NOSIGNAL)
     } finally {
       closeAll(a, b, c, d);
@@ -251,13 +242,13 @@ describe('seqpacket sockets: listen, connect, accept, peer identity', () => {
       expect(addon.peerCred(s!)).toEqual({ pid: process.pid, uid, gid });
       expect(addon.peerCred(c)).toEqual({ pid: process.pid, uid, gid });
 
-      const again = sysError(() => addon.seqpacketListen(sock, 8, 0o600));
+      const again = sysErrorOf(() => addon.seqpacketListen(sock, 8, 0o600));
       expect([again.code, again.syscall, again.path]).toEqual(['EADDRINUSE', 'bind', sock]);
     } finally {
       closeAll(l, c, s);
     }
     // A stale socket file: nobody listens any more.
-    const refused = sysError(() => addon.seqpacketConnect(sock));
+    const refused = sysErrorOf(() => addon.seqpacketConnect(sock));
     expect([refused.code, refused.syscall, refused.path]).toEqual(['ECONNREFUSED', 'connect', sock]);
   });
 
@@ -272,12 +263,12 @@ describe('seqpacket sockets: listen, connect, accept, peer identity', () => {
       }
     }
     const long = path.join(tmp, 'x'.repeat(120));
-    const e = sysError(() => addon.seqpacketListen(long, 1, 0o600));
+    const e = sysErrorOf(() => addon.seqpacketListen(long, 1, 0o600));
     expect([e.code, e.syscall]).toEqual(['ENAMETOOLONG', 'bind']);
     const missing = path.join(tmp, 'no-such-dir', 's');
-    expect(sysError(() => addon.seqpacketListen(missing, 1, 0o600)).code).toBe('ENOENT');
-    expect(sysError(() => addon.seqpacketConnect(missing)).code).toBe('ENOENT');
-    expect(sysError(() => addon.seqpacketConnect('')).code).toBe('ENOENT');
+    expect(sysErrorOf(() => addon.seqpacketListen(missing, 1, 0o600)).code).toBe('ENOENT');
+    expect(sysErrorOf(() => addon.seqpacketConnect(missing)).code).toBe('ENOENT');
+    expect(sysErrorOf(() => addon.seqpacketConnect('')).code).toBe('ENOENT');
     expect(() => addon.seqpacketListen(path.join(tmp, 'm'), 1, 0o10000)).toThrow(RangeError);
   });
 
@@ -294,7 +285,7 @@ describe('seqpacket sockets: listen, connect, accept, peer identity', () => {
     }
     const devnull = addon.open('/dev/null', C.O_RDONLY);
     try {
-      const e = sysError(() => addon.peerCred(devnull));
+      const e = sysErrorOf(() => addon.peerCred(devnull));
       expect([e.code, e.syscall]).toEqual(['ENOTSOCK', 'getsockopt(SO_PEERCRED)']);
     } finally {
       addon.close(devnull);
@@ -459,9 +450,9 @@ describe('watchFd: readable callbacks on the event loop', () => {
     const reg = fs.openSync(path.join(tmp, 'regular'), 'w');
     const w = addon.watchFd(b, () => {});
     try {
-      const e = sysError(() => addon.watchFd(reg, () => {}));
+      const e = sysErrorOf(() => addon.watchFd(reg, () => {}));
       expect([e.code, e.syscall, e.fd]).toEqual(['EPERM', 'uv_poll_init', reg]);
-      expect(sysError(() => addon.watchFd(b, () => {})).code).toBe('EEXIST');
+      expect(sysErrorOf(() => addon.watchFd(b, () => {})).code).toBe('EEXIST');
       expect(() => (addon.watchFd as (...x: unknown[]) => unknown)(b, 'not a function')).toThrow(TypeError);
       expect(() => addon.watchFd(-1, () => {})).toThrow(RangeError);
     } finally {
