@@ -19,6 +19,9 @@
 //   -D       `losetup --instance DIR -D` of a further instance holding min(N, 500) bound
 //            devices (one process: detach, then the pool's settling in one batch), per device,
 //            against the same util-linux figure.
+//   kernel   LOOP_CTL_REMOVE alone (removeMany, as destroy and -D call it) of min(N, 500)
+//            fresh unbound indexes this bench makes: the kernel's share of giving devices back,
+//            which util-linux -d never pays (it leaves the device in place).
 //   bound    with BENCH_STRACE=1, that -D and the destroy of the first instance run again
 //            under `strace -f -c` (one more fill each): the syscalls that take the time, so a
 //            missed target says what bounds it (LOOP_CTL_REMOVE's wait in the kernel, fsync).
@@ -74,6 +77,7 @@ process.env.LOOPFS_RUNTIME_DIR = runtimeDir;
 delete process.env.LOOPFS_INSTANCE;
 const env = { ...process.env, LANG: 'C.UTF-8' };
 const { LocalInstance } = await import(pathToFileURL(join(root, 'dist/instance/local-instance.js')).href);
+const { LoopControl } = await import(pathToFileURL(join(root, 'dist/kernel/loop-control.js')).href);
 
 // ---------------------------------------------------------------- interruption
 
@@ -212,6 +216,38 @@ async function fill(dir, count, file) {
   return { each, failures };
 }
 
+/**
+ * The kernel's share of giving `count` devices back: that many fresh indexes made above
+ * every device (LOOP_CTL_ADD, ours alone) and removed again as destroy removes them
+ * (LoopControl.removeMany: LOOP_CTL_REMOVE on 64 threads). ms per device of the removal.
+ */
+function kernelRemoveBound(count) {
+  const ctl = LoopControl.open();
+  const made = [];
+  try {
+    let next = Math.max(-1, ...readdirSync('/sys/block').filter((x) => /^loop\d+$/.test(x)).map((x) => Number(x.slice(4)))) + 1000;
+    while (made.length < count) {
+      try {
+        ctl.add(next);
+        made.push(next);
+      } catch (e) {
+        if (e?.code !== 'EEXIST') throw e; // taken meanwhile: the next one; else a kernel limit
+      }
+      next++;
+    }
+    const t0 = process.hrtime.bigint();
+    const outcome = ctl.removeMany(made);
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    // a fresh unbound index that somebody opened meanwhile: one more try, one by one
+    for (const [i, o] of outcome.entries()) if (o === 'busy') LoopControl.removeIndex(made[i]);
+    made.length = 0;
+    return ms / count;
+  } finally {
+    for (const m of made) LoopControl.removeIndex(m);
+    ctl.close();
+  }
+}
+
 /** Minors DIR's instance records (.loopfs/devices/loopN). */
 function stateMinorsOf(dir) {
   try {
@@ -325,6 +361,8 @@ async function level(n) {
   const dAll = timed([OURS, '--instance', dDir, '-D']);
   const dLeft = stateMinorsOf(dDir).length;
   destroyInstance(dDir);
+  progress(`level ${n}: kernel bound, LOOP_CTL_REMOVE of ${sample} fresh indexes (removeMany)`);
+  const removeBound = kernelRemoveBound(sample);
   let straced = null;
   if (process.env.BENCH_STRACE === '1') straced = await straceFigures(n, sample, file);
   progress(`level ${n}: destroying ${count} instance(s)`);
@@ -347,6 +385,7 @@ async function level(n) {
     ulDetachMs: uld.ms / Math.max(1, uld.count),
     ulDetached: uld.count,
     detachAllPerDevice: dAll.ms / sample,
+    removeBound,
     detachAllCount: sample,
     detachAllLeft: dLeft,
     straced,
@@ -438,7 +477,7 @@ try {
       );
       table(
         `destroy (loopfs instance destroy, one process per instance, node start-up included) and -D (one process, min(N, ${UL_DETACH_SAMPLE}) devices) vs util-linux -d (up to ${UL_DETACH_SAMPLE} host devices, 64 per process); target: <= 1.00x`,
-        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux', '-D devices', '-D ms/device', 'x util-linux', '-D left'],
+        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux', '-D devices', '-D ms/device', 'x util-linux', '-D left', 'kernel remove ms/dev', 'destroy x kernel'],
         results.map((r) => [
           String(r.n),
           shape(r),
@@ -450,6 +489,8 @@ try {
           fmt(r.detachAllPerDevice, 2),
           fmt(r.detachAllPerDevice / r.ulDetachMs, 2),
           String(r.detachAllLeft),
+          fmt(r.removeBound, 2),
+          fmt(r.destroyPerDevice / r.removeBound, 2),
         ]),
       );
       const straced = results.flatMap((r) => r.straced ?? []);
