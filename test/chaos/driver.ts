@@ -316,6 +316,7 @@ class Stats {
   readonly latencies = new Map<string, number[]>();
   readonly failures = new Map<string, number>();
   readonly badFailures: string[] = [];
+  readonly lost: string[] = [];
   clientKills = 0;
 
   /**
@@ -344,6 +345,9 @@ class Stats {
     const lines = r.stderr.split('\n').filter((l) => l !== '');
     const key = `${pathName}: ${oneLine ? lines[0] ?? '(no message)' : (lines.at(-1) ?? '(no message)').slice(0, 200)}`;
     this.failures.set(key, (this.failures.get(key) ?? 0) + 1);
+    // a device whose attach was reported, gone before its own detach: somebody released
+    // what a client had been given (ENODEV on opening it)
+    if (/ detach$/.test(pathName) && /: No such device\.?$/.test(lines[0] ?? '')) this.lost.push(`${pathName}: ${lines[0]}`);
     if (oneLine && (lines.length !== 1 || r.exitCode === null || !clearLine(r.stderr))) {
       this.badFailures.push(`${pathName}: exit ${r.exitCode}${r.signal ? ` (${r.signal})` : ''}, stderr ${JSON.stringify(r.stderr)}`);
     }
@@ -395,7 +399,7 @@ async function brokerWorker(w: World, user: User, dir: string, file: string, mou
   let n = 0;
   while (!w.stop()) {
     n++;
-    if (mount && n % 4 === 0) {
+    if (mount && n % 2 === 0) {
       const script = `"$0" "$1" "$2" && cat "$2/hello.txt" >/dev/null && umount "$2"`;
       const [f, a] = asUserArgs(user, ['sh', '-c', script, MOUNT_LOOP, mount.image, mount.mnt]);
       w.stats.record('broker mount', await w.clients.run(f, a, env, w.sb.root), true);
@@ -946,6 +950,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     if (gc.exitCode !== 0) stats.badFailures.push(`loopfs gc: exit ${gc.exitCode}: ${gc.stderr.trim()}`);
     podmanRootless?.stopPause();
     leaks = countLeaks(sb);
+    leaks['devices lost after a reported attach'] = stats.lost;
     const growthFigures: SoakReport['growth'] = {};
     for (const [name, s] of samples) growthFigures[name] = growth(s);
     for (const [name, g] of Object.entries(growthFigures)) {
