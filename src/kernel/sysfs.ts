@@ -13,7 +13,7 @@ export const SYS_BLOCK = '/sys/block';
 
 /** sysfs terminates values with one newline; anything else is data (a path may end in spaces). */
 function stripNewline(s: string): string {
-  return s.endsWith('\n') ? s.slice(0, -1) : s;
+  return s.charCodeAt(s.length - 1) === 10 ? s.slice(0, -1) : s;
 }
 
 function readAttrFile(path: string): string | null {
@@ -24,16 +24,21 @@ function readAttrFile(path: string): string | null {
   }
 }
 
+const U64 = /^\s*(\d+)\s*$/;
+const FLAG = /^\s*(-?\d+)\s*$/;
+
 function parseU64(s: string | null): bigint | null {
   if (s === null) return null;
-  const t = s.trim();
-  return /^\d+$/.test(t) ? BigInt(t) : null;
+  if (s === '0') return 0n; // most offsets and size limits
+  const m = U64.exec(s);
+  return m ? BigInt(m[1]) : null;
 }
 
 function parseFlag(s: string | null): boolean | null {
   if (s === null) return null;
-  const t = s.trim();
-  return /^-?\d+$/.test(t) ? Number(t) !== 0 : null;
+  if (s === '0' || s === '1') return s === '1'; // what the kernel prints for a flag
+  const m = FLAG.exec(s);
+  return m ? Number(m[1]) !== 0 : null;
 }
 
 /** Every attribute a listing shows: prefetched together by {@link SysfsLoop.prefetch}. */
@@ -52,34 +57,49 @@ export const LISTING_ATTRS = [
 /** sysfs shows at most a page; a backing-file path is at most PATH_MAX (4096) bytes plus " (deleted)". */
 const ATTR_MAX_BYTES = 4096 + 64;
 
-/** Decode a latin1-read string back into the UTF-8 path the kernel stored. */
+const NON_ASCII = /[\x80-\xff]/;
+
+/**
+ * Decode a latin1-read string back into the UTF-8 path the kernel stored. An ASCII path
+ * (nearly all) is already that string: no Buffer round trip per device in a listing.
+ */
 function bytesToPath(s: string): string {
-  return Buffer.from(s, 'latin1').toString('utf8');
+  return NON_ASCII.test(s) ? Buffer.from(s, 'latin1').toString('utf8') : s;
 }
+
+/** The attribute a gated prefetch opens first: it exists only while the device is bound. */
+const GATE = 'loop/offset';
+const GATE_ONLY: readonly string[] = [GATE];
+const NOTHING: readonly string[] = [];
 
 /** The sysfs directory of one block device, e.g. `/sys/block/loop3` or `/sys/dev/block/7:3`. */
 export class SysfsLoop {
-  /** Attribute values read so far (null: absent), so a listing reads each file once. */
-  private readonly cache = new Map<string, string | null>();
+  /**
+   * Prefetched values: `names[j]` is `batch[base + j]` (as read, newline and all; null:
+   * absent). The devices of one prefetch share its names and result array, so a listing
+   * of thousands of devices allocates no map or copy per device: a CLI runs once, and
+   * there the allocation and its garbage collection cost more than the lookups.
+   */
+  private names: readonly string[] = NOTHING;
+  private batch: ReadonlyArray<string | null> = NOTHING;
+  private base = 0;
 
   constructor(readonly dir: string) {}
 
   /**
    * Read the given attributes of many devices in one native call: a listing of a
    * thousand devices costs one N-API round trip instead of ~9000 readFileSync calls.
-   * Values are cached on each SysfsLoop until {@link forget}.
+   * Values are kept on each SysfsLoop until {@link forget}.
    */
   static prefetch(loops: SysfsLoop[], attrs: readonly string[] = LISTING_ATTRS): void {
     if (loops.length === 0 || attrs.length === 0) return;
+    const names = [...attrs];
     const values = native().readFiles(
       loops.map((l) => l.dir),
-      [...attrs],
+      names,
       ATTR_MAX_BYTES,
     );
-    let i = 0;
-    for (const l of loops) {
-      for (const a of attrs) l.store(a, values[i++]);
-    }
+    loops.forEach((l, i) => l.keep(names, values, i * names.length));
   }
 
   /**
@@ -91,7 +111,7 @@ export class SysfsLoop {
   static prefetchBound(loops: SysfsLoop[], attrs: readonly string[] = LISTING_ATTRS): SysfsLoop[] {
     if (loops.length === 0) return [];
     const n = native();
-    const names = ['loop/offset', ...new Set(attrs)].filter((a, i) => i === 0 || a !== 'loop/offset');
+    const names = [GATE, ...new Set(attrs)].filter((a, i) => i === 0 || a !== GATE);
     const values = n.readFiles(
       loops.map((l) => l.dir),
       names,
@@ -99,32 +119,31 @@ export class SysfsLoop {
       n.constants.READ_FILES_FIRST_GATES,
     );
     const bound: SysfsLoop[] = [];
-    let i = 0;
-    for (const l of loops) {
-      if (values[i] === null) {
-        // unbound (or gone): nothing else was read
-        l.store('loop/offset', null);
-        i += names.length;
-        continue;
-      }
-      for (const a of names) l.store(a, values[i++]);
-      bound.push(l);
+    for (let i = 0, k = 0; i < loops.length; i++, k += names.length) {
+      // unbound (or gone): nothing but the gate was read, the rest reads on demand
+      const gateOnly = values[k] === null;
+      loops[i].keep(gateOnly ? GATE_ONLY : names, values, k);
+      if (!gateOnly) bound.push(loops[i]);
     }
     return bound;
   }
 
-  private store(name: string, v: string | null): void {
-    this.cache.set(name, v === null ? null : stripNewline(v));
+  private keep(names: readonly string[], batch: ReadonlyArray<string | null>, base: number): void {
+    this.names = names;
+    this.batch = batch;
+    this.base = base;
   }
 
-  /** Drop cached values (after a change made through this process). */
+  /** Drop prefetched values (after a change made through this process). */
   forget(): void {
-    this.cache.clear();
+    this.keep(NOTHING, NOTHING, 0);
   }
 
   private attr(name: string): string | null {
-    if (this.cache.has(name)) return this.cache.get(name)!;
-    return readAttrFile(`${this.dir}/${name}`);
+    const j = this.names.indexOf(name);
+    if (j < 0) return readAttrFile(`${this.dir}/${name}`);
+    const v = this.batch[this.base + j];
+    return v === null ? null : stripNewline(v);
   }
 
   static forName(name: string): SysfsLoop {

@@ -72,6 +72,9 @@ function selectedDevices(ctx: ActionContext, attrs: readonly string[]): LoopDevi
 function showAll(ctx: ActionContext): number {
   for (const dev of selectedDevices(ctx, LINE_ATTRS)) {
     const line = deviceLine(dev);
+    // closed at once, as util-linux does: a thousand devices would otherwise hold a
+    // thousand fds (LOOP_GET_STATUS64 opens each) until the process exits
+    dev.close();
     if (line !== null) ctx.out.out(line);
   }
   return 0;
@@ -81,7 +84,11 @@ function showTable(ctx: ActionContext, single: LoopDevice | null): number {
   const { plan, out } = ctx;
   const cols = plan.columns.map((i) => COLUMNS[i]);
   const devices = single ? [single] : selectedDevices(ctx, cols.flatMap((c) => c.attrs));
-  const rows = devices.map((d) => cols.map((c) => c.value(d)));
+  const rows = devices.map((d) => {
+    const row = cols.map((c) => c.value(d));
+    d.close(); // BACK-INO and BACK-MAJ:MIN open the device (see showAll)
+    return row;
+  });
   const mode = plan.json ? 'json' : plan.raw ? 'raw' : 'table';
   out.out(renderTable(cols, rows, { mode, noHeadings: plan.noHeadings, tableName: 'loopdevices', utf8: localeIsUtf8() }));
   return 0;

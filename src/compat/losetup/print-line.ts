@@ -25,7 +25,8 @@ export function deviceLine(dev: LoopDevice): string | null {
   let line = `${dev.path}: [${pad4(BigInt.asIntN(64, ids.dev))}]:${ids.ino} (${file})${tail}`;
   const info = dev.tryStatus();
   if (info) {
-    let crypt = cString(info.cryptName);
+    // nearly every device has no crypt name: no Buffer slice and decode for it
+    let crypt = info.cryptName[0] === 0 ? '' : cString(info.cryptName);
     if (!crypt && info.encryptType === 1) crypt = 'XOR';
     if (crypt) line += `, encryption ${crypt} (type ${info.encryptType})`;
   }
