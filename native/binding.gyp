@@ -35,11 +35,13 @@
       "cflags_cc": ["-fexceptions"]
     },
     {
+      # native/fuse_exec.c, a program of its own (src/kernel/fuse-exec.ts); linked
+      # statically where the C library can be (two execs on every FUSE mount's path)
       "target_name": "loopfs-fuse-exec",
       "type": "executable",
       "sources": ["fuse_exec.c"],
       "cflags": ["-Wall", "-Wextra", "-O2"],
-      "ldflags": ["-static"]
+      "ldflags": ["<!@(sh -c 'test -e \"$(${CC:-cc} -print-file-name=libc.a)\" && echo -static || true')"]
     }
   ]
 }
