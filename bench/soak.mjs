@@ -92,7 +92,9 @@ fs.rmSync(reportFile);
 
 function table(head, rows) {
   const w = head.map((h, i) => Math.max(h.length, ...rows.map((r) => String(r[i]).length)));
-  const line = (cells) => cells.map((c, i) => (i === 0 ? String(c).padEnd(w[i]) : String(c).padStart(w[i]))).join('  ');
+  // figures right-aligned, words left-aligned
+  const numeric = (c) => /^-?[\d.]+$/.test(String(c)) || String(c) === '-';
+  const line = (cells) => cells.map((c, i) => (numeric(c) ? String(c).padStart(w[i]) : String(c).padEnd(w[i]))).join('  ').trimEnd();
   console.log(line(head));
   for (const r of rows) console.log(line(r));
   console.log('');
