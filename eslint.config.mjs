@@ -12,6 +12,15 @@ export default tseslint.config(
     rules: { 'layers/imports': 'error' },
   },
   {
+    // execa costs ~90 ms of start-up (more than node itself here): the hot paths (losetup,
+    // mount.loop, the OCI hook and runtime, the daemons' per-request work) spawn with
+    // node:child_process or native spawnVm; execa is for doctor and install
+    files: ['src/{kernel,protocol,instance,compat,mount,mounting,broker,intercept,oci}/**/*.ts'],
+    rules: {
+      'no-restricted-imports': ['error', { paths: [{ name: 'execa', message: 'execa is kept off the hot paths (its start-up cost): use it in src/doctor, src/install or src/commands' }] }],
+    },
+  },
+  {
     // CommonJS fixtures and entry points (a client run by a test, bin/*.cjs)
     files: ['**/*.cjs'],
     rules: { '@typescript-eslint/no-require-imports': 'off' },

@@ -2,8 +2,8 @@
  * `loopfs doctor`: every check, in the order an operator would look (driver first, then
  * limits, leftovers, brokers, what is installed, the engines' runtime, the kernel), and the safe repairs.
  */
-import { spawnSync } from 'node:child_process';
 import { join } from 'node:path';
+import { execaSync } from 'execa';
 import { packageRoot } from '../install/install.js';
 import { brokersCheck } from './brokers.js';
 import type { Check, CheckResult, DoctorContext, Fix } from './check.js';
@@ -64,6 +64,7 @@ export function safeFixes(results: CheckResult[]): Fix[] {
 export function applyFix(fix: Fix, env: NodeJS.ProcessEnv = process.env): AppliedFix {
   const [prog, ...args] = fix.command.split(' ');
   if (!fix.safe || prog !== 'loopfs') throw new Error(`not a safe loopfs fix: ${fix.command}`);
-  const r = spawnSync(process.execPath, [join(packageRoot(), 'bin', 'loopfs'), ...args], { env, encoding: 'utf8' });
-  return { command: fix.command, exitCode: r.status, output: `${r.stdout ?? ''}${r.stderr ?? ''}`.trimEnd() };
+  // `all`: stdout and stderr interleaved as the fix wrote them; exactly `env`, not ours on top
+  const r = execaSync(process.execPath, [join(packageRoot(), 'bin', 'loopfs'), ...args], { env, extendEnv: false, reject: false, all: true });
+  return { command: fix.command, exitCode: r.exitCode ?? null, output: (r.all ?? '').trimEnd() };
 }

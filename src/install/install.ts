@@ -29,7 +29,7 @@ import {
 import { createHash } from 'node:crypto';
 import { dirname, join, resolve } from 'node:path';
 import { packageRoot } from '../package-root.js';
-import { spawnSync } from 'node:child_process';
+import { execaSync } from 'execa';
 import { tmpdir } from 'node:os';
 import { hookFileContent, hookFileName } from '../oci/hooks-json.js';
 import { STAGES } from '../oci/policy.js';
@@ -372,11 +372,11 @@ function checkContainerdLoads(path: string, content: string, wrapper: string): v
   const copy = join(tmpdir(), `loopfs-containerd-${process.pid}.toml`);
   writeFileSync(copy, content, { mode: 0o600 });
   try {
-    const r = spawnSync('containerd', ['--config', copy, 'config', 'dump'], { encoding: 'utf8', timeout: 20_000 });
-    if (r.error && (r.error as NodeJS.ErrnoException).code === 'ENOENT') return; // not installed here: nothing to ask
-    const loaded = r.status === 0 ? containerdRegistration(r.stdout) : null;
+    const r = execaSync('containerd', ['--config', copy, 'config', 'dump'], { reject: false, timeout: 20_000 });
+    if (r.code === 'ENOENT') return; // not installed here: nothing to ask
+    const loaded = r.exitCode === 0 ? containerdRegistration(r.stdout) : null;
     if (loaded !== wrapper) {
-      const why = (r.stderr || r.stdout || '').trim().split('\n').pop() ?? '';
+      const why = r.timedOut ? 'timed out after 20 s' : ((r.stderr || r.stdout || '').trim().split('\n').pop() ?? '');
       throw new InstallError(`${path}: containerd does not load it with the runtime added${why ? ` (${why})` : ''}; not changing it`);
     }
   } finally {

@@ -47,6 +47,16 @@ describe('lint: the layers of the README', () => {
     ]);
   });
 
+  it('execa stays off the hot paths: refused in the compat layer, allowed in install', async () => {
+    const code = "import { execaSync } from 'execa';\nexport const run = execaSync;\n";
+    const [hot] = await eslint.lintText(code, { filePath: path.join(REPO_ROOT, 'src/compat/losetup/probe.ts') });
+    expect(hot.messages.map((m) => `${m.ruleId}: ${m.message}`)).toEqual([
+      "no-restricted-imports: 'execa' import is restricted from being used. execa is kept off the hot paths (its start-up cost): use it in src/doctor, src/install or src/commands",
+    ]);
+    const [cold] = await eslint.lintText(code, { filePath: path.join(REPO_ROOT, 'src/install/probe.ts') });
+    expect(cold.messages).toEqual([]);
+  });
+
   it('commands may import every layer, packages and built-ins are not layers', async () => {
     expect(
       await layerErrors('src/commands/probe.ts', "import fs from 'node:fs';\nimport { Command } from '@oclif/core';\nimport { BrokerServer } from '../broker/server.js';\nexport default [fs, Command, BrokerServer];\n"),
