@@ -37,6 +37,8 @@ export class AcceptLoop {
   private watcher: FdWatcher | null = null;
   private timer: NodeJS.Timeout | null = null;
   private closed = false;
+  /** Back-offs since the last accept that worked: the log says when it starts and ends, not each pause. */
+  private pauses = 0;
 
   constructor(
     readonly fd: number,
@@ -81,11 +83,15 @@ export class AcceptLoop {
       } catch (e) {
         if (hasCode(e, 'ECONNABORTED', 'EINTR', 'EPROTO')) continue; // that one connection is gone
         const ms = this.opts.backoffMs ?? ACCEPT_BACKOFF_MS;
-        this.opts.log(`${this.prefix()}accept: ${(e as Error).message}; pausing ${ms} ms`);
+        if (this.pauses++ === 0) this.opts.log(`${this.prefix()}accept: ${(e as Error).message}; pausing ${ms} ms at a time until it works`);
         this.backOff(ms);
         return;
       }
       if (fd === null) return;
+      if (this.pauses > 0) {
+        this.opts.log(`${this.prefix()}accepting again (after ${this.pauses} pause${this.pauses === 1 ? '' : 's'})`);
+        this.pauses = 0;
+      }
       try {
         this.opts.onConnection(fd);
       } catch (e) {

@@ -34,10 +34,13 @@ async function ticksWhileOutOfFds(server: Server, socket: string, count: number)
   const held: number[] = [];
   try {
     for (let i = 0; i < count; i++) held.push(n.seqpacketConnect(socket));
-    await waitFor('the daemon to hit EMFILE', () => /accept: .*(EMFILE|Too many open files).*; pausing \d+ ms/.test(server.stderr.join('')), 10_000);
+    await waitFor('the daemon to hit EMFILE', () => /accept: .*(EMFILE|Too many open files).*; pausing \d+ ms at a time until it works/.test(server.stderr.join('')), 10_000);
     const before = cpuTicks(pid);
     await sleep(1000);
-    return cpuTicks(pid) - before;
+    const ticks = cpuTicks(pid) - before;
+    // a second of pauses, one line in the log: when it started, not every 100 ms
+    expect(server.stderr.join('').match(/accept: .*; pausing \d+ ms at a time until it works/g)).toHaveLength(1);
+    return ticks;
   } finally {
     execFileSync('prlimit', ['--pid', String(pid), `--nofile=${soft}:${hard}`]);
     for (const fd of held) n.close(fd);
@@ -51,6 +54,7 @@ describe.skipIf(skip)('accept loop out of fds', () => {
       const c = AsyncClient.connect(`${inst}/loop-control`);
       try {
         expect(await c.request({ v: 2, id: 1, op: 'hello' })).toMatchObject({ id: 1, ok: true, server: 'loopfs' });
+        expect(server.stderr.join('')).toMatch(/: accepting again \(after \d+ pauses?\)\n/);
       } finally {
         c.close();
       }
@@ -76,6 +80,7 @@ describe.skipIf(skip)('accept loop out of fds', () => {
       const c = AsyncClient.connect(socket);
       try {
         expect(await c.request({ op: 'nonsense' })).toMatchObject({ ok: false });
+        expect(broker!.stderr.join('')).toMatch(/accepting again \(after \d+ pauses?\)\n/);
       } finally {
         c.close();
       }
