@@ -150,17 +150,23 @@ class Endpoint {
           n.close(fd);
           throw new ServeError(`${this.dir}: already served by another broker`);
         }
-        root.unlink(BROKER_SOCKET);
+        // the stale socket stays until the new one is renamed over it: a client never finds
+        // DIR without its loop-control (and takes DIR for no instance at all)
       }
-      // created 0600 root-only, then handed to the owner: never reachable by anybody else
-      this.listenFd = n.seqpacketListen(this.socketPath, LISTEN_BACKLOG, 0o600);
+      // made under a temporary name, 0600 root-only, then handed to the owner and renamed
+      // into place: never reachable by anybody else, never missing while we start
+      // (no longer than the final name: a socket path has 107 bytes at most)
+      const temp = `.lc.${process.pid}`;
+      root.unlinkQuiet(temp); // a killed broker's of the same pid
+      this.listenFd = n.seqpacketListen(`${this.dir}/${temp}`, LISTEN_BACKLOG, 0o600);
       try {
-        n.fchownat(root.fd, BROKER_SOCKET, this.owner.uid, this.owner.gid);
-        this.socketIno = root.lstat(BROKER_SOCKET)!.ino;
+        n.fchownat(root.fd, temp, this.owner.uid, this.owner.gid);
+        this.socketIno = root.lstat(temp)!.ino;
+        root.rename(temp, BROKER_SOCKET);
       } catch (e) {
         n.close(this.listenFd);
         this.listenFd = -1;
-        root.unlinkQuiet(BROKER_SOCKET);
+        root.unlinkQuiet(temp);
         throw e;
       }
     } finally {
