@@ -803,7 +803,7 @@ export class LocalInstance implements LoopScope {
           idle++;
         }
       }
-      this.releaseMany(leave, UNBIND_WAIT_MS);
+      this.releaseMany(leave, UNBIND_WAIT_MS, entries);
     });
   }
 
@@ -860,7 +860,7 @@ export class LocalInstance implements LoopScope {
    * into the records of those still busy. Caller holds the instance lock. Returns the
    * minors that left.
    */
-  private releaseMany(minors: number[], waitMs: number): number[] {
+  private releaseMany(minors: number[], waitMs: number, known?: ReadonlyMap<number, HeldDevice>): number[] {
     if (minors.length === 0) return [];
     let ctl: LoopControl;
     try {
@@ -872,10 +872,12 @@ export class LocalInstance implements LoopScope {
     try {
       const entries: Array<[number, HeldDevice]> = [];
       for (const m of minors) {
-        const e = this.store.device(m);
+        const e = known?.get(m) ?? this.store.device(m);
         if (e) entries.push([m, e]);
       }
-      for (const [m] of entries) this.store.dropIdle(m);
+      // the hints of those leaving (one listing of the hints, not an unlink per device)
+      const hinted = new Set(this.store.idleHints());
+      for (const [m] of entries) if (hinted.has(m)) this.store.dropIdle(m);
       const marking = entries.filter(([, e]) => e.state !== 'removing').map(([m]) => m);
       if (marking.length > 0) this.store.markReleasing(marking);
       for (const [m, e] of entries) this.unlinkNodesOf(m, e);

@@ -157,7 +157,8 @@ function detach(ctx: ActionContext): number {
 
 function detachAll(ctx: ActionContext): number {
   let failures = 0;
-  const devs = ctx.scope.usedDevices();
+  // no listing attributes: -D needs only which devices are bound (~10 sysfs reads each less)
+  const devs = ctx.scope.usedDevices([]);
   if (ctx.scope.detachMany) {
     // the same warnings, in the same order, as one detach() after another
     const errors = ctx.scope.detachMany(devs);
