@@ -17,3 +17,27 @@ export function makedev(maj: number, min: number): bigint {
   const m = BigInt(min);
   return ((M & 0xfffn) << 8n) | ((M & ~0xfffn) << 32n) | (m & 0xffn) | ((m & ~0xffn) << 12n);
 }
+
+/** The host's node of loop device `min` (devtmpfs): the one path every loopfs layer means by it. */
+export function hostLoopNode(min: number): string {
+  return `/dev/loop${min}`;
+}
+
+// st_mode's file type bits on Linux (every architecture): <sys/stat.h>'s S_IFMT and S_IFBLK
+const S_IFMT = 0o170000;
+const S_IFBLK = 0o060000;
+
+/** What a stat of a node says about it (NativeStat and node's bigint-free Stats alike). */
+export interface NodeStat {
+  mode: number;
+  rdevMajor: number;
+  rdevMinor: number;
+}
+
+/**
+ * Whether `st` is the block device maj:min: the check before a node found in a directory
+ * (an instance's, a container's /dev) is trusted to be the device it is named after.
+ */
+export function isBlockDevice(st: NodeStat | null | undefined, maj: number, min: number): boolean {
+  return !!st && (st.mode & S_IFMT) === S_IFBLK && st.rdevMajor === maj && st.rdevMinor === min;
+}

@@ -5,7 +5,8 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { LOOP_MAJOR, major, makedev, minor } from '../../src/kernel/devnum.js';
+import { hostLoopNode, isBlockDevice, LOOP_MAJOR, major, makedev, minor } from '../../src/kernel/devnum.js';
+import { native } from '../../src/kernel/native.js';
 import { announceSkip } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
 import { OwnedIndexes } from './support.js';
@@ -204,5 +205,35 @@ describe.skipIf(noPython !== undefined)(`devnum: large values against glibc${noP
       expect(d).toBeLessThan(1n << 64n);
       expect([major(d), minor(d)]).toEqual([M, m]);
     }
+  });
+});
+
+describe('isBlockDevice, against what the kernel reports for real nodes', () => {
+  it.skipIf(process.getuid?.() !== 0)('a block node 7:N is 7:N only; a char node, a file, a directory and a missing node are none', () => {
+    const n = native();
+    const dir = makeTempDir('loopfs-devnum-');
+    const dirFd = n.open(dir, n.constants.O_RDONLY | n.constants.O_DIRECTORY);
+    const devFd = n.open('/dev', n.constants.O_RDONLY | n.constants.O_DIRECTORY);
+    try {
+      n.mknodat(dirFd, 'b', n.constants.S_IFBLK | 0o600, 7, 123456);
+      fs.writeFileSync(path.join(dir, 'f'), '');
+      const st = (name: string) => n.lstatat(dirFd, name);
+      expect(isBlockDevice(st('b'), 7, 123456)).toBe(true);
+      expect(isBlockDevice(st('b'), 7, 123457)).toBe(false);
+      expect(isBlockDevice(st('b'), 8, 123456)).toBe(false);
+      expect(isBlockDevice(n.lstatat(devFd, 'null'), 1, 3)).toBe(false); // the char device 1:3
+      expect(isBlockDevice(st('f'), 0, 0)).toBe(false);
+      expect(isBlockDevice(st('.'), 0, 0)).toBe(false);
+      expect(isBlockDevice(null, 7, 0)).toBe(false);
+    } finally {
+      n.close(dirFd);
+      n.close(devFd);
+      removeTree(dir);
+    }
+  });
+
+  it('the host node of a loop device is /dev/loopN', () => {
+    expect(hostLoopNode(0)).toBe('/dev/loop0');
+    expect(hostLoopNode(1048575)).toBe('/dev/loop1048575');
   });
 });
