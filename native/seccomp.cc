@@ -12,10 +12,11 @@
 //    the target's root and cwd (fds on /proc/TID/root and /proc/TID/cwd), and resolves a
 //    path or attaches a detached mount there, with no more privilege than the target's
 //    user namespace gives.
-// A forked child of a multi-threaded process may only make async-signal-safe calls: the
-// children below use raw syscalls and memory prepared before fork, nothing else, and end
-// with _exit. (The nsStat/nsMoveMount/nsUmount children share our memory instead of
-// copying it: see SpawnSharedVm.) They report through a pipe/socket, and the parent reaps them at once
+// A child of a multi-threaded process may only make async-signal-safe calls: the
+// children below use raw syscalls and memory prepared before they start, nothing else,
+// and end with _exit. seccompSpawn's child is forked and reports through a socketpair;
+// the nsStat/nsMoveMount/nsUmount children share our memory instead of copying it and
+// write their report into it (see RunSharedVmChild). The parent reaps each at once
 // (waitpid on that pid only: libuv reaps only the processes it started).
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -35,6 +36,7 @@
 
 #include <fcntl.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstddef>
 #include <cstring>
@@ -218,9 +220,10 @@ CStrings ToCStrings(const Napi::Value& v, const char* fn, const char* what) {
   return out;
 }
 
+// __WALL: also a child whose exit signal is not SIGCHLD (RunSharedVmChild's).
 void ReapQuietly(pid_t pid) {
   int status;
-  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  while (waitpid(pid, &status, __WALL) < 0 && errno == EINTR) {
   }
 }
 
@@ -413,22 +416,26 @@ TargetFds ToTargetFds(const Napi::Value& v, const char* fn) {
                    ToFd(o.Get("cwdFd"), fn, "cwdFd")};
 }
 
+// What a child in the target reports, written straight into the caller's memory (the
+// child shares it: see RunSharedVmChild). `done` is set last: a child that died before it
+// reported (killed) leaves it 0.
 struct ChildResult {
   char stage[24]; // the failed step, "" on success
   int err;
   struct stat st;
   int declined; // nsUmount: the path is not a mount of one of the devices (nothing done)
+  int done;
 };
 
-[[noreturn]] void ChildReport(int fd, const char* stage, int err, const struct stat* st, int declined = 0) {
-  ChildResult r;
-  std::memset(&r, 0, sizeof r);
-  std::strncpy(r.stage, stage, sizeof r.stage - 1);
-  r.err = err;
-  r.declined = declined;
-  if (st) r.st = *st;
-  ssize_t ignored = write(fd, &r, sizeof r);
-  (void)ignored;
+[[noreturn]] void ChildReport(ChildResult* out, const char* stage, int err, const struct stat* st, int declined = 0) {
+  // byte copies, not strncpy: nothing in the child may depend on libc state
+  size_t i = 0;
+  for (; stage[i] && i < sizeof out->stage - 1; ++i) out->stage[i] = stage[i];
+  out->stage[i] = 0;
+  out->err = err;
+  out->declined = declined;
+  if (st) out->st = *st;
+  out->done = 1;
   _exit(0);
 }
 
@@ -436,7 +443,7 @@ struct ChildResult {
 // The user namespace comes first: from then on we hold capabilities only there, so the
 // mount namespace (owned by it) can be joined, but nothing the target could not do itself
 // becomes possible by path tricks.
-void EnterTarget(int out, const TargetFds& t) {
+void EnterTarget(ChildResult* out, const TargetFds& t) {
   if (t.userns >= 0 && setns(t.userns, CLONE_NEWUSER) < 0) ChildReport(out, "setns(CLONE_NEWUSER)", errno, nullptr);
   if (setns(t.mntns, CLONE_NEWNS) < 0) ChildReport(out, "setns(CLONE_NEWNS)", errno, nullptr);
   if (fchdir(t.root) < 0) ChildReport(out, "fchdir(root)", errno, nullptr);
@@ -448,84 +455,127 @@ void EnterTarget(int out, const TargetFds& t) {
 // in fails with EINVAL, and a target without a user namespace of its own (a container
 // run without one: Docker's and rootful podman's default) is in ours: then only its mount
 // namespace is joined, and the child acts with our (the initial namespace's) privilege.
+// Ours is looked up once: a multi-threaded process can never change its user namespace.
 bool IsOwnUserNs(int fd) {
-  struct stat mine, theirs;
-  if (fstat(fd, &theirs) < 0 || stat("/proc/self/ns/user", &mine) < 0) return false;
+  static const struct stat mine = [] {
+    struct stat s;
+    if (stat("/proc/self/ns/user", &s) < 0) std::memset(&s, 0, sizeof s);
+    return s;
+  }();
+  struct stat theirs;
+  if (mine.st_ino == 0 || fstat(fd, &theirs) < 0) return false;
   return mine.st_dev == theirs.st_dev && mine.st_ino == theirs.st_ino;
 }
 
-// Forks, runs `op` in the target (in the child), and returns what the child reported;
-// throws for a failed step, naming `path`.
 template <typename F>
 int SharedVmChildMain(void* body) {
   (*static_cast<F*>(body))();
   _exit(0);
 }
 
-// The child of InTarget, started like posix_spawn starts one: clone(CLONE_VM |
+// The stack the shared-VM children of one calling thread run on: mapped at its first
+// child and kept until the thread ends. A fresh mapping per child cost about half of the
+// child's price (measured): page faults on every page it touched, and at munmap a TLB
+// shootdown on every CPU running one of node's threads. One child at a time uses it (its
+// parent thread is suspended until it has exited); the lowest page is a guard, so an
+// overflow kills the child instead of writing over our memory.
+class ChildStack {
+ public:
+  static constexpr size_t kSize = 256 * 1024;
+
+  ~ChildStack() {
+    if (base_) munmap(base_, kSize);
+  }
+
+  // The top of the stack (it grows down), or nullptr with errno set.
+  void* Top() {
+    if (!base_) {
+      void* p = mmap(nullptr, kSize, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
+      if (p == MAP_FAILED) return nullptr;
+      if (mprotect(p, static_cast<size_t>(sysconf(_SC_PAGESIZE)), PROT_NONE) < 0) {
+        const int err = errno;
+        munmap(p, kSize);
+        errno = err;
+        return nullptr;
+      }
+      base_ = p;
+    }
+    return static_cast<char*>(base_) + kSize;
+  }
+
+ private:
+  void* base_ = nullptr;
+};
+
+// Runs `body` in a child started the way posix_spawn starts one: clone(CLONE_VM |
 // CLONE_VFORK) on a stack of its own, so that no page table of node's large address space
 // is copied (a fork costs milliseconds here, per mount). The child shares our memory but
 // not our files or fs (root, cwd: its own copies), is its own thread group, and this
-// thread waits until it has exited, so it may touch memory the caller prepared: it makes
-// raw syscalls only, reports through the pipe and _exits. setns(2) allows a user
-// namespace for such a task (one thread in its group, an fs of its own). All signals are
-// blocked around the clone: a handler of node's must never run on the child's stack.
+// thread is suspended until it has exited, so it may touch memory the caller prepared: it
+// makes raw syscalls only, reports into that memory and _exits; nothing it does may take a
+// lock or allocate (another thread of ours may hold malloc's lock at the clone). setns(2)
+// allows a user namespace for such a task (one thread in its group, an fs of its own).
+// All signals are blocked around the clone: a handler of node's must never run on the
+// child's stack. Its exit signal is none, not SIGCHLD: nothing but this thread waits for
+// it (with __WALL), and libuv's SIGCHLD handler need not wake node's loop for a child
+// that is not libuv's. Returns once the child is reaped; throws if it could not start.
 template <typename F>
-pid_t SpawnSharedVm(Napi::Env env, int fds[2], F& body) {
-  constexpr size_t kStack = 256 * 1024;
-  void* stack = mmap(nullptr, kStack, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK, -1, 0);
-  if (stack == MAP_FAILED) {
+void RunSharedVmChild(Napi::Env env, F& body) {
+  static thread_local ChildStack stack;
+  void* top = stack.Top();
+  if (!top) {
     const int err = errno;
-    close(fds[0]);
-    close(fds[1]);
     ThrowFdError(env, err, "mmap", -1);
   }
   sigset_t all, old;
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &old);
-  const pid_t pid = clone(SharedVmChildMain<F>, static_cast<char*>(stack) + kStack, CLONE_VM | CLONE_VFORK | SIGCHLD, &body);
+  // The child starts on this CPU (it inherits the mask), which this thread leaves at once
+  // to wait for it. Placed by the kernel instead, it usually went to the other CPU and
+  // waited there for its turn: on a busy 2-CPU machine that wait (~1.7 ms) was most of the
+  // child's cost, ~0.3 ms pinned (measured in `loopfs run`). Our own mask comes back as
+  // soon as the child is gone.
+  cpu_set_t mask, here;
+  const int cpu = sched_getcpu();
+  const bool pinned = cpu >= 0 && cpu < CPU_SETSIZE && sched_getaffinity(0, sizeof mask, &mask) == 0 && [&] {
+    CPU_ZERO(&here);
+    CPU_SET(cpu, &here);
+    return sched_setaffinity(0, sizeof here, &here) == 0;
+  }();
+  const pid_t pid = clone(SharedVmChildMain<F>, top, CLONE_VM | CLONE_VFORK, &body);
   const int err = errno;
+  if (pinned) sched_setaffinity(0, sizeof mask, &mask);
   pthread_sigmask(SIG_SETMASK, &old, nullptr);
-  munmap(stack, kStack);
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    ThrowFdError(env, err, "clone", -1);
-  }
-  return pid;
+  if (pid < 0) ThrowFdError(env, err, "clone", -1);
+  // Reaped before anything is answered: until the child has fully exited, its copy of our
+  // fd table holds the mount fd (the caller's umount would find the mount busy) and its
+  // root and cwd pin the target's tree.
+  ReapQuietly(pid);
 }
 
 template <typename Op>
 ChildResult InTargetResult(Napi::Env env, TargetFds t, const std::string& path, int (*before)(), Op op) {
   if (t.userns >= 0 && IsOwnUserNs(t.userns)) t.userns = -1;
-  int p[2];
-  if (pipe2(p, O_CLOEXEC) < 0) {
-    const int err = errno;
-    ThrowFdError(env, err, "pipe2", -1);
-  }
-  auto body = [&]() {
-    close(p[0]); // the child's copy of the fd table
-    const int pre = before ? before() : -1;
-    EnterTarget(p[1], t);
-    op(p[1], pre);
-  };
-  const pid_t pid = SpawnSharedVm(env, p, body);
-  close(p[1]);
   ChildResult r;
   std::memset(&r, 0, sizeof r);
-  ssize_t n;
-  do n = read(p[0], &r, sizeof r);
-  while (n < 0 && errno == EINTR);
-  close(p[0]);
-  ReapQuietly(pid);
-  if (n != static_cast<ssize_t>(sizeof r)) ThrowPathError(env, EIO, "fork", path);
+  ChildResult* out = &r;
+  auto body = [&]() {
+    const int pre = before ? before() : -1;
+    EnterTarget(out, t);
+    op(out, pre);
+  };
+  RunSharedVmChild(env, body);
+  // The child has exited (and was reaped): what it wrote is in r. The signal fence keeps
+  // the compiler from reading r as if nobody else could have written it.
+  std::atomic_signal_fence(std::memory_order_seq_cst);
+  if (!r.done) ThrowPathError(env, EIO, "clone", path);
   if (r.stage[0]) ThrowPathError(env, r.err ? r.err : EIO, std::string(r.stage, strnlen(r.stage, sizeof r.stage)).c_str(), path);
   return r;
 }
 
 template <typename Op>
 struct stat InTarget(Napi::Env env, TargetFds t, const std::string& path, Op op) {
-  return InTargetResult(env, t, path, nullptr, [op](int out, int) { op(out); }).st;
+  return InTargetResult(env, t, path, nullptr, [op](ChildResult* out, int) { op(out); }).st;
 }
 
 // In nsUmount's child, before it leaves our mount namespace: its own fd directory in our
@@ -540,7 +590,7 @@ Napi::Value NsStat(const Napi::CallbackInfo& info) {
   const TargetFds t = ToTargetFds(info[0], "nsStat");
   const std::string path = ToPath(info[1], "nsStat", "path");
   const char* cpath = path.c_str();
-  const struct stat st = InTarget(info.Env(), t, path, [cpath](int out) {
+  const struct stat st = InTarget(info.Env(), t, path, [cpath](ChildResult* out) {
     struct stat s;
     if (stat(cpath, &s) < 0) ChildReport(out, "stat", errno, nullptr);
     ChildReport(out, "", 0, &s);
@@ -558,7 +608,7 @@ Napi::Value NsMoveMount(const Napi::CallbackInfo& info) {
   const int mntFd = ToFd(info[1], "nsMoveMount", "mntFd");
   const std::string path = ToPath(info[2], "nsMoveMount", "path");
   const char* cpath = path.c_str();
-  InTarget(info.Env(), t, path, [mntFd, cpath](int out) {
+  InTarget(info.Env(), t, path, [mntFd, cpath](ChildResult* out) {
     // T_SYMLINKS: a final symlink in the target is followed, as mount(2) follows it
     if (syscall(SYS_move_mount, mntFd, "", AT_FDCWD, cpath, MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_SYMLINKS) < 0) {
       ChildReport(out, "move_mount", errno, nullptr);
@@ -588,7 +638,7 @@ Napi::Value NsUmount(const Napi::CallbackInfo& info) {
   const char* cpath = path.c_str();
   const uint32_t* mdata = minors.data();
   const size_t mcount = minors.size();
-  const ChildResult r = InTargetResult(info.Env(), t, path, OpenOwnFdDir, [cpath, flags, mdata, mcount](int out, int fdDir) {
+  const ChildResult r = InTargetResult(info.Env(), t, path, OpenOwnFdDir, [cpath, flags, mdata, mcount](ChildResult* out, int fdDir) {
     if (fdDir < 0) ChildReport(out, "open(/proc/self/fd)", errno, nullptr);
     const int o = O_PATH | O_CLOEXEC | ((flags & UMOUNT_NOFOLLOW) ? O_NOFOLLOW : 0);
     const int fd = static_cast<int>(syscall(SYS_openat, AT_FDCWD, cpath, o));
