@@ -258,8 +258,8 @@ function attachImage(r: Request, ls: LoopSetup, scope: LoopScope, out: Output): 
     }
   }
 
-  const bind = (flags: number): Attached => {
-    const request = { file, offset: ls.offset, sizelimit: ls.sizelimit, flags };
+  const bind = (flags: number, blockSize?: number): Attached => {
+    const request = { file, offset: ls.offset, sizelimit: ls.sizelimit, flags, blockSize };
     if (ls.explicitDevice) {
       const path = scope.devicePath(ls.explicitDevice);
       try {
@@ -291,15 +291,18 @@ function attachImage(r: Request, ls: LoopSetup, scope: LoopScope, out: Output): 
   // Direct I/O by default (no double caching, near the file's own read speed:
   // bench/mount.mjs), asked for in the binding itself: LOOP_SET_DIRECT_IO on a bound
   // device freezes its queue and cost ~20 ms of every mount here, LO_FLAGS_DIRECT_IO in
-  // LOOP_CONFIGURE nothing. attach() opens the file O_DIRECT for it. A filesystem that
-  // refuses O_DIRECT (EINVAL), or a kernel that declines direct I/O for this binding
-  // (block size, offset alignment; older kernels would then read the O_DIRECT file in
-  // buffered mode, and fail), gets a buffered binding instead, as `direct-io=off` does.
+  // LOOP_CONFIGURE nothing. attach() opens the file O_DIRECT for it. The block size stays
+  // the buffered default, 512: with direct I/O asked for, newer kernels would give the
+  // device the logical block size of the disk under the file, and a 4Kn disk would make a
+  // 1 KiB-block ext4 or a vfat image unmountable. A filesystem that refuses O_DIRECT
+  // (EINVAL), or a kernel that declines direct I/O for this binding (block size, offset
+  // alignment; older kernels would then read the O_DIRECT file in buffered mode, and
+  // fail), gets a buffered binding instead, as `direct-io=off` does.
   let a: Attached | null = null;
   if (ls.directIo === null) {
     const dio = native().constants.LO_FLAGS_DIRECT_IO;
     try {
-      a = bind(flagsFor(ls) | dio);
+      a = bind(flagsFor(ls) | dio, 512);
     } catch (e) {
       if (!(e instanceof AttachError && e.fileError && e.code === 'EINVAL')) setupError(e);
     }
