@@ -4,19 +4,31 @@
 // to `node -e 0`, the floor for any node program. Not a test: nothing here asserts.
 //
 //   node bench/startup.mjs [runs]      (default 40)
+//
+// BENCH_BEFORE=DIR also runs the same entry points of another checkout (built), in the same
+// interleaved loop: a before/after under the same machine load.
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { dirname, join } from 'node:path';
+import { readdirSync } from 'node:fs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const runs = Number(process.argv[2] ?? 40);
 
+/** The hot entry points of the checkout at `dir`, names suffixed with `tag`. */
+const entryPoints = (dir, tag) => [
+  { name: `bin/losetup -V${tag}`, argv: [join(dir, 'bin/losetup'), '-V'] },
+  { name: `bin/losetup -a${tag}`, argv: [join(dir, 'bin/losetup'), '-a'] },
+  { name: `bin/losetup -l${tag}`, argv: [join(dir, 'bin/losetup'), '-l'] },
+  { name: `bin/losetup -f${tag}`, argv: [join(dir, 'bin/losetup'), '-f'] },
+  { name: `bin/mount.loop --version${tag}`, argv: [join(dir, 'bin/mount.loop'), '--version'] },
+];
+const before = process.env.BENCH_BEFORE;
 const commands = [
   { name: 'node -e 0', argv: [process.execPath, '-e', '0'] },
   { name: 'util-linux losetup -a', argv: ['/usr/sbin/losetup', '-a'] },
-  { name: 'bin/losetup -a', argv: [join(root, 'bin/losetup'), '-a'] },
-  { name: 'bin/losetup -l', argv: [join(root, 'bin/losetup'), '-l'] },
-  { name: 'bin/losetup -f', argv: [join(root, 'bin/losetup'), '-f'] },
+  ...entryPoints(root, ''),
+  ...(before ? entryPoints(before, ' (before)') : []),
   { name: 'bin/loopfs losetup -a', argv: [join(root, 'bin/loopfs'), 'losetup', '-a'] },
   { name: 'bin/loopfs --help (oclif)', argv: [join(root, 'bin/loopfs'), '--help'] },
 ];
@@ -47,6 +59,7 @@ const rows = commands.map((c) => {
 const header = ['command', 'median ms', 'x node -e 0'];
 const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
 const line = (r) => r.map((v, i) => (i === 0 ? v.padEnd(widths[i]) : v.padStart(widths[i]))).join('  ');
-console.log(`startup, ${runs} runs each, node ${process.version}`);
+const loops = readdirSync('/sys/block').filter((n) => n.startsWith('loop')).length;
+console.log(`startup, ${runs} runs each, node ${process.version}, ${loops} loop devices on the host${before ? `, before: ${before}` : ''}`);
 console.log(line(header));
 for (const r of rows) console.log(line(r));
