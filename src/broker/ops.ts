@@ -19,6 +19,7 @@ import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError, toSysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
+import { ownUserNamespaceIno, pidOfPidfd } from '../kernel/process.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
@@ -730,8 +731,6 @@ function nsIno(fd: number): bigint {
   return native().fstat(fd).ino;
 }
 
-let ownUserNs: bigint | null = null;
-
 /**
  * ID-map the mount to the peer's user namespace, if it is not ours. The namespace comes
  * from /proc/PID/ns/user of the SO_PEERCRED pid; the pidfd proves afterwards that PID
@@ -751,15 +750,7 @@ function idmapToPeer(mntFd: number, peer: MountPeer): boolean {
   }
   try {
     if (pidOfPidfd(peer.pidfd) !== peer.pid) throw new OpError('ESRCH', 'the connecting process has exited', 'mount');
-    if (ownUserNs === null) {
-      const self = n.open('/proc/self/ns/user', n.constants.O_RDONLY);
-      try {
-        ownUserNs = nsIno(self);
-      } finally {
-        n.close(self);
-      }
-    }
-    if (nsIno(nsFd) === ownUserNs) return false;
+    if (nsIno(nsFd) === ownUserNamespaceIno()) return false;
     try {
       n.mountSetattrIdmap(mntFd, nsFd);
       return true;
@@ -772,11 +763,3 @@ function idmapToPeer(mntFd: number, peer: MountPeer): boolean {
   }
 }
 
-function pidOfPidfd(pidfd: number): number {
-  try {
-    const m = /^Pid:\s+(-?\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'));
-    return m ? Number(m[1]) : -1;
-  } catch {
-    return -1;
-  }
-}

@@ -10,8 +10,8 @@
  * As root of the initial user namespace (rootful runtime) it does this itself; in a
  * rootless runtime (it runs as the user) the OCI broker does the privileged part.
  */
-import { readFileSync } from 'node:fs';
 import { native } from '../kernel/native.js';
+import { inInitialUserNamespace } from '../kernel/process.js';
 import { cgroupAllowsBlockMajor, hostIdOf, OciError, parseState, readConfig, type BundleConfig, type OciState } from './bundle.js';
 import { prepareContainerDev, refuseNodevRuntime } from './container-dev.js';
 import { allowLoopMinors, deviceCgroupAllowFile } from './device-cgroup.js';
@@ -31,14 +31,9 @@ export interface HookOutcome {
   nodes?: string[];
 }
 
-/** Root of the initial user namespace: a rootful runtime (a rootless one maps a range). */
+/** Root of the initial user namespace: a rootful runtime (a rootless one runs in a user namespace). */
 export function isHostRoot(): boolean {
-  if (process.geteuid?.() !== 0) return false;
-  try {
-    return /^\s*0\s+0\s+4294967295\s*$/.test(readFileSync('/proc/self/uid_map', 'utf8'));
-  } catch {
-    return false;
-  }
+  return process.geteuid?.() === 0 && inInitialUserNamespace();
 }
 
 export function runHook(stage: Stage | undefined, stdin: string, env: NodeJS.ProcessEnv = process.env): HookOutcome {

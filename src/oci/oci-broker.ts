@@ -36,9 +36,10 @@
  * *container* (disjoint devices, cleaned up with it) needs somebody privileged at every
  * container start; this is the smallest such somebody, with one request type each way.
  */
-import { mkdirSync, readFileSync, statSync, unlinkSync } from 'node:fs';
+import { mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { native, type FdWatcher } from '../kernel/native.js';
+import { pidOfPidfd } from '../kernel/process.js';
 import { LocalInstance } from '../instance/local-instance.js';
 import { runtimeDir } from '../instance/runtime.js';
 import { BrokerServer } from '../broker/server.js';
@@ -309,6 +310,7 @@ export class OciBroker {
       if (fds.length !== 1) throw new OciError('create: expected a pidfd of the container init');
       pidfd = fds[0];
       const pid = pidOfPidfd(pidfd);
+      if (pid === null) throw new OciError('create: the passed fd is not a pidfd');
       // the container's init must be the caller's: its root is the caller, mapped
       if (pid <= 0 || statSync(`/proc/${pid}`).uid !== cred.uid) {
         throw new OciError(`create: the container init is not a process of uid ${cred.uid}`);
@@ -446,9 +448,3 @@ function parseRequest(data: Buffer): OciRequest {
   return { op: 'create', container, max: max as number | null, pool: pool as number };
 }
 
-/** The pid a pidfd refers to, in our PID namespace (fdinfo "Pid:"; -1 once it exited). */
-function pidOfPidfd(pidfd: number): number {
-  const m = /^Pid:\s*(-?\d+)$/m.exec(readFileSync(`/proc/self/fdinfo/${pidfd}`, 'utf8'));
-  if (!m) throw new OciError('create: the passed fd is not a pidfd');
-  return Number(m[1]);
-}
