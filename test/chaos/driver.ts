@@ -15,6 +15,7 @@ import path from 'node:path';
 import { REF_LOSETUP, REPO_ROOT } from '../helpers/env.js';
 import { boundLoopDevices } from '../helpers/devices.js';
 import { readInstanceState } from '../helpers/instance-state.js';
+import { instanceDirsUnder } from '../instance/support.js';
 import { prng } from '../helpers/prng.js';
 import { ADDON, BrokerSandbox, LOOPFS, LOSETUP, MOUNT_LOOP, Server, sleep, type User } from '../broker/support.js';
 import { COMMON_FLAGS, installHooks, Podman, processesMatching, ROOTFUL_FLAGS, SubIdRanges } from '../oci/support.js';
@@ -696,22 +697,6 @@ async function faultRuntimeRemoved(w: World, user: User): Promise<FaultOutcome> 
 }
 
 // ------------------------------------------------------------------ the end: gc and counts
-
-function instanceDirsUnder(root: string, depth: number): string[] {
-  const result: string[] = [];
-  const walk = (d: string, left: number) => {
-    let entries: fs.Dirent[] = [];
-    try {
-      entries = fs.readdirSync(d, { withFileTypes: true });
-    } catch {
-      return;
-    }
-    if (entries.some((e) => e.name === '.loopfs')) result.push(d);
-    if (left > 0) for (const e of entries) if (e.isDirectory() && e.name !== '.loopfs') walk(path.join(d, e.name), left - 1);
-  };
-  walk(root, depth);
-  return result;
-}
 
 /** Everything that may have leaked, each list empty when nothing did. */
 function countLeaks(sb: BrokerSandbox): Record<string, string[]> {

@@ -256,20 +256,25 @@ export class Sandbox {
 
   /** Directories under the sandbox that hold (or held) an instance. */
   instanceDirs(): string[] {
-    const result: string[] = [];
-    const walk = (d: string, depth: number) => {
-      let entries: fs.Dirent[] = [];
-      try {
-        entries = fs.readdirSync(d, { withFileTypes: true });
-      } catch {
-        return;
-      }
-      if (entries.some((e) => e.name === '.loopfs')) result.push(d);
-      if (depth > 0) for (const e of entries) if (e.isDirectory() && e.name !== '.loopfs' && e.name !== 'files') walk(path.join(d, e.name), depth - 1);
-    };
-    walk(this.root, 2);
-    return result;
+    return instanceDirsUnder(this.root, 2, ['files']);
   }
+}
+
+/** Directories under `root` (at most `depth` levels down) that hold (or held) an instance: a `.loopfs` in them. */
+export function instanceDirsUnder(root: string, depth: number, skip: readonly string[] = []): string[] {
+  const result: string[] = [];
+  const walk = (d: string, left: number) => {
+    let entries: fs.Dirent[] = [];
+    try {
+      entries = fs.readdirSync(d, { withFileTypes: true });
+    } catch {
+      return; // gone meanwhile, or not readable: holds nothing we can count
+    }
+    if (entries.some((e) => e.name === '.loopfs')) result.push(d);
+    if (left > 0) for (const e of entries) if (e.isDirectory() && e.name !== '.loopfs' && !skip.includes(e.name)) walk(path.join(d, e.name), left - 1);
+  };
+  walk(root, depth);
+  return result;
 }
 
 /** LOOP_CTL_REMOVE an index that is not bound (best effort: busy or gone is fine). */

@@ -7,11 +7,12 @@
 // overlaid (see support.ts): the host's /sbin, /usr/sbin and /etc/fstab are never touched.
 // Every image lives in the test's own directory; afterEach unmounts everything under it and
 // detaches (util-linux) whatever device is still bound to one of its files.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, afterEach, beforeAll, beforeEach, describe, expect, it } from 'vitest';
 import { boundLoopDevices, DeviceTracker, devicesBackedUnder, formatState, readLoopState, type LoopState } from '../helpers/devices.js';
+import { announceSkip } from '../helpers/env.js';
 import { makeTempDir, removeTree } from '../helpers/tmp.js';
 import {
   fsSkipReason,
@@ -34,11 +35,15 @@ import {
   skipTitle,
   RELEASE_WAIT_MS,
   sleep,
+  sysAttr,
   text,
   UMOUNT,
 } from './support.js';
 
 const reason = mountSkipReason('mount/mount-loop');
+const straceReason = spawnSync('strace', ['-V']).status === 0 ? undefined : 'strace not installed';
+announceSkip('mount/mount-loop strace', reason ?? straceReason);
+const LOSETUP = '/usr/sbin/losetup';
 
 /** Bound devices whose backing file is `file`. */
 function devicesFor(file: string): LoopState[] {
@@ -513,6 +518,67 @@ describe.skipIf(reason !== undefined)(skipTitle('mount.loop under mount(8), real
       expect(normDevices(r.err)).toMatch(new RegExp(`^mount: ${target}: wrong fs type, bad option, bad superblock on /dev/loopN`));
       expect(ns.mountsOn(target)).toEqual([]);
       expect(await waitNoDeviceFor(img)).toEqual([]);
+    });
+  });
+
+  // the default direct I/O: asked for in the binding itself (LO_FLAGS_DIRECT_IO in
+  // LOOP_CONFIGURE, block size 512), never by LOOP_SET_DIRECT_IO on the bound device (which
+  // freezes its queue: ~20 ms of every mount); a binding the kernel declines direct I/O for is
+  // bound again buffered, keeping the 512-byte device a 1 KiB-block filesystem needs
+  describe('direct I/O by default', () => {
+    it.skipIf(straceReason)('direct I/O is asked for in LOOP_CONFIGURE (block size 512), never with LOOP_SET_DIRECT_IO', async () => {
+      const img = makeExt4(path.join(dir, 'img.ext4'), src);
+      const target = mnt('mnt');
+      const trace = path.join(dir, 'ioctl.trace');
+      const r = text(await ns.run('strace', ['-f', '-qq', '-e', 'trace=ioctl', '-o', trace, HELPER, img, target]));
+      expect(r).toEqual({ rc: 0, out: '', err: '' });
+      const lines = fs.readFileSync(trace, 'utf8').split('\n');
+      const configure = lines.filter((l) => /\bioctl\(\d+, LOOP_CONFIGURE,/.test(l));
+      expect(configure).toHaveLength(1);
+      const flags = /lo_flags=([A-Z_|]+)/.exec(configure[0])?.[1].split('|').sort();
+      expect({ flags, blockSize: /block_size=(\d+)/.exec(configure[0])?.[1] }).toEqual({
+        flags: ['LO_FLAGS_AUTOCLEAR', 'LO_FLAGS_DIRECT_IO'],
+        blockSize: '512',
+      });
+      expect(lines.filter((l) => l.includes('LOOP_SET_DIRECT_IO'))).toEqual([]);
+
+      const name = loopNameOf(ns.mountsOn(target)[0]);
+      expect(readLoopState(name)).toMatchObject({ backingFile: img, dio: '1', autoclear: '1' });
+      expect(sysAttr(name, 'queue/logical_block_size')).toBe('512');
+      expect(fs.readFileSync(ns.path(`${target}/hello.txt`), 'utf8')).toBe(HELLO);
+      expect(text(await ns.run(UMOUNT, [target])).rc).toBe(0);
+    });
+
+    it('an image on a 4096-byte-sector disk: direct I/O declined, bound again buffered with 512-byte sectors, its 1 KiB-block ext4 mounts', async () => {
+      // the disk under the image: a loop device of 4096-byte logical blocks holding an ext4
+      const disk = path.join(dir, 'disk4k.img');
+      fs.closeSync(fs.openSync(disk, 'w'));
+      fs.truncateSync(disk, 64 * MiB);
+      const disk4k = execFileSync(LOSETUP, ['-f', '--show', '-b', '4096', disk], { encoding: 'utf8' }).trim();
+      try {
+        expect(sysAttr(path.basename(disk4k), 'queue/logical_block_size')).toBe('4096');
+        execFileSync('mkfs.ext4', ['-q', '-F', disk4k]);
+        const outer = mnt('outer');
+        expect(text(await ns.run(MOUNT, [disk4k, outer]))).toEqual({ rc: 0, out: '', err: '' });
+
+        // a 16 MiB ext4 gets 1 KiB blocks: a device of 4096-byte sectors cannot hold it
+        const made = makeExt4(path.join(dir, 'small.ext4'), src);
+        expect(execFileSync('dumpe2fs', ['-h', made], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })).toMatch(/^Block size:\s+1024$/m);
+        const img = `${outer}/small.ext4`;
+        fs.copyFileSync(made, ns.path(img));
+
+        const target = mnt('inner');
+        expect(text(await ns.run(HELPER, [img, target]))).toEqual({ rc: 0, out: '', err: '' });
+        const name = loopNameOf(ns.mountsOn(target)[0]);
+        expect(readLoopState(name)).toMatchObject({ backingFile: img, dio: '0', autoclear: '1' });
+        expect(sysAttr(name, 'queue/logical_block_size')).toBe('512');
+        expect(fs.readFileSync(ns.path(`${target}/hello.txt`), 'utf8')).toBe(HELLO);
+        expect(text(await ns.run(UMOUNT, [target])).rc).toBe(0);
+        expect(text(await ns.run(UMOUNT, [outer])).rc).toBe(0);
+      } finally {
+        await ns.cleanupUnder(dir);
+        execFileSync(LOSETUP, ['-d', disk4k]);
+      }
     });
   });
 });
