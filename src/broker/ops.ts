@@ -12,19 +12,19 @@
  *    (LocalInstance.contains): a device of another instance, or of nobody, is ENODEV;
  *  - limits (--max, per-uid) are LocalInstance's: allocate/findFree enforce them.
  */
-import { readFileSync, readlinkSync, readSync } from 'node:fs';
+import { readFileSync, readlinkSync } from 'node:fs';
 import { NoFreeDeviceError } from '../kernel/allocate.js';
 import { AttachError } from '../kernel/attach.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError, toSysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
-import { ownUserNamespaceIno, pidOfPidfd } from '../kernel/process.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { otherBrokerAlive, ownIdentity, readSessionRecord, writeSessionRecord } from './sessions.js';
-import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriverOptions } from './fuse.js';
+import { createMount, idmapToPeer, MountError, mountAttrFlags, probeFilesystem, type MountPeer } from '../mounting/detached-mount.js';
+import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriverOptions } from '../mounting/fuse-driver.js';
 import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from '../protocol/broker.js';
 
 /** Filesystems the broker mounts unless `loopfs serve --allow-fs` says otherwise. */
@@ -56,6 +56,7 @@ export class OpError extends Error {
 /** Any thrown value as an error reply body. */
 export function toErrorBody(e: unknown): ErrorBody {
   if (e instanceof OpError) return { code: e.code, message: e.message, kind: e.kind };
+  if (e instanceof MountError) return { code: e.code, message: e.message, kind: 'mount' };
   if (e instanceof QuotaError) return { code: 'EDQUOT', message: e.message, kind: 'quota' };
   if (e instanceof NotInInstanceError) return { code: 'ENODEV', message: e.message, kind: 'device' };
   if (e instanceof NoFreeDeviceError) return { code: e.cause.code || 'ENOSPC', message: e.message, kind: 'nofree' };
@@ -77,13 +78,7 @@ class MinorDevice extends LoopDevice {
 const sysfsOf = (minor: number) => SysfsLoop.forName(`loop${minor}`);
 const isBound = (minor: number) => sysfsOf(minor).isBound();
 
-/** The peer a mount is for: who connected (SO_PEERCRED) and a pidfd for that process. */
-export interface MountPeer {
-  pid: number;
-  pidfd: number;
-  uid: number;
-  gid: number;
-}
+export type { MountPeer };
 
 export interface AttachOutcome {
   minor: number;
@@ -97,7 +92,7 @@ export interface MountOutcome {
   fstype: string;
   readOnly: boolean;
   idmapped: boolean;
-  /** A FUSE mount: the driver to start (fuse.ts startFuseDriver) before the mount is sent. */
+  /** A FUSE mount: the driver to start (fuse-driver.ts startFuseDriver) before the mount is sent. */
   fuse?: FuseStart;
 }
 
@@ -537,7 +532,7 @@ export class InstanceOps {
   }
 
   /**
-   * The kernel part of a FUSE mount (fuse.ts createFuseMount): usable by the caller only
+   * The kernel part of a FUSE mount (fuse-driver.ts createFuseMount): usable by the caller only
    * (user_id/group_id are its SO_PEERCRED ids), never ID-mapped (the drivers cannot map
    * ids). The driver runs as the instance owner, who owns DIR/loopN: it gets that node as
    * an O_PATH fd (checked to be this very device) and reopens it with its own rights.
@@ -656,110 +651,3 @@ function backingName(fd: number, name: string | undefined): string {
     return name ?? '';
   }
 }
-
-/**
- * The filesystem on a device, from its superblock magic, for the types the broker may
- * mount. Done here (a few reads) rather than with blkid: no process per mount, and only
- * types that could be allowed are recognised at all. ext2/ext3 are mounted by ext4.
- */
-export function probeFilesystem(fd: number): string | null {
-  const buf = Buffer.alloc(64 * 1024);
-  let len: number;
-  try {
-    len = readSync(fd, buf, 0, buf.length, 0);
-  } catch {
-    return null;
-  }
-  const at = (off: number, bytes: number) => (off + bytes <= len ? buf.subarray(off, off + bytes) : null);
-  if (at(0, 4)?.toString('latin1') === 'hsqs') return 'squashfs';
-  if (at(1024, 4)?.readUInt32LE(0) === 0xe0f5e1e2) return 'erofs';
-  if (at(1024 + 56, 2)?.readUInt16LE(0) === 0xef53) return 'ext4';
-  if (at(32769, 5)?.toString('latin1') === 'CD001') return 'iso9660';
-  const sig = at(510, 2);
-  if (sig && sig[0] === 0x55 && sig[1] === 0xaa) {
-    if (at(54, 3)?.toString('latin1') === 'FAT' || at(82, 3)?.toString('latin1') === 'FAT') return 'vfat';
-  }
-  return null;
-}
-
-const ATIME = (c: ReturnType<typeof native>['constants']) => ({
-  noatime: c.MOUNT_ATTR_NOATIME,
-  relatime: c.MOUNT_ATTR_RELATIME,
-  strictatime: c.MOUNT_ATTR_STRICTATIME,
-});
-
-/** The detached nosuid,nodev mount (an fd) of source; shared with `loopfs run` (src/intercept/perform.ts). */
-export /** MOUNT_ATTR_* for a broker mount: nosuid and nodev always, the client's attributes, ro. */
-function mountAttrFlags(readOnly: boolean, attrs: MountAttrName[]): number {
-  const c = native().constants;
-  let flags = c.MOUNT_ATTR_NOSUID | c.MOUNT_ATTR_NODEV | (readOnly ? c.MOUNT_ATTR_RDONLY : 0);
-  let atime: number | null = null;
-  for (const a of attrs) {
-    if (a === 'noexec') flags |= c.MOUNT_ATTR_NOEXEC;
-    else if (a === 'nodiratime') flags |= c.MOUNT_ATTR_NODIRATIME;
-    else if (a === 'nosymfollow') flags |= c.MOUNT_ATTR_NOSYMFOLLOW;
-    else if (a === 'noatime' || a === 'relatime' || a === 'strictatime') atime = ATIME(c)[a];
-  }
-  if (atime !== null) flags = (flags & ~c.MOUNT_ATTR__ATIME) | atime;
-  return flags;
-}
-
-export function createMount(source: string, fstype: string, readOnly: boolean, attrs: MountAttrName[]): number {
-  const n = native();
-  const c = n.constants;
-  const flags = mountAttrFlags(readOnly, attrs);
-  const fsfd = n.fsopen(fstype, c.FSOPEN_CLOEXEC);
-  try {
-    n.fsconfigSetString(fsfd, 'source', source);
-    if (readOnly) n.fsconfigSetFlag(fsfd, 'ro');
-    n.fsconfigCreate(fsfd);
-    return n.fsmount(fsfd, c.FSMOUNT_CLOEXEC, flags);
-  } catch (e) {
-    if (isSysError(e)) {
-      const details = (e as { details?: string[] }).details ?? [];
-      const why = details.length ? ` (${details.join('; ')})` : '';
-      throw new OpError(e.code, `${source}: cannot mount ${fstype}: ${e.description}${why}`, 'mount');
-    }
-    throw e;
-  } finally {
-    n.close(fsfd);
-  }
-}
-
-/** inode of a namespace file, identifying the namespace. */
-function nsIno(fd: number): bigint {
-  return native().fstat(fd).ino;
-}
-
-/**
- * ID-map the mount to the peer's user namespace, if it is not ours. The namespace comes
- * from /proc/PID/ns/user of the SO_PEERCRED pid; the pidfd proves afterwards that PID
- * still named the process that connected when we opened it (a pid is reused only after
- * its process is reaped, and fdinfo of a pidfd says `Pid: -1` from then on). Returns
- * whether the mount is ID-mapped; a filesystem without ID-mapped mount support (EINVAL)
- * is mounted unmapped: its files then show as the overflow id inside the namespace.
- */
-function idmapToPeer(mntFd: number, peer: MountPeer): boolean {
-  const n = native();
-  if (peer.pid <= 0) return false;
-  let nsFd: number;
-  try {
-    nsFd = n.open(`/proc/${peer.pid}/ns/user`, n.constants.O_RDONLY);
-  } catch {
-    throw new OpError('ESRCH', 'the connecting process has exited', 'mount');
-  }
-  try {
-    if (pidOfPidfd(peer.pidfd) !== peer.pid) throw new OpError('ESRCH', 'the connecting process has exited', 'mount');
-    if (nsIno(nsFd) === ownUserNamespaceIno()) return false;
-    try {
-      n.mountSetattrIdmap(mntFd, nsFd);
-      return true;
-    } catch (e) {
-      if (hasCode(e, 'EINVAL')) return false;
-      throw e;
-    }
-  } finally {
-    n.close(nsFd);
-  }
-}
-

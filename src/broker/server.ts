@@ -51,7 +51,7 @@ import { LiveSync, SyncTarget, type SyncOutcome } from '../instance/live-sync.js
 import { PinnedDir } from '../instance/pinned-dir.js';
 import { Runtime } from '../instance/runtime.js';
 import { DEFAULT_ALLOWED_FS, type MountOutcome } from './ops.js';
-import { FUSE_DRIVERS, fuseDriverPath, FuseDriverError, startFuseDriver, stopFuseDrivers, type FuseDriver } from './fuse.js';
+import { FUSE_DRIVERS, fuseDriverPath, FuseDriverError, startFuseDriver, stopFuseDrivers, type FuseDriver } from '../mounting/fuse-driver.js';
 import {
   BROKER_SOCKET,
   decodeRequest,

@@ -12,14 +12,14 @@
  * caller's target path (nsMoveMount). Nothing is ever continued to the kernel for such a
  * mount: CONTINUE would make the kernel read the caller's strings again.
  */
-import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, FuseDriverError, startFuseDriver, type FuseDriverOptions } from '../broker/fuse.js';
-import { createMount, OpError, probeFilesystem } from '../broker/ops.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native, type NativeStat } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance } from '../instance/local-instance.js';
+import { createMount, idmapToUserNamespace, MountError, probeFilesystem } from '../mounting/detached-mount.js';
+import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, FuseDriverError, startFuseDriver, type FuseDriverOptions } from '../mounting/fuse-driver.js';
 import { MS, requestedAttrs } from './policy.js';
 import type { TrappedProcess } from './trapped.js';
 
@@ -194,12 +194,12 @@ export class MountPerformer {
       try {
         mntFd = createMount(host, fstype, readOnly, requestedAttrs(req.flags));
       } catch (e) {
-        if (e instanceof OpError) return refuse(e.code, e.message);
+        if (e instanceof MountError) return refuse(e.code, e.message);
         throw e;
       }
       try {
         // host ids need no mapping (and the initial user namespace cannot map a mount)
-        if (!hostIds) idmapTo(mntFd, t.fds.usernsFd);
+        if (!hostIds) idmapToUserNamespace(mntFd, t.fds.usernsFd);
       } catch (e) {
         n.close(mntFd);
         if (isSysError(e)) return refuse(e.code, `mount_setattr: ${e.description}`);
@@ -242,18 +242,5 @@ export class MountPerformer {
       n.close(imageFd);
       return refuse(isSysError(e) ? e.code : 'EIO', `cannot create a FUSE mount: ${describeFuseError(e)}`);
     }
-  }
-}
-
-/**
- * ID-map the mount to the caller's user namespace, so that its root sees the image's root
- * files as its own. A filesystem without ID-mapped mount support (EINVAL) is mounted
- * unmapped (its files then show as the overflow id), as the broker does.
- */
-function idmapTo(mntFd: number, usernsFd: number): void {
-  try {
-    native().mountSetattrIdmap(mntFd, usernsFd);
-  } catch (e) {
-    if (!hasCode(e, 'EINVAL')) throw e;
   }
 }

@@ -15,7 +15,7 @@
  * child subreaper it also reaps the orphans of CMD's tree.
  */
 import { readdirSync, readFileSync } from 'node:fs';
-import { runningFuseDrivers, stopFuseDrivers } from '../broker/fuse.js';
+import { runningFuseDrivers, stopFuseDrivers } from '../mounting/fuse-driver.js';
 import { native, type FdWatcher } from '../kernel/native.js';
 import { MountJudge } from './judge.js';
 import { MountPerformer } from './perform.js';

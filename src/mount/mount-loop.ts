@@ -482,7 +482,7 @@ const USERSPACE_ONLY = new Set(['rw', 'exec', 'suid', 'dev', 'atime', 'diratime'
  * move_mount. The device is attached with autoclear and held by our connection until the
  * mount holds it: it frees itself at umount, and if we die before that, when the
  * connection closes. `-o fuse` asks for the filesystem to be served by a userspace driver
- * (broker fuse.ts) instead of the kernel; `-o nofuse` for the kernel where the broker
+ * (src/mounting/fuse-driver.ts) instead of the kernel; `-o nofuse` for the kernel where the broker
  * offers both. No utab entry is written: this path runs only where mount(2) is refused,
  * as root of a user namespace, where /run/mount is not writable either (mount(8) there
  * exits 16 when it would need utab, for x- options, which we drop), and umount(8) needs

@@ -2,8 +2,8 @@
  * Filesystem images parsed by a userspace FUSE driver instead of the kernel: a detached
  * FUSE mount built by root, served by a driver process that runs as an unprivileged uid
  * with nothing but the two fds it needs. Used by the broker's `mount` op (`loopfs serve
- * --fuse`, `mount.loop -o fuse`); usable by anything else that holds a mount fd for a
- * client (one function per step, no broker types).
+ * --fuse`, `mount.loop -o fuse`) and by the mounts `loopfs run --fuse` and the OCI seccomp
+ * agent perform (through loop-mount.ts); one function per step, no broker types.
  *
  *   const m = createFuseMount({ driver, source, userId, groupId, readOnly, attrFlags });
  *   const d = await startFuseDriver({ driver, fuseFd: m.fuseFd, imageFd, uid, gid, readOnly });

@@ -9,7 +9,7 @@ import { spawnSync, type SpawnSyncOptions } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createFuseMount, FuseDriverError, runningFuseDrivers, startFuseDriver, type FuseDriver } from '../../src/broker/fuse.js';
+import { createFuseMount, FuseDriverError, runningFuseDrivers, startFuseDriver, type FuseDriver } from '../../src/mounting/fuse-driver.js';
 import { FUSE_EXEC } from '../../src/kernel/fuse-exec.js';
 import { native } from '../../src/kernel/native.js';
 import { announceSkip, firstReason } from '../helpers/env.js';
