@@ -513,7 +513,17 @@ export class LocalInstance implements LoopScope {
       }
       minor = this.claimFreeMinor(rt, h);
       rt.unlock();
-      this.store.writeDevice(minor, { state: 'held' });
+      try {
+        this.store.writeDevice(minor, { state: 'held' });
+      } catch (e) {
+        // no record (the instance's filesystem full or read-only): nothing of the instance
+        // knows the device, so it goes back at once rather than waiting for gc
+        rt.lock();
+        rt.release(minor, h.id);
+        rt.unlock();
+        this.removeQuietly(minor);
+        throw e;
+      }
       if (bind) {
         try {
           bind(minor);
@@ -572,8 +582,18 @@ export class LocalInstance implements LoopScope {
           }
           continue;
         }
+        let claimed: boolean;
+        try {
+          claimed = rt.claim({ minor: next, id: h.id, dir: this.dir, uid: h.owner.uid });
+        } catch (e) {
+          // the claim could not be written (a full or read-only runtime directory): the
+          // device we just made is nobody's, and must not stay behind on the host
+          this.removeQuietly(next);
+          throw e;
+        }
+        // after the claim, and best effort: a hint never costs the device just claimed
         rt.madeIndex(next, scanned);
-        if (rt.claim({ minor: next, id: h.id, dir: this.dir, uid: h.owner.uid })) return next;
+        if (claimed) return next;
         // a stale claim names this index: the device we just made is nobody's, undo it
         this.removeQuietly(next);
       }

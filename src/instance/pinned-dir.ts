@@ -7,7 +7,7 @@
  * symlink can neither redirect a state write nor hand a chown/chmod to another file.
  */
 import { fsyncSync, linkSync, opendirSync, readSync, writeSync } from 'node:fs';
-import { hasCode } from '../kernel/errors.js';
+import { hasCode, toSysError, type SysError } from '../kernel/errors.js';
 import { native, type NativeStat } from '../kernel/native.js';
 import { tempNameFor } from './random.js';
 
@@ -91,10 +91,32 @@ export class PinnedDir {
    * one. A reader (or a crash at any point) sees the old content or the new, never a mix.
    */
   writeFileAtomic(name: string, content: string, mode = 0o644, syncDir = true): void {
+    const tmp = this.writeTemp(name, content, mode);
+    try {
+      native().renameat(this.fd, tmp, this.fd, name);
+    } catch (e) {
+      this.unlinkQuiet(tmp);
+      throw e;
+    }
+    // make the rename itself durable (a caller that writes a batch fsyncs once, after it)
+    if (syncDir) fsyncSync(this.fd);
+  }
+
+  /**
+   * `content` in a new temporary file beside `name`, fsynced; returns the temporary's name.
+   * A failure removes the temporary and is reported against `name` (node's own write and
+   * fsync errors name no file: a full filesystem would read "ENOSPC: ..., write").
+   */
+  private writeTemp(name: string, content: string, mode: number): string {
     const n = native();
     const c = n.constants;
     const tmp = tempNameFor(name);
-    const fd = n.openat(this.fd, tmp, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, mode);
+    let fd: number;
+    try {
+      fd = n.openat(this.fd, tmp, c.O_WRONLY | c.O_CREAT | c.O_EXCL | c.O_NOFOLLOW, mode);
+    } catch (e) {
+      throw errorAt(e, `${this.path}/${name}`);
+    }
     try {
       const data = Buffer.from(content, 'utf8');
       for (let off = 0; off < data.length; ) off += writeSync(fd, data, off);
@@ -102,17 +124,10 @@ export class PinnedDir {
     } catch (e) {
       n.close(fd);
       this.unlinkQuiet(tmp);
-      throw e;
+      throw errorAt(e, `${this.path}/${name}`);
     }
     n.close(fd);
-    try {
-      n.renameat(this.fd, tmp, this.fd, name);
-    } catch (e) {
-      this.unlinkQuiet(tmp);
-      throw e;
-    }
-    // make the rename itself durable (a caller that writes a batch fsyncs once, after it)
-    if (syncDir) fsyncSync(this.fd);
+    return tmp;
   }
 
   /** fsync the directory: makes the entries created, renamed and removed in it durable. */
@@ -123,8 +138,8 @@ export class PinnedDir {
   /** Create a file exclusively with content (used for claims): EEXIST when it exists. */
   createExclusive(name: string, content: string, mode = 0o644): void {
     // write under a private name first, then link(): the claim appears complete or not at all
-    const tmp = tempNameFor(name);
-    this.writeFileAtomic(tmp, content, mode);
+    const tmp = this.writeTemp(name, content, mode);
+    this.fsync();
     try {
       linkAt(this, tmp, name);
     } finally {
@@ -212,4 +227,12 @@ function linkAt(dir: PinnedDir, from: string, to: string): void {
   // fs.linkSync resolves the /proc/self/fd/N magic link to the pinned directory itself,
   // so the names are looked up inside the directory we opened, not by path
   linkSync(`/proc/self/fd/${dir.fd}/${from}`, `/proc/self/fd/${dir.fd}/${to}`);
+}
+
+/** A system error reported against `path` (the file the caller asked for, not a temporary). */
+function errorAt(e: unknown, path: string): SysError {
+  const err = toSysError(e);
+  err.path = path;
+  err.message = `${err.code}: ${err.description}, ${err.syscall} '${path}'`;
+  return err;
 }

@@ -16,7 +16,7 @@
  * $LOOPFS_RUNTIME_DIR overrides the location (tests use private ones).
  */
 import { mkdirSync, readSync, writeSync } from 'node:fs';
-import { hasCode } from '../kernel/errors.js';
+import { hasCode, isSysError } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
 import { PinnedDir } from './pinned-dir.js';
 
@@ -304,19 +304,30 @@ export class Runtime {
     return left > 0 ? Number(m[1]) : null;
   }
 
-  /** Record that `index` was made: the next new device goes above it. Caller holds the lock. */
+  /**
+   * Record that `index` was made: the next new device goes above it. Caller holds the lock.
+   * Best effort: it is only a hint, and the device just made must not fail to be claimed
+   * because the hint could not be written (a full runtime filesystem). A hint torn by a kill
+   * or a failed write reads as none (the next device looks at every device).
+   */
   madeIndex(index: number, fromScan: boolean): void {
-    const m = /^(\d+) (\d+)\n$/.exec(this.readNextIndexFile() ?? '');
-    const left = fromScan || !m ? NEXT_INDEX_USES : Math.max(0, Number(m[2]) - 1);
-    // rewritten in place, without rename or fsync: a hint torn by a kill reads as none
-    const n = native();
-    const c = n.constants;
-    const fd = n.openat(this.root.fd, NEXT_INDEX_FILE, c.O_WRONLY | c.O_CREAT | c.O_NOFOLLOW, 0o644);
     try {
-      const data = Buffer.from(`${String(index + 1).padStart(10, '0')} ${String(left).padStart(3, '0')}\n`);
-      writeSync(fd, data, 0, data.length, 0);
-    } finally {
-      n.close(fd);
+      const m = /^(\d+) (\d+)\n$/.exec(this.readNextIndexFile() ?? '');
+      const left = fromScan || !m ? NEXT_INDEX_USES : Math.max(0, Number(m[2]) - 1);
+      // rewritten in place, without rename or fsync
+      const n = native();
+      const c = n.constants;
+      const fd = n.openat(this.root.fd, NEXT_INDEX_FILE, c.O_WRONLY | c.O_CREAT | c.O_NOFOLLOW, 0o644);
+      try {
+        const data = Buffer.from(`${String(index + 1).padStart(10, '0')} ${String(left).padStart(3, '0')}\n`);
+        writeSync(fd, data, 0, data.length, 0);
+      } finally {
+        n.close(fd);
+      }
+    } catch (e) {
+      // any system error (ENOSPC/EDQUOT full, EROFS, EIO): the old hint stays, or none;
+      // a wrong hint costs a look at every device (claimFreeMinor), never a wrong device
+      if (!isSysError(e)) throw e;
     }
   }
 
