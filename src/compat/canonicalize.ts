@@ -5,6 +5,7 @@ export function canonicalize(path: string): string {
   try {
     return realpathSync.native(path);
   } catch {
+    // as util-linux's canonicalize_path: a path that cannot be resolved (ENOENT, EACCES, ELOOP) is kept as given
     return path;
   }
 }

@@ -24,6 +24,7 @@ export class FileMatcher {
       const s = statSync(file, { bigint: true });
       this.st = { dev: s.dev, ino: s.ino };
     } catch {
+      // a file that cannot be stat'ed (ENOENT, EACCES) overlaps nothing by inode
       this.st = null;
     }
   }

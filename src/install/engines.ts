@@ -121,6 +121,7 @@ export function dockerUnmerge(text: string, wrapper: string, hadRuntimes: boolea
   try {
     doc = JSON.parse(text);
   } catch {
+    // not JSON (SyntaxError): a config we do not understand has no runtime of ours
     return null;
   }
   if (!isObject(doc) || !isObject(doc.runtimes)) return null;
@@ -138,6 +139,7 @@ export function dockerRegistration(text: string): string | null {
     const ours = isObject(doc) && isObject(doc.runtimes) ? doc.runtimes[RUNTIME_NAME] : undefined;
     return isObject(ours) && typeof ours.path === 'string' ? ours.path : null;
   } catch {
+    // unreadable or not JSON: no runtime of ours is registered there
     return null;
   }
 }
@@ -291,6 +293,7 @@ function executable(path: string): boolean {
     accessSync(path, constants.X_OK);
     return statSync(path).isFile();
   } catch {
+    // absent (ENOENT) or not executable (EACCES): not an installed program
     return false;
   }
 }

@@ -141,6 +141,7 @@ function occupied(path: string): boolean {
     lstatSync(path);
     return true;
   } catch {
+    // ENOENT (or a parent we cannot search): nothing there to keep
     return false;
   }
 }
@@ -153,6 +154,7 @@ export function readRecord(path: string): InstallRecord | null {
   try {
     return JSON.parse(readFileSync(path, 'utf8')) as InstallRecord;
   } catch {
+    // no record (ENOENT) or not JSON: nothing was installed by us there
     return null;
   }
 }
@@ -394,6 +396,7 @@ function undo(changes: Change[], notes: string[] = []): string[] {
         try {
           rmdirTree(c.path);
         } catch {
+          // ENOTEMPTY (files the user added since) or already gone: left alone, and said
           skipped.push(`${c.path} (not empty; left alone)`);
         }
         break;

@@ -90,12 +90,14 @@ function freeFromControl(ctl: LoopControl, dir: DeviceDir): LoopDevice | null {
   try {
     index = ctl.getFree();
   } catch {
+    // LOOP_CTL_GET_FREE refused (ENOSPC: no free index, or max_loop reached): the caller falls back to scanning
     return null;
   }
   const path = nodePath(dir, index);
   try {
     return isFreeNode(path) ? new LoopDevice(path) : null;
   } catch {
+    // the offered node is missing here or not ours to open (ENOENT, EACCES): not a free device in this directory
     return null;
   }
 }
@@ -105,6 +107,7 @@ function openControl(dir: DeviceDir): LoopControl | null {
   try {
     return LoopControl.open(dir.controlPath);
   } catch {
+    // no usable control node in this directory (ENOENT, EACCES, ENODEV): allocate by scanning
     return null;
   }
 }

@@ -58,6 +58,7 @@ export class LoopDevice {
       const st = this.statNode();
       return st.isBlockDevice() ? [major(st.rdev), minor(st.rdev)] : null;
     } catch {
+      // no node (ENOENT) or no access: no device number to report
       return null;
     }
   }
@@ -125,6 +126,7 @@ export class LoopDevice {
     try {
       return this.status();
     } catch {
+      // documented above: unbound (ENXIO), no permission, no device
       return null;
     }
   }
@@ -299,6 +301,7 @@ export class LoopDevice {
     try {
       return BigInt(this.sectorSize());
     } catch {
+      // no sysfs and BLKSSZGET refused: the size is unknown (the listing prints nothing)
       return null;
     }
   }
@@ -367,6 +370,7 @@ export function isLoopDevice(path: string): boolean {
     assertLoopDevice(path);
     return true;
   } catch {
+    // assertLoopDevice's refusal (ENODEV, ENOENT) is the answer: not a loop device
     return false;
   }
 }
@@ -377,6 +381,7 @@ function sysfsName(dir: string): string | null {
     const p = realpathSync(dir);
     return p.slice(p.lastIndexOf('/') + 1);
   } catch {
+    // no sysfs directory for it (ENOENT): no name
     return null;
   }
 }

@@ -24,6 +24,7 @@ export function inInitialUserNamespace(): boolean {
   try {
     return ownUserNamespaceIno() === PROC_USER_INIT_INO;
   } catch {
+    // no /proc/self/ns/user (no procfs): cannot tell, so not assumed initial
     return false;
   }
 }
@@ -38,6 +39,7 @@ export function pidOfPidfd(fd: number): number | null {
   try {
     info = readFileSync(`/proc/self/fdinfo/${fd}`, 'utf8');
   } catch {
+    // no such fd (EBADF, ENOENT): not a pidfd
     return null;
   }
   const m = /^Pid:\s*(-?\d+)$/m.exec(info);

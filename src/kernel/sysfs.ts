@@ -20,6 +20,7 @@ function readAttrFile(path: string): string | null {
   try {
     return stripNewline(readFileSync(path, 'latin1'));
   } catch {
+    // an attribute that is absent (ENOENT: the loop/ group exists only while the device is bound) or unreadable reads as none, as util-linux takes it
     return null;
   }
 }
@@ -214,6 +215,7 @@ export function readdirRaw(dir: string): string[] {
   try {
     d = opendirSync(dir, { bufferSize: 1024 });
   } catch {
+    // no such directory (ENOENT: no sysfs, or no devices): no names
     return names;
   }
   try {
@@ -229,6 +231,7 @@ export function sysfsAvailable(): boolean {
   try {
     return statSync(SYS_BLOCK).isDirectory();
   } catch {
+    // ENOENT: no sysfs mounted here
     return false;
   }
 }

@@ -129,6 +129,7 @@ function isDirectory(path: string): boolean {
   try {
     return statSync(path).isDirectory();
   } catch {
+    // absent (ENOENT) or beyond our reach: not a directory to use
     return false;
   }
 }

@@ -123,6 +123,7 @@ function ageMs(dir: string): number {
   try {
     return Date.now() - statSync(dir).mtimeMs;
   } catch {
+    // gone already (ENOENT): as old as can be
     return Infinity;
   }
 }

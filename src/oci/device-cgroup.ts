@@ -19,6 +19,7 @@ export function deviceCgroupAllowFile(pid: number): string | null {
   try {
     text = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
   } catch {
+    // the process is gone (ENOENT, ESRCH): no cgroup to tell
     return null;
   }
   for (const line of text.split('\n')) {

@@ -93,6 +93,7 @@ export function ociHookStatus(dirs: string[] = DEFAULT_HOOKS_DIRS): HookInstallS
           existsSync(args[1]) &&
           args[2] === 'oci-hook';
       } catch {
+        // a hook file that is not what we wrote (not JSON, missing fields): counted as broken
         ok = false;
       }
       (ok ? stages : broken).push(stage);

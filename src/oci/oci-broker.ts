@@ -190,6 +190,7 @@ export class OciBroker {
     try {
       inst = LocalInstance.open(dir, this.env);
     } catch {
+      // the instance is being destroyed or half made (ENOENT, a lock refused): nothing to keep live now; the next sync looks again
       return;
     }
     // rootful: the hook granted the pool in the device cgroup (v1), the view grants the rest
@@ -221,6 +222,7 @@ export class OciBroker {
         try {
           pidfd = native().pidfdOpen(r.pid);
         } catch {
+          // ESRCH: the init exited after the check; treated as a vanished container
           pidfd = -1;
         }
       }
@@ -265,6 +267,7 @@ export class OciBroker {
       try {
         m = n.recvMsg(fd, MAX_REQUEST, 1);
       } catch {
+        // the hook went away (ECONNRESET) or sent garbage: its request is dropped with the connection
         n.close(fd);
         return;
       }

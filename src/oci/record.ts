@@ -57,6 +57,7 @@ export function processStartTime(pid: number): string | null {
   try {
     stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   } catch {
+    // the process is gone (ENOENT, ESRCH): no start time
     return null;
   }
   // comm (field 2) may contain spaces and parentheses: count from the last ')'
@@ -83,6 +84,7 @@ export function readRecord(dir: string): ContainerRecord | null {
   try {
     d = PinnedDir.open(dir);
   } catch {
+    // no such instance (ENOENT, ENOTDIR): no record
     return null;
   }
   try {
@@ -91,6 +93,7 @@ export function readRecord(dir: string): ContainerRecord | null {
     const r = JSON.parse(text) as ContainerRecord;
     return r && r.version === 1 && typeof r.container === 'string' && typeof r.pid === 'number' ? r : null;
   } catch {
+    // unreadable or not JSON: not a record of ours
     return null;
   } finally {
     d.close();
@@ -125,6 +128,7 @@ function listQuiet(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch {
+    // no such directory (ENOENT): nothing listed
     return [];
   }
 }

@@ -125,6 +125,7 @@ export class SeccompAgent {
     try {
       cred = n.peerCred(fd);
     } catch {
+      // the peer is gone already (ENOTCONN, EBADF): nothing to serve
       n.close(fd);
       return;
     }
@@ -313,6 +314,7 @@ class Pending {
     try {
       doc = JSON.parse(Buffer.concat(this.chunks, this.size).toString('utf8'));
     } catch {
+      // not (yet) a whole JSON document (SyntaxError): wait for more, or refuse at the end of the stream
       if (eof) this.fail(this.size === 0 && this.fds.length === 0 ? EMPTY : 'the handshake is not JSON');
       return eof;
     }
@@ -468,6 +470,7 @@ function fdTarget(fd: number): string | null {
   try {
     return readlinkSync(`/proc/self/fd/${fd}`);
   } catch {
+    // no such fd (EBADF, ENOENT): no target
     return null;
   }
 }
@@ -479,6 +482,7 @@ function pidNamespaceOf(pid: number): bigint | null {
   try {
     fd = n.open(`/proc/${pid}/ns/pid`, n.constants.O_RDONLY);
   } catch {
+    // the process is gone (ENOENT, ESRCH): no pid namespace to compare
     return null;
   }
   try {
@@ -497,6 +501,7 @@ function instanceOwner(dir: string): number | null {
       inst.close();
     }
   } catch {
+    // no instance or no state (ENOENT, not JSON): no owner to tell
     return null;
   }
 }

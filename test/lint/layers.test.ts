@@ -57,6 +57,18 @@ describe('lint: the layers of the README', () => {
     expect(cold.messages).toEqual([]);
   });
 
+  it('a catch that swallows every error must say why: flagged bare, accepted with a comment or a throw of its own', async () => {
+    const messages = async (body: string) => {
+      const [r] = await eslint.lintText(`export function f(): number {\n  try {\n    return 1;\n  } catch {\n${body}\n  }\n}\n`, {
+        filePath: path.join(REPO_ROOT, 'src/kernel/probe.ts'),
+      });
+      return r.messages.map((m) => `${m.ruleId} ${m.severity}`);
+    };
+    expect(await messages('    return 0;')).toEqual(['catches/says-why 2']);
+    expect(await messages('    // ENOENT: no such node, nothing to count\n    return 0;')).toEqual([]);
+    expect(await messages("    throw new Error('not a number');")).toEqual([]);
+  });
+
   it('commands may import every layer, packages and built-ins are not layers', async () => {
     expect(
       await layerErrors('src/commands/probe.ts', "import fs from 'node:fs';\nimport { Command } from '@oclif/core';\nimport { BrokerServer } from '../broker/server.js';\nexport default [fs, Command, BrokerServer];\n"),

@@ -204,6 +204,7 @@ function writable(path: string): boolean {
     accessSync(path, fsConstants.W_OK);
     return true;
   } catch {
+    // any refusal (EACCES, EROFS, ENOENT) means: not writable
     return false;
   }
 }
@@ -233,6 +234,7 @@ function create(ctx: ActionContext): number {
         if (!info) throw new Error('no status');
         o.dev.setStatus({ ...info, flags: info.flags & ~LO_FLAGS_AUTOCLEAR });
       } catch {
+        // util-linux reports any failure of the re-use (no status, an ioctl refused) with this one line
         out.errx(`${file}: failed to re-use loop device`);
       }
       finishCreate(ctx, o.dev);
@@ -310,6 +312,7 @@ function warnSize(out: Output, file: string, sizelimit: bigint, offset: bigint |
     try {
       st = statSync(file, { bigint: true });
     } catch {
+      // a file that cannot be stat'ed is not a block device: the setup reports its own error later
       return;
     }
     if (st.isBlockDevice()) return;
