@@ -21,11 +21,10 @@ import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
-import { PinnedDir } from '../instance/pinned-dir.js';
 import { otherBrokerAlive, ownIdentity, readSessionRecord, writeSessionRecord } from './sessions.js';
-import { createMount, idmapToPeer, MountError, mountAttrFlags, probeFilesystem, type MountPeer } from '../mounting/detached-mount.js';
-import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, type FuseDriverOptions } from '../mounting/fuse-driver.js';
-import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountAttrName, MountRequest } from '../protocol/broker.js';
+import { idmapToPeer, MountError, type MountPeer } from '../mounting/detached-mount.js';
+import { LoopMountRefused, MinorDevice, mountLoopDevice, type FuseStart, type LoopMountRefusal } from '../mounting/loop-mount.js';
+import type { AttachRequestMsg, DeviceEntry, ErrorBody, ErrorKind, FuseMode, GetFreeReply, ListReply, MountRequest } from '../protocol/broker.js';
 
 /** Filesystems the broker mounts unless `loopfs serve --allow-fs` says otherwise. */
 export const DEFAULT_ALLOWED_FS = ['ext4', 'squashfs', 'erofs', 'iso9660', 'vfat'];
@@ -65,16 +64,6 @@ export function toErrorBody(e: unknown): ErrorBody {
   return { code: 'EIO', message: e instanceof Error ? e.message : String(e), kind: 'internal' };
 }
 
-/** A device named by minor: the host node, with the device number known without a stat. */
-class MinorDevice extends LoopDevice {
-  constructor(readonly minorNumber: number) {
-    super(`/dev/loop${minorNumber}`);
-  }
-  override devno(): [number, number] {
-    return [LOOP_MAJOR, this.minorNumber];
-  }
-}
-
 const sysfsOf = (minor: number) => SysfsLoop.forName(`loop${minor}`);
 const isBound = (minor: number) => sysfsOf(minor).isBound();
 
@@ -92,12 +81,9 @@ export interface MountOutcome {
   fstype: string;
   readOnly: boolean;
   idmapped: boolean;
-  /** A FUSE mount: the driver to start (fuse-driver.ts startFuseDriver) before the mount is sent. */
+  /** A FUSE mount: the driver the main thread starts (and whose fds it closes) before the mount is sent. */
   fuse?: FuseStart;
 }
-
-/** What the main thread needs to start a FUSE driver; it owns (and closes) both fds. */
-export type FuseStart = Omit<FuseDriverOptions, 'timeoutMs' | 'env'>;
 
 const O_ACCMODE = 3;
 const O_PATH = 0o10000000;
@@ -479,48 +465,60 @@ export class InstanceOps {
   // ---------------------------------------------------------------- mount
 
   /**
-   * A detached mount of a bound device of the instance: fsopen/fsconfig(source=/dev/loopN)/
-   * CMD_CREATE/fsmount with nosuid,nodev forced, ID-mapped to the caller's user namespace
-   * when it has one. Returns the mount fd: the caller sends it and closes it at once (an
-   * open mount fd keeps the mount, and so the device, busy).
+   * A detached mount of a bound device of the instance (src/mounting/loop-mount.ts), for
+   * the peer: ID-mapped to its user namespace when it has one, or a FUSE mount only its
+   * ids may use. Returns the mount fd: the caller sends it and closes it at once (an open
+   * mount fd keeps the mount, and so the device, busy).
    */
   mount(minor: number, req: MountRequest, peer: MountPeer): MountOutcome {
-    const n = native();
-    const c = n.constants;
     return this.with((inst) => {
+      // a device of somebody else is "not a device of this instance" before anything else
       this.member(inst, minor);
-      // Opening the device pins its binding: from now until we close it, a LOOP_CLR_FD is
-      // deferred and LOOP_CTL_REMOVE fails, so the device cannot change hands between the
-      // checks below and the mount. The checks are repeated on the pinned device.
-      const devFd = n.open(`/dev/loop${minor}`, c.O_RDONLY);
+      let m;
       try {
-        const st = n.fstat(devFd);
-        if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
-          throw new OpError('ENODEV', `/dev/loop${minor} is not loop device ${minor}`, 'internal');
-        }
-        this.member(inst, minor);
-        if (!isBound(minor)) throw new OpError('ENXIO', `loop${minor}: not bound to a file`, 'device');
-        const readOnly = req.readOnly === true || sysfsOf(minor).readOnly() === true;
-        const fstype = req.fstype ?? probeFilesystem(devFd);
-        if (fstype === null) {
-          throw new OpError('EINVAL', `loop${minor}: cannot tell the filesystem type (name it with -t loop.TYPE)`, 'mount');
-        }
-        if (!this.cfg.allowFs.includes(fstype)) {
-          throw new OpError('EPERM', `filesystem type ${fstype} is not allowed by this broker (allowed: ${this.cfg.allowFs.join(', ') || 'none'})`, 'mount');
-        }
-        if (this.useFuse(req)) return this.fuseMount(inst, minor, fstype, readOnly, req.attrs ?? [], peer);
-        const mntFd = createMount(`/dev/loop${minor}`, fstype, readOnly, req.attrs ?? []);
-        try {
-          const idmapped = idmapToPeer(mntFd, peer);
-          return { fd: mntFd, fstype, readOnly, idmapped };
-        } catch (e) {
-          n.close(mntFd);
-          throw e;
-        }
-      } finally {
-        n.close(devFd);
+        m = mountLoopDevice({
+          inst,
+          minor,
+          fstype: req.fstype ?? null,
+          readOnly: req.readOnly === true,
+          attrs: req.attrs ?? [],
+          allowFs: this.cfg.allowFs,
+          fuse: () => this.useFuse(req),
+          for: { uid: peer.uid, gid: peer.gid, idmap: (mntFd) => idmapToPeer(mntFd, peer) },
+          env: this.cfg.env,
+        });
+      } catch (e) {
+        throw e instanceof LoopMountRefused ? this.refusal(minor, e.refusal) : e;
       }
+      return { fd: m.mntFd, fstype: m.fstype, readOnly: m.readOnly, idmapped: m.idmapped, ...(m.fuse ? { fuse: m.fuse } : {}) };
     });
+  }
+
+  /** A refused mount as the client is told: the broker's errno, words and error kind. */
+  private refusal(minor: number, r: LoopMountRefusal): unknown {
+    switch (r.why) {
+      case 'host-node-unopenable':
+        return r.error;
+      case 'host-node-not-device':
+        return new OpError('ENODEV', `${r.node} is not loop device ${minor}`, 'internal');
+      case 'not-member':
+        return new OpError('ENODEV', `loop${minor}: not a device of this instance`, 'device');
+      case 'unbound':
+        return new OpError('ENXIO', `loop${minor}: not bound to a file`, 'device');
+      case 'unknown-type':
+        return new OpError('EINVAL', `loop${minor}: cannot tell the filesystem type (name it with -t loop.TYPE)`, 'mount');
+      case 'wrong-type':
+      case 'type-not-allowed':
+        return new OpError('EPERM', `filesystem type ${r.fstype} is not allowed by this broker (allowed: ${this.cfg.allowFs.join(', ') || 'none'})`, 'mount');
+      case 'no-fuse-driver':
+        return new OpError('EPERM', `no FUSE driver for filesystem type ${r.fstype} (fuse2fs: ext2/3/4, squashfuse: squashfs)`, 'mount');
+      case 'fuse-driver-missing':
+        return new OpError('ENOENT', `the FUSE driver ${r.driver} is not installed`, 'mount');
+      case 'instance-node-unopenable':
+        return new OpError('ENODEV', `${r.node}: ${toErrorBody(r.error).message}`, 'device');
+      case 'instance-node-not-device':
+        return new OpError('ENODEV', `${r.node} is not the node of loop device ${minor}`, 'device');
+    }
   }
 
   /** FUSE or the kernel, as the request and the broker's mode say. */
@@ -529,46 +527,6 @@ export class InstanceOps {
     if (req.fuse === true && mode === 'never') throw new OpError('EPERM', 'this broker does not mount through FUSE', 'mount');
     if (req.fuse === false && mode === 'always') throw new OpError('EPERM', 'this broker mounts through FUSE only', 'mount');
     return req.fuse ?? mode === 'always';
-  }
-
-  /**
-   * The kernel part of a FUSE mount (fuse-driver.ts createFuseMount): usable by the caller only
-   * (user_id/group_id are its SO_PEERCRED ids), never ID-mapped (the drivers cannot map
-   * ids). The driver runs as the instance owner, who owns DIR/loopN: it gets that node as
-   * an O_PATH fd (checked to be this very device) and reopens it with its own rights.
-   */
-  private fuseMount(inst: LocalInstance, minor: number, fstype: string, readOnly: boolean, attrs: MountAttrName[], peer: MountPeer): MountOutcome {
-    const n = native();
-    const c = n.constants;
-    const driver = fuseDriverFor(fstype);
-    if (!driver) throw new OpError('EPERM', `no FUSE driver for filesystem type ${fstype} (fuse2fs: ext2/3/4, squashfuse: squashfs)`, 'mount');
-    if (!fuseDriverPath(driver, this.cfg.env)) throw new OpError('ENOENT', `the FUSE driver ${driver} is not installed`, 'mount');
-    const owner = inst.header().owner;
-    const root = PinnedDir.open(this.cfg.dir);
-    let imageFd: number;
-    try {
-      imageFd = n.openat(root.fd, `loop${minor}`, c.O_PATH | c.O_NOFOLLOW);
-    } catch (e) {
-      throw new OpError('ENODEV', `${this.cfg.dir}/loop${minor}: ${toErrorBody(e).message}`, 'device');
-    } finally {
-      root.close();
-    }
-    try {
-      const st = n.fstat(imageFd);
-      if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
-        throw new OpError('ENODEV', `${this.cfg.dir}/loop${minor} is not the node of loop device ${minor}`, 'device');
-      }
-      let m;
-      try {
-        m = createFuseMount({ driver, source: `/dev/loop${minor}`, userId: peer.uid, groupId: peer.gid, readOnly, attrFlags: mountAttrFlags(false, attrs) });
-      } catch (e) {
-        throw new OpError(isSysError(e) ? e.code : 'EIO', `cannot create a FUSE mount: ${describeFuseError(e)}`, 'mount');
-      }
-      return { fd: m.mntFd, fstype, readOnly, idmapped: false, fuse: { driver, fuseFd: m.fuseFd, imageFd, uid: owner.uid, gid: owner.gid, readOnly } };
-    } catch (e) {
-      n.close(imageFd);
-      throw e;
-    }
   }
 }
 

@@ -7,23 +7,24 @@
  * caller it serves that `loopfs run` refuses).
  *
  * The mount is built here, as root in our namespace, from the host node /dev/loopN (never
- * from the caller's path, which it controls), with the broker's code (createMount); then a
+ * from the caller's path, which it controls), by the routine the broker's mount op uses
+ * too (src/mounting/loop-mount.ts mountLoopDevice); then a
  * forked child that holds only the caller's user namespace privilege moves it to the
  * caller's target path (nsMoveMount). Nothing is ever continued to the kernel for such a
  * mount: CONTINUE would make the kernel read the caller's strings again.
  */
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError } from '../kernel/errors.js';
-import { LoopDevice } from '../kernel/loop-device.js';
 import { native, type NativeStat } from '../kernel/native.js';
-import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance } from '../instance/local-instance.js';
-import { createMount, idmapToUserNamespace, MountError, probeFilesystem } from '../mounting/detached-mount.js';
-import { createFuseMount, describeFuseError, fuseDriverFor, fuseDriverPath, FuseDriverError, startFuseDriver, type FuseDriverOptions } from '../mounting/fuse-driver.js';
+import { idmapToUserNamespace, MountError } from '../mounting/detached-mount.js';
+import { FuseDriverError, startFuseDriver, type FuseDriverOptions } from '../mounting/fuse-driver.js';
+import { LoopMountRefused, mountLoopDevice, type LoopMountRefusal } from '../mounting/loop-mount.js';
 import { MS, requestedAttrs } from './policy.js';
 import type { TrappedProcess } from './trapped.js';
 
-export interface MountRequest {
+/** The arguments of a trapped mount(2) whose source is a block device. */
+export interface TrappedMount {
   /** stat of the source as the caller resolves it (in its namespaces, root and cwd). */
   source: NativeStat;
   sourcePath: string;
@@ -75,7 +76,7 @@ export class MountPerformer {
   ) {}
 
   /** Perform or refuse. null: the caller vanished meanwhile (nothing to answer). */
-  async mount(t: TrappedProcess, req: MountRequest): Promise<Outcome | null> {
+  async mount(t: TrappedProcess, req: TrappedMount): Promise<Outcome | null> {
     const p = this.prepare(t, req);
     if (!('mntFd' in p)) return p;
     const n = native();
@@ -130,7 +131,7 @@ export class MountPerformer {
   }
 
   /** The checks, and the detached mount; an Outcome is a refusal. */
-  private prepare(t: TrappedProcess, req: MountRequest): Outcome | Prepared {
+  private prepare(t: TrappedProcess, req: TrappedMount): Outcome | Prepared {
     const hostIds = t.inOurUserNamespace;
     const root = this.options.containerRoot;
     if (root !== undefined) {
@@ -149,98 +150,71 @@ export class MountPerformer {
     const { rdevMajor: major, rdevMinor: minor } = req.source;
     if (major !== LOOP_MAJOR) return refuse('EPERM', `${req.sourcePath} (${major}:${minor}) is not a loop device`);
     if (req.data) return refuse('EPERM', `filesystem options "${req.data}" are not the caller's to choose`);
-    const n = native();
-    const c = n.constants;
     const inst = LocalInstance.open(this.instanceDir);
-    let devFd = -1;
     try {
-      const host = `/dev/loop${minor}`;
-      // The open pins the device's binding: until we close it a LOOP_CLR_FD is deferred and
-      // LOOP_CTL_REMOVE fails, so the device cannot change hands between the checks and the
-      // mount. Membership is checked on the pinned device.
-      try {
-        devFd = n.open(host, c.O_RDONLY);
-      } catch (e) {
-        return refuse(hasCode(e, 'ENOENT', 'ENXIO') ? 'EPERM' : 'EIO', `${host}: ${(e as Error).message}`);
-      }
-      const st = n.fstat(devFd);
-      if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
-        return refuse('EPERM', `${host} is not loop device ${minor}`);
-      }
-      if (!inst.contains(new LoopDevice(host))) return refuse('EPERM', `loop${minor} is not a device of ${this.instanceDir}`);
-      const sys = SysfsLoop.forName(`loop${minor}`);
-      if (!sys.isBound()) return refuse('ENXIO', `loop${minor} is not bound to a file`);
-      // The superblock is read only when the answer depends on it: no type given, or a type
-      // outside the allow-list. An allowed type needs no probe (the kernel's driver parses
-      // the device either way), and reading 64 KiB through the loop device just bound cost
-      // the caller milliseconds per mount (util-linux always passes the type it probed).
-      const probed = !req.fstype || !this.allowFs.includes(req.fstype) ? probeFilesystem(devFd) : null;
-      const fstype = req.fstype || probed;
-      if (!fstype) return refuse('EINVAL', `loop${minor}: cannot tell the filesystem type`);
-      if (!this.allowFs.includes(fstype)) {
-        // The device holds an allowed filesystem of another type: the kernel's answer to a
-        // wrong type (EINVAL), so that a caller trying type after type goes on to the right
-        // one (busybox mount without -t tries ext3 and ext2 before ext4; ext2/ext3
-        // superblocks are the ext4 driver's, which probes as ext4).
-        if (req.fstype && probed && probed !== req.fstype && this.allowFs.includes(probed)) {
-          return refuse('EINVAL', `loop${minor} holds ${probed}, not ${req.fstype} (which is not allowed)`);
-        }
-        return refuse('EPERM', `filesystem type ${fstype} is not allowed (allowed: ${this.allowFs.join(', ') || 'none'})`);
-      }
-      const readOnly = (req.flags & MS.RDONLY) !== 0 || sys.readOnly() === true;
-      const what = `loop${minor} (${fstype}${readOnly ? ', ro' : ''}${this.fuse ? ', fuse' : ''})`;
-      if (this.fuse) return this.prepareFuse(inst, minor, fstype, readOnly, t, what);
-      let mntFd: number;
-      try {
-        mntFd = createMount(host, fstype, readOnly, requestedAttrs(req.flags));
-      } catch (e) {
-        if (e instanceof MountError) return refuse(e.code, e.message);
-        throw e;
-      }
-      try {
-        // host ids need no mapping (and the initial user namespace cannot map a mount)
-        if (!hostIds) idmapToUserNamespace(mntFd, t.fds.usernsFd);
-      } catch (e) {
-        n.close(mntFd);
-        if (isSysError(e)) return refuse(e.code, `mount_setattr: ${e.description}`);
-        throw e;
-      }
-      return { mntFd, fuse: null, what };
+      const m = mountLoopDevice({
+        inst,
+        minor,
+        fstype: req.fstype || null,
+        readOnly: (req.flags & MS.RDONLY) !== 0,
+        // a FUSE mount here has only ever carried nosuid,nodev(,ro), not the caller's
+        // noexec & co.: kept as it was (whether it should is an open question, issue 15)
+        attrs: this.fuse ? [] : requestedAttrs(req.flags),
+        allowFs: this.allowFs,
+        fuse: () => this.fuse,
+        for: {
+          // the caller's ids in the initial user namespace
+          uid: t.euid,
+          gid: t.egid,
+          // host ids need no mapping (and the initial user namespace cannot map a mount)
+          idmap: (mntFd) => {
+            if (hostIds) return false;
+            try {
+              return idmapToUserNamespace(mntFd, t.fds.usernsFd);
+            } catch (e) {
+              if (isSysError(e)) throw new MountError(e.code, `mount_setattr: ${e.description}`);
+              throw e;
+            }
+          },
+        },
+        env: this.env,
+      });
+      const what = `loop${minor} (${m.fstype}${m.readOnly ? ', ro' : ''}${this.fuse ? ', fuse' : ''})`;
+      return { mntFd: m.mntFd, fuse: m.fuse && { ...m.fuse, env: this.env }, what };
+    } catch (e) {
+      if (e instanceof LoopMountRefused) return this.refusal(minor, e.refusal);
+      if (e instanceof MountError) return refuse(e.code, e.message);
+      throw e;
     } finally {
-      if (devFd >= 0) n.close(devFd);
       inst.close();
     }
   }
 
-  /**
-   * The FUSE mount of loopN: usable by the caller's uid only (user_id/group_id: its ids in
-   * the initial user namespace), served by the driver as the instance owner, who opens the
-   * instance's node DIR/loopN (given as an O_PATH fd checked to be this very device).
-   */
-  private prepareFuse(inst: LocalInstance, minor: number, fstype: string, readOnly: boolean, t: TrappedProcess, what: string): Outcome | Prepared {
-    const n = native();
-    const c = n.constants;
-    const driver = fuseDriverFor(fstype);
-    if (!driver) return refuse('EPERM', `no FUSE driver for filesystem type ${fstype}`);
-    if (!fuseDriverPath(driver, this.env)) return refuse('ENODEV', `the FUSE driver ${driver} is not installed`);
-    const owner = inst.header().owner;
-    let imageFd: number;
-    try {
-      imageFd = n.open(inst.nodePath(minor), c.O_PATH | c.O_NOFOLLOW);
-    } catch (e) {
-      return refuse('EPERM', `${inst.nodePath(minor)}: ${(e as Error).message}`);
-    }
-    const st = n.fstat(imageFd);
-    if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== LOOP_MAJOR || st.rdevMinor !== minor) {
-      n.close(imageFd);
-      return refuse('EPERM', `${inst.nodePath(minor)} is not the node of loop device ${minor}`);
-    }
-    try {
-      const m = createFuseMount({ driver, source: `/dev/loop${minor}`, userId: t.euid, groupId: t.egid, readOnly });
-      return { mntFd: m.mntFd, fuse: { driver, fuseFd: m.fuseFd, imageFd, uid: owner.uid, gid: owner.gid, readOnly, env: this.env }, what };
-    } catch (e) {
-      n.close(imageFd);
-      return refuse(isSysError(e) ? e.code : 'EIO', `cannot create a FUSE mount: ${describeFuseError(e)}`);
+  /** A refused mount as the trapped caller is answered (the errno the kernel could give) and logged. */
+  private refusal(minor: number, r: LoopMountRefusal): Outcome {
+    switch (r.why) {
+      case 'host-node-unopenable':
+        return refuse(hasCode(r.error, 'ENOENT', 'ENXIO') ? 'EPERM' : 'EIO', `${r.node}: ${(r.error as Error).message}`);
+      case 'host-node-not-device':
+        return refuse('EPERM', `${r.node} is not loop device ${minor}`);
+      case 'not-member':
+        return refuse('EPERM', `loop${minor} is not a device of ${this.instanceDir}`);
+      case 'unbound':
+        return refuse('ENXIO', `loop${minor} is not bound to a file`);
+      case 'unknown-type':
+        return refuse('EINVAL', `loop${minor}: cannot tell the filesystem type`);
+      case 'wrong-type':
+        return refuse('EINVAL', `loop${minor} holds ${r.probed}, not ${r.fstype} (which is not allowed)`);
+      case 'type-not-allowed':
+        return refuse('EPERM', `filesystem type ${r.fstype} is not allowed (allowed: ${this.allowFs.join(', ') || 'none'})`);
+      case 'no-fuse-driver':
+        return refuse('EPERM', `no FUSE driver for filesystem type ${r.fstype}`);
+      case 'fuse-driver-missing':
+        return refuse('ENODEV', `the FUSE driver ${r.driver} is not installed`);
+      case 'instance-node-unopenable':
+        return refuse('EPERM', `${r.node}: ${(r.error as Error).message}`);
+      case 'instance-node-not-device':
+        return refuse('EPERM', `${r.node} is not the node of loop device ${minor}`);
     }
   }
 }

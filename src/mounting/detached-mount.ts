@@ -33,6 +33,7 @@ export function probeFilesystem(fd: number): string | null {
   try {
     len = readSync(fd, buf, 0, buf.length, 0);
   } catch {
+    // any read error (EIO of a broken image, …) leaves the type unknown: refused as such
     return null;
   }
   const at = (off: number, bytes: number) => (off + bytes <= len ? buf.subarray(off, off + bytes) : null);
