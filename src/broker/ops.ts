@@ -15,7 +15,7 @@
 import { readFileSync, readlinkSync } from 'node:fs';
 import { NoFreeDeviceError } from '../kernel/allocate.js';
 import { AttachError } from '../kernel/attach.js';
-import { LOOP_MAJOR } from '../kernel/devnum.js';
+import { hostLoopNode, LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, isSysError, toSysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
@@ -262,7 +262,7 @@ export class InstanceOps {
       try {
         // An autoclear device is cleared at its last close: hold it (for the connection)
         // before letting go of the fds that bound it.
-        if (req.autoclear) holderFd = n.open(`/dev/loop${minor}`, c.O_RDONLY);
+        if (req.autoclear) holderFd = n.open(hostLoopNode(minor), c.O_RDONLY);
       } finally {
         a.holder?.close();
         a.device.close();
@@ -562,7 +562,7 @@ function describe(minor: number): DeviceEntry {
   entry.autoclear = sys.autoclear() === true;
   entry.readOnly = sys.readOnly() === true;
   entry.directIo = sys.dio() === true;
-  const dev = new LoopDevice(`/dev/loop${minor}`);
+  const dev = new LoopDevice(hostLoopNode(minor));
   try {
     const ids = dev.backingIds();
     if (ids) {

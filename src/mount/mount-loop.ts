@@ -41,7 +41,7 @@ import { BrokerError, BrokerScope, type BrokerMount } from '../instance/broker-s
 import { MOUNT_ATTRS, type MountAttrName } from '../protocol/broker.js';
 import { InstanceError, resolveScope } from '../instance/resolve.js';
 import type { LoopScope } from '../instance/scope.js';
-import { versionLine } from '../compat/losetup/help.js';
+import { versionLine } from '../compat/version.js';
 
 /** mount(8)'s exit statuses. */
 export const MOUNT_EX_USAGE = 1;

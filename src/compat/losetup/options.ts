@@ -9,8 +9,9 @@ import { Getopt, type LongOption } from '../getopt.js';
 import type { Output } from '../output.js';
 import { Exit } from '../output.js';
 import { parseSwitch, strtosize } from '../strtosize.js';
+import { versionLine } from '../version.js';
 import { COLUMNS, DEFAULT_COLUMNS, parseColumnList, UnknownColumn } from './columns.js';
-import { usage, versionLine } from './help.js';
+import { usage } from './help.js';
 
 /** LO_FLAGS values (linux/loop.h); kept here so option parsing needs no native code. */
 export const LO_FLAGS_READ_ONLY = 1;
