@@ -162,7 +162,7 @@ describe('replies', () => {
 
 describe('list pages', () => {
   it('a long list comes in pages that each fit in one message, in order, nothing lost', async () => {
-    const { listPage } = await import('../../src/broker/server.js');
+    const { listPage } = await import('../../src/broker/connection.js');
     const entry = (minor: number) => ({
       minor,
       bound: true,
