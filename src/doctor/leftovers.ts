@@ -36,6 +36,7 @@ const describe: Record<LeftoverKind, (l: Leftover) => string> = {
   'missing-node': (l) => `${l.dir}/loop${l.minor}: node missing or wrong`,
   'stray-node': (l) => `${l.dir}/${l.name}: not a node of any device the instance holds`,
   'unreadable-instance': (l) => `${l.dir}: instance ${l.id} has a state that cannot be read`,
+  'unregistered-instance': (l) => `${l.dir}: instance ${l.id} holds devices but is not registered (its registry entry was lost)`,
 };
 
 function leftoverCheck(id: string, title: string, kinds: LeftoverKind[], okDetail: string, problem: (n: number) => string): Check {
@@ -66,7 +67,7 @@ export const orphanDevicesCheck = leftoverCheck(
 export const staleNodesCheck = leftoverCheck(
   'stale-nodes',
   'instance nodes and records',
-  ['unrecorded-claim', 'unclaimed-device', 'half-released', 'missing-node', 'stray-node'],
+  ['unrecorded-claim', 'unclaimed-device', 'half-released', 'missing-node', 'stray-node', 'unregistered-instance'],
   'every instance node matches a device it holds',
   (n) => `${n} stale node(s) or record(s) inside instances`,
 );

@@ -109,15 +109,27 @@ export function gc(env: NodeJS.ProcessEnv = process.env, progress?: ProgressFn):
         rt.unlock();
       }
     }
+    progress?.('instances', entries.length, entries.length);
+    // Claims of unregistered instances that still exist where their claims say: the registry
+    // entry went with the runtime directory (removed under running instances). Such an
+    // instance is reconciled, which registers it again and claims its devices again.
+    for (const lost of unregisteredOwners(rt)) {
+      if (reconcileUnregistered(lost, rt, env, report)) report.instances++;
+    }
     // Claims of instances that no longer exist: give the devices back to the system. The
     // registry is read again under the lock: an instance registered since the loop above
     // (and already claiming devices) is not an orphan.
-    progress?.('instances', entries.length, entries.length);
     rt.lock();
     const registered = new Set(rt.instances().map((e) => e.id));
     const orphans = rt.claims().filter((c) => !registered.has(c.id));
     for (const [i, c] of orphans.entries()) {
       progress?.('devices of vanished instances', i, orphans.length);
+      // an instance that lost its registry entry after the pass above: it is not vanished,
+      // and the next gc (or its watcher's reconcile) registers it again
+      if (entryStatus({ id: c.id, dir: c.dir, uid: c.uid }, env) === 'live') {
+        report.pending.push({ dir: c.dir, minor: c.minor, action: 'claim of an instance that is not registered; left for the next gc' });
+        continue;
+      }
       settleOrphan(c, rt, report);
     }
     progress?.('devices of vanished instances', orphans.length, orphans.length);
@@ -135,6 +147,46 @@ export function gc(env: NodeJS.ProcessEnv = process.env, progress?: ProgressFn):
     rt.close();
   }
   return report;
+}
+
+/** The owners named by claims whose instance is not registered (one entry per id). */
+function unregisteredOwners(rt: Runtime): RegistryEntry[] {
+  rt.lock();
+  try {
+    const owners = new Map<string, RegistryEntry>();
+    for (const c of rt.claims()) {
+      if (!owners.has(c.id) && !rt.isRegistered(c.id)) owners.set(c.id, { id: c.id, dir: c.dir, uid: c.uid });
+    }
+    return [...owners.values()];
+  } finally {
+    rt.unlock();
+  }
+}
+
+/**
+ * Reconcile the instance a claim names when it is still there (same id) though not
+ * registered; false when it is not (a vanished instance: its claims are orphans).
+ */
+function reconcileUnregistered(owner: RegistryEntry, rt: Runtime, env: NodeJS.ProcessEnv, report: GcReport): boolean {
+  let inst: LocalInstance;
+  try {
+    inst = LocalInstance.open(owner.dir, env);
+  } catch {
+    return false; // no instance at DIR (any reason): the orphan pass decides under the lock
+  }
+  try {
+    inst.lock();
+    if (inst.header().id !== owner.id) return false;
+    reconcileInstance(inst, rt, report);
+    return true;
+  } catch (e) {
+    // destroyed while we waited for its lock, or a state that cannot be read: not ours to
+    // settle here (the orphan pass looks at the claims again)
+    if (e instanceof StateError || hasCode(e, 'ENOENT')) return false;
+    throw e;
+  } finally {
+    inst.close();
+  }
 }
 
 /**
@@ -178,6 +230,7 @@ function settleOrphan(c: Claim, rt: Runtime, report: GcReport): void {
 export type LeftoverKind =
   | 'vanished-instance' // registry entry of an instance that is gone or replaced
   | 'unreadable-instance' // a state gc cannot read: kept, needs a human
+  | 'unregistered-instance' // a live instance that claims devices but lost its registry entry
   | 'orphan-device' // claim of an instance that no longer exists: its device goes back
   | 'junk-claim' // a claim file that does not parse
   | 'unrecorded-claim' // claimed by a live instance, not in its state (a crash while reserving)
@@ -223,8 +276,16 @@ export function gcPreview(env: NodeJS.ProcessEnv = process.env): Leftover[] {
       if (status === 'unreadable') out.push({ kind: 'unreadable-instance', ...at });
       else inspectInstance(entry, claims, env, out);
     }
+    const unregistered = new Set<string>();
     for (const c of claims) {
-      if (!kept.has(c.id)) out.push({ kind: 'orphan-device', dir: c.dir, id: c.id, minor: c.minor, bound: bound(c.minor) });
+      if (kept.has(c.id)) continue;
+      // the registry entry lost, the instance still there (gc registers it again)
+      if (unregistered.has(c.id) || entryStatus({ id: c.id, dir: c.dir, uid: c.uid }, env) === 'live') {
+        if (!unregistered.has(c.id)) out.push({ kind: 'unregistered-instance', dir: c.dir, id: c.id, minor: null });
+        unregistered.add(c.id);
+        continue;
+      }
+      out.push({ kind: 'orphan-device', dir: c.dir, id: c.id, minor: c.minor, bound: bound(c.minor) });
     }
     for (const junk of rt.junkClaims()) out.push({ kind: 'junk-claim', dir: null, id: null, minor: Number(junk.slice(4)) });
   } finally {

@@ -257,6 +257,11 @@ export class LocalInstance implements LoopScope {
     return this.store.device(minor);
   }
 
+  /** When the record of `minor` was last written (ms since the epoch), null without one. */
+  recordWrittenMs(minor: number): number | null {
+    return this.store.recordWrittenMs(minor);
+  }
+
   /** Minors the instance holds, ascending (a listing of the records, none of them read). */
   minors(): number[] {
     return this.store.minors();

@@ -6,6 +6,7 @@
  * truth from the claims and sysfs each time, so running it once more is always harmless.
  * Caller holds the instance lock.
  */
+import { readFileSync } from 'node:fs';
 import { LoopControl } from '../kernel/loop-control.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import type { LocalInstance } from './local-instance.js';
@@ -63,6 +64,13 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
     return;
   }
   rt.lock();
+  // The instance directory is the truth for what the instance holds: a registry entry lost
+  // with the runtime directory (removed, or a new one) is made again, so that gc finds the
+  // instance and never takes its claims for a vanished instance's.
+  if (!rt.isRegistered(s.id)) {
+    rt.register({ id: s.id, dir: inst.dir, uid: s.owner.uid });
+    fix(null, 'registered the instance again (its registry entry was lost)');
+  }
   const unrecorded = unrecordedClaims(s, rt.claims());
   rt.unlock();
 
@@ -89,10 +97,28 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
     const issue = heldDeviceIssue({ id: s.id, devices: { [minor]: entry } }, minor, claim);
     if (issue === 'unclaimed') {
       // Recorded without our claim: our own steps never do this (claims come first and go
-      // last); a reboot that emptied /run, a restored backup or tampering can. The claim is
-      // the truth: re-claiming could hand the owner a device somebody else uses now.
+      // last). The runtime directory removed (or replaced) under running instances does:
+      // the claim went with it, while the device and the record stayed, and the device may
+      // be bound to the owner's file. The instance directory is the truth for what it holds:
+      // a record older than the claims directory (its claim was in the old one) and written
+      // since the kernel started names a device that can only have left through a
+      // LOOP_CTL_REMOVE, which the kernel refuses while it is bound, so the claim is made
+      // again from the record. Otherwise the claim is the truth: a record from before a
+      // reboot names a device that is gone (a new one of that number is anybody's), a claim
+      // removed from a claims directory that is still there was given up (or tampered
+      // with), and another instance's claim means the device was removed and made again
+      // for it. Those records are forgotten; the device itself is left as it is.
+      if (!claim && claimLostWithRuntime(inst, rt, minor)) {
+        rt.lock();
+        const reclaimed = rt.claim({ minor, id: s.id, dir: inst.dir, uid: s.owner.uid });
+        rt.unlock();
+        if (reclaimed) {
+          fix(minor, 'claimed again a held device whose claim was lost');
+          continue;
+        }
+      }
       inst.forget(minor);
-      fix(minor, claim ? 'forgot device claimed by another instance' : 'forgot device recorded without a claim');
+      fix(minor, rt.claimOf(minor) ? 'forgot device claimed by another instance' : 'forgot device recorded without a claim');
       continue;
     }
     if (issue === 'half-released') {
@@ -119,4 +145,24 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
   for (const minor of idle.slice(opts.pool ?? s.pool)) {
     if (inst.release(minor)) fix(minor, 'released idle device above the pool size');
   }
+}
+
+/** Whether `minor`'s record predates the claims directory and not the running kernel. */
+function claimLostWithRuntime(inst: LocalInstance, rt: Runtime, minor: number): boolean {
+  if (SysfsLoop.forName(`loop${minor}`).devno() === null) return false;
+  const written = inst.recordWrittenMs(minor);
+  const claimsMade = rt.claimsMadeMs();
+  return written !== null && claimsMade !== null && written < claimsMade && written >= bootTimeMs();
+}
+
+let bootMs: number | undefined;
+
+/** When the running kernel started (ms since the epoch; /proc/stat's btime, whole seconds). */
+function bootTimeMs(): number {
+  if (bootMs === undefined) {
+    const m = /^btime (\d+)$/m.exec(readFileSync('/proc/stat', 'latin1'));
+    // unreadable /proc: every record counts as older than the kernel (forgotten, as before)
+    bootMs = m ? Number(m[1]) * 1000 : Number.POSITIVE_INFINITY;
+  }
+  return bootMs;
 }

@@ -15,7 +15,7 @@
  *
  * $LOOPFS_RUNTIME_DIR overrides the location (tests use private ones).
  */
-import { mkdirSync, readSync, writeSync } from 'node:fs';
+import { mkdirSync, readSync, statSync, writeSync } from 'node:fs';
 import { hasCode, isSysError } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
 import { PinnedDir } from './pinned-dir.js';
@@ -354,6 +354,21 @@ export class Runtime {
   /** Caller holds the lock (see LocalInstance.create and gc). */
   register(e: RegistryEntry): void {
     this.instancesDir.writeFileAtomic(`${e.id}.json`, `${JSON.stringify(e)}\n`);
+  }
+
+  /**
+   * When the claims directory was made (statx birth time, ms), null where the filesystem
+   * does not say: a claim recorded before it cannot be in it, it went with the directory
+   * (the runtime directory removed or replaced; see reconcile.ts).
+   */
+  claimsMadeMs(): number | null {
+    const born = statSync(`/proc/self/fd/${this.claimsDir.fd}`).birthtimeMs;
+    return born > 0 ? born : null;
+  }
+
+  /** Whether the registry lists instance `id` (one lstat, no read). */
+  isRegistered(id: string): boolean {
+    return this.instancesDir.lstat(`${id}.json`) !== null;
   }
 
   unregister(id: string): void {

@@ -27,6 +27,7 @@
  * behind our back (a stock tool's LOOP_CLR_FD, autoclear after a stock umount) gets its
  * hint from the next full scan (reconcile, gc, a pool refill).
  */
+import { statSync } from 'node:fs';
 import { randomHex } from './random.js';
 import { hasCode } from '../kernel/errors.js';
 import { native } from '../kernel/native.js';
@@ -295,6 +296,23 @@ export class StateStore {
     const dir = this.sub(DEVICES_DIR, false);
     const text = dir?.readFile(recordName(minor)) ?? null;
     return text === null ? null : this.parseRecord(minor, text);
+  }
+
+  /**
+   * When a device's record was last written (ms since the epoch), or null when there is
+   * none: whether the record is older than the running kernel (a reboot) decides whether
+   * the device it names can still be the one it recorded (reconcile.ts).
+   */
+  recordWrittenMs(minor: number): number | null {
+    const dir = this.sub(DEVICES_DIR, false);
+    if (!dir) return null;
+    try {
+      // through the pinned fd; the name is ours (.loopfs is root's, 0700), no symlink to follow
+      return statSync(`/proc/self/fd/${dir.fd}/${recordName(minor)}`).mtimeMs;
+    } catch (e) {
+      if (hasCode(e, 'ENOENT')) return null;
+      throw e;
+    }
   }
 
   /** The text of a device's record, parsed and checked. */
