@@ -20,7 +20,7 @@ import { hasCode, isSysError, toSysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { native } from '../kernel/native.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
-import { LocalInstance, NotInInstanceError, QuotaError } from '../instance/local-instance.js';
+import { LocalInstance, QuotaError, UNBIND_WAIT_MS } from '../instance/local-instance.js';
 import { otherBrokerAlive, ownIdentity, readSessionRecord, writeSessionRecord } from './sessions.js';
 import { idmapToPeer, MountError, type MountPeer } from '../mounting/detached-mount.js';
 import { LoopMountRefused, MinorDevice, mountLoopDevice, type FuseStart, type LoopMountRefusal } from '../mounting/loop-mount.js';
@@ -57,7 +57,6 @@ export function toErrorBody(e: unknown): ErrorBody {
   if (e instanceof OpError) return { code: e.code, message: e.message, kind: e.kind };
   if (e instanceof MountError) return { code: e.code, message: e.message, kind: 'mount' };
   if (e instanceof QuotaError) return { code: 'EDQUOT', message: e.message, kind: 'quota' };
-  if (e instanceof NotInInstanceError) return { code: 'ENODEV', message: e.message, kind: 'device' };
   if (e instanceof NoFreeDeviceError) return { code: e.cause.code || 'ENOSPC', message: e.message, kind: 'nofree' };
   if (e instanceof AttachError) return { code: e.code, message: e.cause.description, kind: e.fileError ? 'file' : 'device' };
   if (isSysError(e)) return { code: e.code, message: e.description ?? e.message, kind: 'device' };
@@ -384,7 +383,7 @@ export class InstanceOps {
     this.deferred.delete(minor);
     this.settleWhenFree.delete(minor);
     if (release) {
-      this.release(inst, minor, 2000);
+      this.release(inst, minor, UNBIND_WAIT_MS);
     } else {
       this.settle(inst, new MinorDevice(minor));
     }

@@ -67,16 +67,15 @@ export class QuotaError extends Error {
   readonly code = 'EDQUOT';
 }
 
-/** The user named a device that is not this instance's. */
-export class NotInInstanceError extends Error {
-  readonly code = 'ENODEV';
-}
-
 const hostNode = (minor: number): string => `/dev/loop${minor}`;
 const nodeName = (minor: number): string => `loop${minor}`;
 
-/** How long a release waits for a detached device to become unbound before leaving it to gc. */
-const UNBIND_WAIT_MS = 2000;
+/**
+ * How long a release waits for a detached device to become unbound (LOOP_CLR_FD completes
+ * at the last close) before leaving it to gc: every release of a just-detached device
+ * (losetup -d, destroy, gc, the broker) waits this long, no longer.
+ */
+export const UNBIND_WAIT_MS = 2000;
 
 /** How often allocate() takes a new device after losing one to a foreign tool (EBUSY). */
 const RESERVE_TRIES = 64;
@@ -617,12 +616,6 @@ export class LocalInstance implements LoopScope {
   }
 
   // ---------------------------------------------------------------- repair (gc)
-
-  /** Record a claimed device and publish its node. Caller holds the instance lock. */
-  adopt(minor: number): void {
-    this.store.writeDevice(minor, { state: 'held' });
-    this.republish(minor);
-  }
 
   /** Drop a device from the record and unpublish it, leaving its claim alone. */
   forget(minor: number): void {
