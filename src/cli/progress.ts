@@ -4,7 +4,7 @@
  * not a TTY) get nothing extra, ever. The line is redrawn in place and erased at the end,
  * so the command's own output is the same with or without it.
  */
-import type { ProgressFn } from '../instance/manage.js';
+import type { ProgressFn } from '../instance/progress.js';
 
 /** Fewer items than this finish before anybody would look at a progress line. */
 export const PROGRESS_THRESHOLD = 5;
@@ -24,7 +24,7 @@ export class Progress {
     private readonly minIntervalMs = 50,
   ) {}
 
-  /** The callback the manage.ts operations take; a no-op where no progress is wanted. */
+  /** The callback destroy and gc (instance/destroy.ts, gc.ts) take; a no-op where no progress is wanted. */
   get callback(): ProgressFn | undefined {
     if (this.stream.isTTY !== true) return undefined;
     return (step, done, total) => this.update(step, done, total);

@@ -9,7 +9,7 @@ import { LoopDevice } from '../kernel/loop-device.js';
 import { sleepMs } from '../kernel/sleep.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import { LocalInstance } from './local-instance.js';
-import type { ProgressFn } from './manage.js';
+import type { ProgressFn } from './progress.js';
 import { heldDeviceIssue, reconcileInstance, removeIndex, unrecordedClaims, type GcReport } from './reconcile.js';
 import { Runtime, type Claim, type RegistryEntry } from './runtime.js';
 import { heldMinors, STATE_FILE, StateError } from './state.js';

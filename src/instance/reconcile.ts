@@ -11,7 +11,7 @@ import { LoopControl } from '../kernel/loop-control.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
 import type { LocalInstance } from './local-instance.js';
 import type { Claim, Runtime } from './runtime.js';
-import { completeDestroy } from './manage.js';
+import { completeDestroy } from './destroy.js';
 import { heldMinors, type InstanceState } from './state.js';
 
 export interface GcFix {

@@ -11,7 +11,7 @@
 import { statSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
 import { LocalInstance } from '../instance/local-instance.js';
-import { destroyInstance, type DestroyResult } from '../instance/manage.js';
+import { destroyInstance, type DestroyResult } from '../instance/destroy.js';
 import { heldMinors } from '../instance/state.js';
 import { OciError } from './bundle.js';
 import type { Policy } from './policy.js';

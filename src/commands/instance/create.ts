@@ -1,7 +1,7 @@
 import { Args, Flags } from '@oclif/core';
 import { LoopfsCommand } from '../../cli/base-command.js';
 import { LocalInstance } from '../../instance/local-instance.js';
-import { describeInstance, type InstanceInfo } from '../../instance/manage.js';
+import { describeInstance, type InstanceInfo } from '../../instance/describe.js';
 
 export default class InstanceCreate extends LoopfsCommand {
   static summary = 'Make a directory a private loop-device instance.';

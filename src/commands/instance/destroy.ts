@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { LoopfsCommand } from '../../cli/base-command.js';
 import { Progress } from '../../cli/progress.js';
 import { LocalInstance } from '../../instance/local-instance.js';
-import { BusyError, destroyInstance, type DestroyResult } from '../../instance/manage.js';
+import { BusyError, destroyInstance, type DestroyResult } from '../../instance/destroy.js';
 
 export default class InstanceDestroy extends LoopfsCommand {
   static summary = 'Detach and remove every device of an instance, then remove the instance.';

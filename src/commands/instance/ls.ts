@@ -1,5 +1,5 @@
 import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
-import { listInstances, type ListedInstance } from '../../instance/manage.js';
+import { listInstances, type ListedInstance } from '../../instance/describe.js';
 
 export default class InstanceLs extends LoopfsCommand {
   static summary = 'List the instances on this machine with their device counts.';

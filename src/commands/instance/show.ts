@@ -1,7 +1,7 @@
 import { Args } from '@oclif/core';
 import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
 import { LocalInstance } from '../../instance/local-instance.js';
-import { describeInstance, type InstanceInfo } from '../../instance/manage.js';
+import { describeInstance, type InstanceInfo } from '../../instance/describe.js';
 
 export default class InstanceShow extends LoopfsCommand {
   static summary = "Show an instance and its devices.";

@@ -1,129 +1,19 @@
 /**
- * Instance management behind `loopfs instance …`: describe, list and destroy. Every
- * function returns data; the oclif commands render it. Reconciling lives in gc.ts (the
- * passes over every instance) and reconcile.ts (one live instance, also run by watchers).
+ * `loopfs instance destroy`: detach and remove every device, then the instance itself;
+ * completeDestroy is also how gc finishes a destroy that was killed after its mark
+ * (reconcile.ts). Returns data; the oclif command renders it.
  */
-import { readFileSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
+import { hostLoopNode } from '../kernel/devnum.js';
 import { native } from '../kernel/native.js';
-import { SysfsLoop } from '../kernel/sysfs.js';
-import { LocalInstance, partitionsOf } from './local-instance.js';
+import { mountpointsOf, mountsByDevno } from './describe.js';
+import { LocalInstance, UNBIND_WAIT_MS } from './local-instance.js';
 import { PinnedDir } from './pinned-dir.js';
+import type { ProgressFn } from './progress.js';
 import { Runtime } from './runtime.js';
 import { DESTROYING_FILE, DEVICES_DIR, heldMinors, IDLE_DIR, LOCK_FILE, RELEASING_FILE, STATE_DIR, STATE_FILE, type InstanceState } from './state.js';
 
-export interface DeviceInfo {
-  minor: number;
-  node: string;
-  state: 'bound' | 'idle' | 'removing';
-  backingFile: string | null;
-  partitions: string[];
-  mountpoints: string[];
-}
-
-export interface InstanceInfo {
-  dir: string;
-  id: string;
-  owner: { uid: number; gid: number };
-  mode: string;
-  max: number | null;
-  pool: number;
-  devices: DeviceInfo[];
-}
-
-/** Mount points by "major:minor", from /proc/self/mountinfo. */
-export function mountsByDevno(): Map<string, string[]> {
-  const map = new Map<string, string[]>();
-  let text = '';
-  try {
-    text = readFileSync('/proc/self/mountinfo', 'utf8');
-  } catch {
-    return map;
-  }
-  for (const line of text.split('\n')) {
-    const f = line.split(' ');
-    if (f.length < 5) continue;
-    const list = map.get(f[2]) ?? [];
-    list.push(f[4].replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
-    map.set(f[2], list);
-  }
-  return map;
-}
-
-function mountpointsOf(minor: number, mounts: Map<string, string[]>): string[] {
-  const result = [...(mounts.get(`7:${minor}`) ?? [])];
-  for (const p of partitionsOf(minor)) result.push(...(mounts.get(`${p.major}:${p.minor}`) ?? []));
-  return result;
-}
-
-export function describeInstance(inst: LocalInstance): InstanceInfo {
-  const s = inst.state();
-  const mounts = mountsByDevno();
-  const devices = heldMinors(s).map((minor): DeviceInfo => {
-    const sys = SysfsLoop.forName(`loop${minor}`);
-    const backingFile = sys.backingFile();
-    return {
-      minor,
-      node: inst.nodePath(minor),
-      state: s.devices[minor].state === 'removing' ? 'removing' : backingFile !== null ? 'bound' : 'idle',
-      backingFile,
-      partitions: s.devices[minor].partitions ?? [],
-      mountpoints: mountpointsOf(minor, mounts),
-    };
-  });
-  return {
-    dir: inst.dir,
-    id: s.id,
-    owner: s.owner,
-    mode: `0${s.mode.toString(8)}`,
-    max: s.max,
-    pool: s.pool,
-    devices,
-  };
-}
-
-export interface ListedInstance {
-  dir: string;
-  id: string;
-  uid: number;
-  devices: number;
-  bound: number;
-  max: number | null;
-  ok: boolean;
-}
-
-/** Every registered instance; `ok` is false for entries whose directory no longer is one. */
-export function listInstances(env: NodeJS.ProcessEnv = process.env): ListedInstance[] {
-  const rt = Runtime.open(env);
-  try {
-    return rt.instances().map((e) => {
-      try {
-        const inst = LocalInstance.open(e.dir, env);
-        try {
-          const s = inst.header();
-          if (s.id !== e.id) throw new Error('replaced');
-          const minors = inst.minors();
-          const bound = minors.filter((m) => SysfsLoop.forName(`loop${m}`).isBound()).length;
-          return { dir: e.dir, id: e.id, uid: s.owner.uid, devices: minors.length, bound, max: s.max, ok: true };
-        } finally {
-          inst.close();
-        }
-      } catch {
-        return { dir: e.dir, id: e.id, uid: e.uid, devices: 0, bound: 0, max: null, ok: false };
-      }
-    });
-  } finally {
-    rt.close();
-  }
-}
-
 export class BusyError extends Error {}
-
-/**
- * Called as a long operation advances (`step` names what is counted): the commands draw
- * a progress indicator on a terminal. Lower layers never print.
- */
-export type ProgressFn = (step: string, done: number, total: number) => void;
 
 export interface DestroyResult {
   dir: string;
@@ -179,7 +69,7 @@ export function completeDestroy(inst: LocalInstance, s: InstanceState = inst.sta
   // already (detached by the instance, or found bound by a host tool that took it while
   // idle): whatever is bound to it now is never cleared here, only removed once free.
   const live = new Set(heldMinors(s).filter((m) => s.devices[m].state === 'held'));
-  const { removed, deferred } = inst.releaseAll(live, 2000, progress && ((done, total) => progress('devices', done, total)));
+  const { removed, deferred } = inst.releaseAll(live, UNBIND_WAIT_MS, progress && ((done, total) => progress('devices', done, total)));
   // What is left is claimed by this id with no state behind it: gc's orphan handling.
   // Those devices were detached just now (lazily): mark their claims so that gc never
   // detaches them again — once autoclear frees one, a new binding is somebody else's.
@@ -204,7 +94,7 @@ function claimedExclusively(minor: number): boolean {
   const n = native();
   let fd: number;
   try {
-    fd = n.open(`/dev/loop${minor}`, n.constants.O_RDONLY | n.constants.O_EXCL);
+    fd = n.open(hostLoopNode(minor), n.constants.O_RDONLY | n.constants.O_EXCL);
   } catch (e) {
     return hasCode(e, 'EBUSY');
   }
