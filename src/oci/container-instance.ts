@@ -103,7 +103,12 @@ export interface ReapedContainer {
  * running containers are left alone.
  */
 export function reapVanishedContainers(env: NodeJS.ProcessEnv = process.env): ReapedContainer[] {
-  const reaped: ReapedContainer[] = [];
+  return vanishedContainers(env).map((c) => ({ ...c, result: destroyContainerInstance(c.dir, env) }));
+}
+
+/** The containers reapVanishedContainers destroys the instances of, without touching any (doctor). */
+export function vanishedContainers(env: NodeJS.ProcessEnv = process.env): Array<{ dir: string; container: string }> {
+  const vanished: Array<{ dir: string; container: string }> = [];
   for (const c of containerDirs(env)) {
     const r = readRecord(c.dir);
     if (r && containerAlive(r)) continue;
@@ -111,9 +116,9 @@ export function reapVanishedContainers(env: NodeJS.ProcessEnv = process.env): Re
     // record went with a destroy that was killed before rmdir) — unless a create is
     // writing it right now
     if (!r && ageMs(c.dir) < RECORDLESS_GRACE_MS) continue;
-    reaped.push({ dir: c.dir, container: c.container, result: destroyContainerInstance(c.dir, env) });
+    vanished.push({ dir: c.dir, container: c.container });
   }
-  return reaped;
+  return vanished;
 }
 
 /** A directory without a record younger than this may be a create in progress. */
