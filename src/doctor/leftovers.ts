@@ -1,21 +1,25 @@
 /**
- * What crashes and vanished instances leave behind, as gc sees it (gc.ts gcPreview:
- * the same rules gc applies, read-only): devices still tagged for instances that no
- * longer exist, stale or missing nodes inside instances, and instance states nobody can
- * read. gc settles the first two at any time; the third needs a human.
+ * What crashes and vanished instances and containers leave behind, as gc sees it
+ * (machine-gc.ts previewGc: the rules of every pass gc runs, read-only): instances of
+ * containers that are gone, devices still tagged for instances that no longer exist, stale
+ * or missing nodes inside instances, and instance states nobody can read. gc settles the
+ * first three at any time; the last needs a human.
  */
-import { gcPreview, type Leftover, type LeftoverKind } from '../instance/gc.js';
 import { runtimeDir } from '../instance/runtime.js';
 import { GC_FIX, type Check, type DoctorContext } from './check.js';
+import { previewGc, type GcLeftover } from './machine-gc.js';
 
-const seen = new WeakMap<DoctorContext, Leftover[] | Error>();
+type LeftoverKind = GcLeftover['kind'];
+type Leftover<K extends LeftoverKind = LeftoverKind> = Extract<GcLeftover, { kind: K }>;
+
+const seen = new WeakMap<DoctorContext, GcLeftover[] | Error>();
 
 /** One gc preview per doctor run, shared by the checks below (one consistent view). */
-function leftovers(ctx: DoctorContext): Leftover[] | Error {
+function leftovers(ctx: DoctorContext): GcLeftover[] | Error {
   let v = seen.get(ctx);
   if (v === undefined) {
     try {
-      v = gcPreview(ctx.env);
+      v = previewGc(ctx.env);
     } catch (e) {
       v = e instanceof Error ? e : new Error(String(e));
     }
@@ -24,9 +28,11 @@ function leftovers(ctx: DoctorContext): Leftover[] | Error {
   return v;
 }
 
-const dev = (l: Leftover) => `loop${l.minor}${l.bound ? ' (bound)' : ''}`;
+type InstanceLeftover = Leftover<Exclude<LeftoverKind, 'vanished-container'>>;
 
-const describe: Record<LeftoverKind, (l: Leftover) => string> = {
+const dev = (l: InstanceLeftover) => `loop${l.minor}${l.bound ? ' (bound)' : ''}`;
+
+const describeInstance: Record<InstanceLeftover['kind'], (l: InstanceLeftover) => string> = {
   'orphan-device': (l) => `${dev(l)}: tagged for instance ${l.id} (${l.dir}), which no longer exists`,
   'vanished-instance': (l) => `${l.dir}: registered instance ${l.id} is gone`,
   'junk-claim': (l) => `claim file loop${l.minor} does not parse`,
@@ -38,6 +44,12 @@ const describe: Record<LeftoverKind, (l: Leftover) => string> = {
   'unreadable-instance': (l) => `${l.dir}: instance ${l.id} has a state that cannot be read`,
   'unregistered-instance': (l) => `${l.dir}: instance ${l.id} holds devices but is not registered (its registry entry was lost)`,
 };
+
+/** One finding in one line. */
+function describe(l: GcLeftover): string {
+  if (l.kind === 'vanished-container') return `${l.dir}: container ${l.container} is gone; its instance is still there`;
+  return describeInstance[l.kind](l);
+}
 
 function leftoverCheck(id: string, title: string, kinds: LeftoverKind[], okDetail: string, problem: (n: number) => string): Check {
   return {
@@ -51,7 +63,7 @@ function leftoverCheck(id: string, title: string, kinds: LeftoverKind[], okDetai
       if (all instanceof Error) return { status: 'fail', detail: `cannot read ${runtimeDir(ctx.env)}: ${all.message}` };
       const found = all.filter((l) => kinds.includes(l.kind));
       if (found.length === 0) return { status: 'ok', detail: okDetail };
-      return { status: 'fail', detail: problem(found.length), items: found.map((l) => describe[l.kind](l)), fix: GC_FIX };
+      return { status: 'fail', detail: problem(found.length), items: found.map(describe), fix: GC_FIX };
     },
   };
 }
@@ -59,9 +71,9 @@ function leftoverCheck(id: string, title: string, kinds: LeftoverKind[], okDetai
 export const orphanDevicesCheck = leftoverCheck(
   'orphan-devices',
   'devices of vanished instances',
-  ['orphan-device', 'vanished-instance', 'junk-claim'],
+  ['vanished-container', 'orphan-device', 'vanished-instance', 'junk-claim'],
   'every tagged device belongs to a live instance',
-  (n) => `${n} leftover(s) of instances that no longer exist`,
+  (n) => `${n} leftover(s) of containers or instances that no longer exist`,
 );
 
 export const staleNodesCheck = leftoverCheck(
@@ -86,7 +98,7 @@ export const unreadableCheck: Check = {
     return {
       status: 'fail',
       detail: `${bad.length} instance(s) with a state that cannot be read (gc leaves them alone)`,
-      items: bad.map((l) => describe[l.kind](l)),
+      items: bad.map(describe),
       fix: { command: `rm -r ${bad[0].dir}/.loopfs && loopfs gc`, safe: false },
     };
   },

@@ -117,6 +117,60 @@ describe.skipIf(reason)(skipTitle('loopfs doctor', reason), () => {
     expect((await doctor()).exitCode).toBe(0);
   });
 
+  it('a container that vanished without its poststop hook: doctor names it (the pass gc runs first); --fix destroys its instance', async () => {
+    const id = 'doctorvanished0123456789abcdef';
+    const dir = path.join(sb.runtime, 'oci', '0', id);
+    fs.mkdirSync(path.dirname(dir), { recursive: true });
+    await sb.create(dir);
+    const file = sb.file('a.img');
+    await take(dir, file);
+    // the record of a container whose init is gone: a pid that exited, a start time it never had
+    const pid = spawnSync('true').pid;
+    fs.writeFileSync(path.join(dir, '.oci.json'), JSON.stringify({ version: 1, container: id, pid, startTime: '1', requester: 0, createdAt: new Date().toISOString() }));
+
+    const before = await doctor();
+    expect(before.exitCode).toBe(1);
+    const orphans = check(before.report, 'orphan-devices');
+    expect(orphans.status).toBe('fail');
+    expect(orphans.detail).toBe('1 leftover(s) of containers or instances that no longer exist');
+    expect(orphans.items).toEqual([`${dir}: container ${id} is gone; its instance is still there`]);
+    expect(orphans.fix).toEqual({ command: 'loopfs gc', safe: true });
+    // nothing was changed by looking
+    expect(sb.state(dir)).not.toBeNull();
+    expect(sb.bound().map((b) => b.backingFile)).toEqual([file]);
+
+    const fixed = await doctor(['--fix']);
+    expect(fixed.report.fixed.map((f) => [f.command, f.exitCode])).toEqual([['loopfs gc', 0]]);
+    expect(fixed.report.fixed[0].output).toContain(`destroyed the instance of vanished container ${id}`);
+    expect(check(fixed.report, 'orphan-devices').status).toBe('ok');
+    expect(fs.existsSync(dir)).toBe(false);
+    expect(sb.bound()).toEqual([]);
+    expect(sb.claims()).toEqual([]);
+  });
+
+  it('a live instance whose registry entry was lost: named as such, never as orphans; --fix registers it again and keeps its devices', async () => {
+    const dir = sb.path('i');
+    const st = await sb.create(dir);
+    const file = sb.file('a.img');
+    const m = await take(dir, file);
+    fs.unlinkSync(path.join(sb.runtime, 'instances', `${st.id}.json`));
+
+    const before = await doctor();
+    expect(before.exitCode).toBe(1);
+    expect(check(before.report, 'orphan-devices').status).toBe('ok');
+    const stale = check(before.report, 'stale-nodes');
+    expect(stale.status).toBe('fail');
+    expect(stale.items).toEqual([`${dir}: instance ${st.id} holds devices but is not registered (its registry entry was lost)`]);
+
+    const fixed = await doctor(['--fix']);
+    expect(fixed.report.fixed.map((f) => [f.command, f.exitCode])).toEqual([['loopfs gc', 0]]);
+    expect(check(fixed.report, 'stale-nodes').status).toBe('ok');
+    expect(sb.registry().map((e) => [e.id, e.dir])).toEqual([[st.id, dir]]);
+    expect(sb.claims().map((c) => [c.minor, c.id])).toEqual([[m, st.id]]);
+    expect(readLoopState(`loop${m}`)?.backingFile).toBe(file);
+    expect(Object.keys(sb.state(dir)!.devices)).toEqual([String(m)]);
+  });
+
   it('stale nodes inside a live instance: a planted stray node and a missing node; --fix restores them', async () => {
     const dir = sb.path('i');
     await sb.create(dir);

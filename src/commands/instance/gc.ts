@@ -1,8 +1,7 @@
-import { recoverAbandonedSessions } from '../../broker/recover.js';
 import { LoopfsCommand, alignedTable } from '../../cli/base-command.js';
 import { Progress } from '../../cli/progress.js';
-import { gc, type GcReport } from '../../instance/gc.js';
-import { reapVanishedContainers } from '../../oci/container-instance.js';
+import { runGc } from '../../doctor/machine-gc.js';
+import type { GcReport } from '../../instance/gc.js';
 
 export default class InstanceGc extends LoopfsCommand {
   static summary = 'Reconcile every instance with the kernel and report what was fixed.';
@@ -14,21 +13,13 @@ export default class InstanceGc extends LoopfsCommand {
 
   async run(): Promise<GcReport> {
     await this.parse(InstanceGc);
-    // containers that vanished without their poststop hook first: their instances go whole
-    const reaped = reapVanishedContainers();
-    // then session devices of brokers that died (SIGKILL) and were not restarted
-    const recovered = recoverAbandonedSessions(process.env);
     const progress = new Progress('gc'); // stderr, on a terminal only
     let report: GcReport;
     try {
-      report = gc(process.env, progress.callback);
+      report = runGc(process.env, progress.callback); // every pass (doctor/machine-gc.ts)
     } finally {
       progress.end();
     }
-    report.fixes.unshift(
-      ...reaped.map((r) => ({ dir: r.dir, minor: null, action: `destroyed the instance of vanished container ${r.container}` })),
-      ...recovered,
-    );
     const rows = [
       ...report.fixes.map((f) => ['fixed', f.dir ?? '-', f.minor !== null ? `loop${f.minor}` : '-', f.action]),
       ...report.pending.map((p) => ['pending', p.dir ?? '-', p.minor !== null ? `loop${p.minor}` : '-', p.action]),
