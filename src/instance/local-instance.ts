@@ -11,7 +11,8 @@
  *       releasing        a batch of devices being released (-D), until folded
  *       destroying       `instance destroy` has begun; lock
  *
- * Life of a device in an instance (every step may be SIGKILLed; gc.ts settles it):
+ * Life of a device in an instance (every step may be SIGKILLed; gc settles it: gc.ts,
+ * reconcile.ts):
  *   reserve:  claim minor (runtime) → write its record → bind (through the host node,
  *             before any instance node exists) → verify → publish DIR/loopN
  *   release:  detach → close → mark its record "removing" → unlink its nodes →
@@ -25,12 +26,26 @@
  * attach or a release costs the same in an instance holding one device or thousands.
  * A device leaves an instance only through a successful LOOP_CTL_REMOVE, or when it was
  * never published (a bind that lost a race: no process of the instance can hold it).
+ *
+ * LOCK ORDER (the one statement of it; runtime.ts and kernel/loop-control.ts point here).
+ * Three flocks, always taken in this order and never the other way round:
+ *   1. the instance lock (DIR/.loopfs/lock; lock() below): everything that changes one
+ *      instance's records or nodes;
+ *   2. the runtime lock (RUN/lock; Runtime.lock): claims, the uid index, the registry, and
+ *      gc's decision that an instance vanished;
+ *   3. loop-control's (LoopControl.lock): the window between choosing a device index and
+ *      binding or claiming it (LOOP_CTL_ADD here, LOOP_CTL_GET_FREE in kernel/allocate.ts).
+ * A process may skip a level (gc's orphan pass takes only 2; a host losetup only 3) but
+ * never waits for a lower-numbered lock while holding a higher one: gc takes no instance
+ * lock while it holds the runtime lock. No lock is taken on a device itself: a device is
+ * serialised by the instance that records it, and a binding race with a foreign tool is
+ * settled by the kernel (EBUSY) instead.
  */
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { attach, AttachError, type AttachRequest } from '../kernel/attach.js';
 import { NoFreeDeviceError, type Allocated } from '../kernel/allocate.js';
-import { LOOP_MAJOR } from '../kernel/devnum.js';
+import { hostLoopNode, isBlockDevice, LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, sysError } from '../kernel/errors.js';
 import { LoopControl } from '../kernel/loop-control.js';
 import { LoopDevice } from '../kernel/loop-device.js';
@@ -67,7 +82,6 @@ export class QuotaError extends Error {
   readonly code = 'EDQUOT';
 }
 
-const hostNode = (minor: number): string => `/dev/loop${minor}`;
 const nodeName = (minor: number): string => `loop${minor}`;
 
 /**
@@ -193,7 +207,7 @@ export class LocalInstance implements LoopScope {
   }
 
   /**
-   * The instance lock: first in the lock order (instance, runtime, loop-control, device).
+   * The instance lock: first in the lock order (LOCK ORDER, at the top of this file).
    * Taking it reads state.json again (the instance may have been destroyed, or destroyed
    * and created anew, while we waited) and migrates a version-1 state.
    */
@@ -350,9 +364,7 @@ export class LocalInstance implements LoopScope {
 
   /** The published node is ours: a block device with the right numbers (lstat, no symlink). */
   isPublished(minor: number): boolean {
-    const st = this.root.lstat(nodeName(minor));
-    const c = native().constants;
-    return !!st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === LOOP_MAJOR && st.rdevMinor === minor;
+    return isBlockDevice(this.root.lstat(nodeName(minor)), LOOP_MAJOR, minor);
   }
 
   /**
@@ -403,7 +415,7 @@ export class LocalInstance implements LoopScope {
       for (let attempt = 1; ; attempt++) {
         try {
           this.reserve((minor) => {
-            const dev = new LoopDevice(hostNode(minor));
+            const dev = new LoopDevice(hostLoopNode(minor));
             try {
               const r = attach(dev, req);
               // the open host node keeps an autoclear device bound until the caller is done
@@ -446,7 +458,7 @@ export class LocalInstance implements LoopScope {
       // bind through the host node, never through DIR/loopN: the instance owner may
       // swap that name for a symlink to another tenant's device between our lstat()
       // check and the open
-      const dev = new LoopDevice(hostNode(minor));
+      const dev = new LoopDevice(hostLoopNode(minor));
       try {
         const r = attach(dev, req);
         this.store.dropIdle(minor);
@@ -709,12 +721,9 @@ export class LocalInstance implements LoopScope {
     const names = current.map((p) => p.name);
     const union = [...new Set([...recorded, ...names])];
     if (union.length !== recorded.length) this.store.writeDevice(minor, { state: 'held', partitions: union });
-    const c = native().constants;
     const added: string[] = [];
     for (const part of current) {
-      const st = this.root.lstat(part.name);
-      const ok = st && (st.mode & c.S_IFMT) === c.S_IFBLK && st.rdevMajor === part.major && st.rdevMinor === part.minor;
-      if (ok) continue;
+      if (isBlockDevice(this.root.lstat(part.name), part.major, part.minor)) continue;
       this.root.unlinkQuiet(part.name);
       this.publish(part.name, part.major, part.minor, h);
       added.push(part.name);
@@ -1002,7 +1011,7 @@ function removeManyWithin(ctl: LoopControl, minors: number[], waitMs: number): {
 
 /** Detach /dev/loopN if a file is bound to it (lazily, when somebody still holds it open). */
 function clearIfBound(minor: number): void {
-  const dev = new LoopDevice(hostNode(minor));
+  const dev = new LoopDevice(hostLoopNode(minor));
   try {
     if (dev.sysfs()?.isBound()) dev.clear();
   } catch (e) {

@@ -82,7 +82,7 @@ export class Runtime {
     this.root.close();
   }
 
-  /** Lock order: instance lock, then this, then loop-control, then a device. */
+  /** The runtime lock: second in the lock order (LOCK ORDER in local-instance.ts). */
   lock(): void {
     if (this.lockFd >= 0) return;
     const n = native();

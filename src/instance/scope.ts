@@ -1,7 +1,7 @@
 /**
  * Where a command's loop devices live. The host scope is plain /dev with the global
  * loop-control, where every tool behaves exactly as util-linux does; private
- * instances (see instance.ts) implement the same interface with their own set of
+ * instances (see local-instance.ts) implement the same interface with their own set of
  * devices, so the util-linux front end never needs to know which one it talks to.
  */
 import type { AttachRequest } from '../kernel/attach.js';

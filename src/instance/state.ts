@@ -15,7 +15,7 @@
  *
  * Only the minors are recorded, not whether they are bound: the kernel (sysfs) is the
  * truth for that, so the record cannot go stale when a device is detached by autoclear
- * or by a stock tool. A minor is recorded *after* its global claim exists (claims.ts)
+ * or by a stock tool. A minor is recorded *after* its global claim exists (runtime.ts)
  * and forgotten *before* its claim is dropped, so that after a crash at any point the
  * claims are a superset of what records say, and `gc` can settle every difference.
  *

@@ -3,6 +3,7 @@
  * removes loop device indexes.
  */
 import { constants as osConstants } from 'node:os';
+import { hostLoopNode } from './devnum.js';
 import { hasCode, sysError } from './errors.js';
 import { native } from './native.js';
 
@@ -54,7 +55,7 @@ export class LoopControl {
     const bad = errs.findIndex((e) => e !== 0 && e !== ENODEV && e !== ENXIO && e !== EBUSY);
     if (bad >= 0) {
       const code = Object.entries(errnos).find(([, v]) => v === errs[bad])?.[0] ?? `E${errs[bad]}`;
-      throw sysError(code, 'ioctl(LOOP_CTL_REMOVE)', `/dev/loop${indices[bad]}`);
+      throw sysError(code, 'ioctl(LOOP_CTL_REMOVE)', hostLoopNode(indices[bad]));
     }
     return errs.map((e) => (e === EBUSY ? 'busy' : 'removed'));
   }
@@ -79,8 +80,9 @@ export class LoopControl {
 
   /**
    * Serialise allocation between our own processes: whoever holds the lock owns the
-   * window between LOOP_CTL_GET_FREE and binding the device it returned.
-   * Lock order (documented once, used everywhere): loop-control first, then a device.
+   * window between LOOP_CTL_GET_FREE (or LOOP_CTL_ADD) and binding or claiming the device.
+   * Last in the lock order, after an instance's and the runtime's (LOCK ORDER in
+   * src/instance/local-instance.ts).
    */
   lock(): void {
     const n = native();
