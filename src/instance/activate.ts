@@ -14,8 +14,7 @@
  * device makes the pool refill, autoclear at umount gives the device back to the pool
  * policy, partitions come and go with `partx`.
  */
-import { LOOP_MAJOR } from '../kernel/devnum.js';
-import { native } from '../kernel/native.js';
+import { isBlockDevice, LOOP_MAJOR } from '../kernel/devnum.js';
 import { LiveSync, SyncTarget, type InstanceSnapshot, type InstanceView, type SyncOutcome, type ViewChange } from './live-sync.js';
 import type { LocalInstance } from './local-instance.js';
 import { PinnedDir } from './pinned-dir.js';
@@ -34,7 +33,6 @@ export class DevDirView implements InstanceView {
   apply(snap: InstanceSnapshot): ViewChange {
     const change: ViewChange = { added: [], removed: [] };
     const wanted = new Map(snap.nodes.map((n) => [n.name, n]));
-    const c = native().constants;
     const dev = PinnedDir.open(this.path);
     try {
       for (const name of dev.list()) {
@@ -44,9 +42,7 @@ export class DevDirView implements InstanceView {
         const correct =
           st &&
           want &&
-          (st.mode & c.S_IFMT) === c.S_IFBLK &&
-          st.rdevMajor === want.major &&
-          st.rdevMinor === want.minor &&
+          isBlockDevice(st, want.major, want.minor) &&
           st.uid === snap.owner.uid &&
           st.gid === snap.owner.gid &&
           (st.mode & 0o7777) === snap.mode;

@@ -4,11 +4,12 @@
  * entries, orphaned claims, junk and temporary files; and gcPreview, the same rules read
  * only, for `loopfs doctor`.
  */
+import { hostLoopNode } from '../kernel/devnum.js';
 import { hasCode } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { sleepMs } from '../kernel/sleep.js';
 import { SysfsLoop } from '../kernel/sysfs.js';
-import { LocalInstance } from './local-instance.js';
+import { LocalInstance, UNBIND_WAIT_MS } from './local-instance.js';
 import type { ProgressFn } from './progress.js';
 import { heldDeviceIssue, reconcileInstance, removeIndex, unrecordedClaims, type GcReport } from './reconcile.js';
 import { Runtime, type Claim, type RegistryEntry } from './runtime.js';
@@ -198,7 +199,7 @@ function reconcileUnregistered(owner: RegistryEntry, rt: Runtime, env: NodeJS.Pr
  */
 function settleOrphan(c: Claim, rt: Runtime, report: GcReport): void {
   if (!c.cleared) {
-    const dev = new LoopDevice(`/dev/loop${c.minor}`);
+    const dev = new LoopDevice(hostLoopNode(c.minor));
     try {
       if (dev.sysfs()?.isBound()) dev.clear();
     } catch {
@@ -212,7 +213,7 @@ function settleOrphan(c: Claim, rt: Runtime, report: GcReport): void {
   // not have reached yet: while the device is unbound but still open, wait a little
   // (bounded) instead of reporting it busy until the next gc
   let outcome = removeIndex(c.minor);
-  for (let waited = 0; outcome === 'busy' && waited < 2000 && !SysfsLoop.forName(`loop${c.minor}`).isBound(); waited += 50) {
+  for (let waited = 0; outcome === 'busy' && waited < UNBIND_WAIT_MS && !SysfsLoop.forName(`loop${c.minor}`).isBound(); waited += 50) {
     sleepMs(50);
     outcome = removeIndex(c.minor);
   }

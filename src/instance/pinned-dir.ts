@@ -7,6 +7,7 @@
  * symlink can neither redirect a state write nor hand a chown/chmod to another file.
  */
 import { fsyncSync, linkSync, opendirSync, readSync, writeSync } from 'node:fs';
+import { isBlockDevice } from '../kernel/devnum.js';
 import { hasCode, toSysError, type SysError } from '../kernel/errors.js';
 import { native, type NativeStat } from '../kernel/native.js';
 import { tempNameFor } from './random.js';
@@ -210,7 +211,7 @@ export class PinnedDir {
     try {
       n.fchownat(tmpDir.fd, tmp, uid, gid);
       const st = n.lstatat(tmpDir.fd, tmp);
-      if ((st.mode & c.S_IFMT) !== c.S_IFBLK || st.rdevMajor !== maj || st.rdevMinor !== min) {
+      if (!isBlockDevice(st, maj, min)) {
         throw Object.assign(new Error(`${tmpDir.path}/${tmp}: replaced while being created`), { code: 'EEXIST' });
       }
       n.fchmodat(tmpDir.fd, tmp, mode & 0o7777);
