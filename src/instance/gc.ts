@@ -1,8 +1,9 @@
 /**
- * `loopfs instance gc`: the passes that settle what crashed commands left, over every
- * registered instance (reconcile.ts per live instance), vanished instances' registry
- * entries, orphaned claims, junk and temporary files; and gcPreview, the same rules read
- * only, for `loopfs doctor`.
+ * The instance pass of `loopfs gc` (all its passes: doctor/machine-gc.ts): settle what
+ * crashed commands left, over every registered instance (reconcile.ts per live instance),
+ * instances that claims name but the registry lost, vanished instances' registry entries,
+ * orphaned claims, junk and temporary files; and gcPreview, the same rules read only, for
+ * `loopfs doctor`.
  */
 import { hostLoopNode } from '../kernel/devnum.js';
 import { hasCode } from '../kernel/errors.js';
