@@ -66,8 +66,6 @@ export function toErrorBody(e: unknown): ErrorBody {
 const sysfsOf = (minor: number) => SysfsLoop.forName(`loop${minor}`);
 const isBound = (minor: number) => sysfsOf(minor).isBound();
 
-export type { MountPeer };
-
 export interface AttachOutcome {
   minor: number;
   readOnly: boolean;

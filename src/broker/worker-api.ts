@@ -3,7 +3,8 @@
  * and the main-thread handle of a worker: a promise per request, requests run in order.
  */
 import { Worker } from 'node:worker_threads';
-import type { AttachOutcome, MountOutcome, MountPeer, OpsConfig } from './ops.js';
+import type { MountPeer } from '../mounting/detached-mount.js';
+import type { AttachOutcome, MountOutcome, OpsConfig } from './ops.js';
 import type { AttachRequestMsg, ErrorBody, GetFreeReply, ListReply, MountRequest } from '../protocol/broker.js';
 
 export type WorkerRequest = { seq: number } & (
