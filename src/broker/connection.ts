@@ -213,6 +213,8 @@ export class Connection {
             // SO_PEERPIDFD: the process that connected (never a recycled pid)
             pidfd = n.peerPidfd(this.fd);
           } catch {
+            // no SO_PEERPIDFD (kernels before 6.5) or the peer is gone: -1, with which idmapToPeer
+            // cannot prove who the pid is
             pidfd = -1;
           }
           let r: MountOutcome;

@@ -113,6 +113,7 @@ export class Endpoint {
     try {
       cred = n.peerCred(fd);
     } catch {
+      // the peer is gone already (ENOTCONN and the like): nothing to admit
       n.close(fd);
       return;
     }

@@ -416,6 +416,7 @@ export class InstanceOps {
     try {
       inst = this.open();
     } catch {
+      // the instance is gone or replaced: gc settles its devices, nothing is ours to retry
       this.deferred.clear();
       this.settleWhenFree.clear();
       this.removing.clear();
@@ -436,6 +437,7 @@ export class InstanceOps {
           this.settleWhenFree.delete(minor);
           this.settle(inst, dev);
         } catch {
+          // not a device of the instance any more (released, or the instance changed): not ours to settle
           this.settleWhenFree.delete(minor);
         }
       }
@@ -443,6 +445,7 @@ export class InstanceOps {
         try {
           this.member(inst, minor);
         } catch {
+          // not a device of the instance any more: its deferred release is not ours
           this.deferred.delete(minor);
           continue;
         }
@@ -603,6 +606,7 @@ function backingName(fd: number, name: string | undefined): string {
   try {
     return readlinkSync(`/proc/self/fd/${fd}`);
   } catch {
+    // the fd's /proc link unreadable for any reason: the client's name is only for display
     return name ?? '';
   }
 }

@@ -259,6 +259,7 @@ function currentId(dir: string, env: NodeJS.ProcessEnv): string | null {
       inst.close();
     }
   } catch {
+    // no instance in DIR now, or an unreadable one: either way not the one we serve
     return null;
   }
 }

@@ -43,6 +43,7 @@ function startTime(pid: number): string | null {
     // the command name (field 2) may hold spaces and parentheses: count from the last ')'
     return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
   } catch {
+    // ENOENT: no such process; any other error leaves nothing to compare with either
     return null;
   }
 }
@@ -87,6 +88,7 @@ export function readSessionRecord(env: Record<string, string | undefined>, id: s
     if (!isMinorList(raw.sessions) || !isMinorList(raw.released)) return null;
     return { broker: raw.broker, sessions: raw.sessions, released: raw.released };
   } catch {
+    // a missing, torn or foreign record is no record: nothing to recover
     return null;
   } finally {
     dir.close();

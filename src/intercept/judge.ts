@@ -161,6 +161,7 @@ function statSource(t: TrappedProcess, source: string): NativeStat | null {
   try {
     return n.nsStat(t.fds, source);
   } catch {
+    // the caller cannot resolve the source (its ENOENT, EACCES, …): no block device to perform for
     return null;
   }
 }

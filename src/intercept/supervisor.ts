@@ -149,6 +149,7 @@ function reapOrphans(cmd: number): void {
       const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
       state = stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3);
     } catch {
+      // the child was reaped meanwhile (ENOENT): nothing to reap
       continue;
     }
     if (state === 'Z' && !isNodeChild(pid)) n.waitPid(pid, true);

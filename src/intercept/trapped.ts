@@ -86,6 +86,7 @@ export class TrappedProcess {
       }
       return t;
     } catch {
+      // the caller vanished or its /proc entries are out of reach meanwhile: nothing to answer
       for (const fd of opened) n.close(fd);
       if (memFd >= 0) closeSync(memFd);
       return null;
@@ -137,6 +138,7 @@ export class TrappedProcess {
       try {
         n = readSync(this.memFd, buf, got, len, pos);
       } catch {
+        // EIO/EFAULT: an unmapped page of the caller; answered EFAULT below, as the kernel would
         n = 0;
       }
       if (n <= 0) throw new BadStringError('EFAULT');

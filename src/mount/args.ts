@@ -177,6 +177,7 @@ export function loopSetup(r: MountLoopArgs, out: Output): LoopSetup {
     try {
       return strtosize(v!);
     } catch {
+      // any parse error of a size is mount(8)'s 'Invalid argument'
       return bad();
     }
   };

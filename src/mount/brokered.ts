@@ -54,6 +54,7 @@ export function mountThroughBroker(r: MountLoopArgs, ls: LoopSetup, type: string
     try {
       scope.checkDevice(r.spec);
     } catch {
+      // any reason the device is not the instance's is worded the same
       fail(out, r.dir, `${r.spec} is not a loop device of this instance`);
     }
     device = new LoopDevice(r.spec);

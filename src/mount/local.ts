@@ -55,6 +55,7 @@ export function attachImage(r: MountLoopArgs, ls: LoopSetup, scope: LoopScope, o
       try {
         scope.checkDevice(path);
       } catch {
+        // any reason the device is not the instance's: util-linux's setup failure message
         setupFailed();
       }
       const device = new LoopDevice(path);
@@ -120,6 +121,7 @@ export function useDevice(r: MountLoopArgs, scope: LoopScope, out: Output): Atta
   try {
     scope.checkDevice(r.spec);
   } catch {
+    // any reason the device is not the instance's is worded the same
     fail(out, r.dir, `${r.spec} is not a loop device of this instance`);
   }
   const device = new LoopDevice(r.spec);
@@ -137,6 +139,7 @@ export function inUserNamespace(): boolean {
     // the initial user namespace always has inode PROC_USER_INIT_INO (0xEFFFFFFD)
     return statSync('/proc/self/ns/user').ino !== 0xeffffffd;
   } catch {
+    // no procfs: cannot tell, so not assumed to be in a user namespace (only a message depends on it)
     return false;
   }
 }

@@ -53,6 +53,7 @@ export async function mountLoop({ argv0, args, env = process.env }: MountLoopInv
     try {
       st = statSync(r.spec, { bigint: true });
     } catch {
+      // any stat failure is util-linux's 'failed to setup loop device'
       fail(out, r.dir, `failed to setup loop device for ${r.spec}`);
     }
     const isLoopDevice = st.isBlockDevice() && major(st.rdev) === LOOP_MAJOR;

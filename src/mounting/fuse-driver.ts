@@ -300,6 +300,7 @@ function servingFuse(pid: number): boolean {
   try {
     sc = readFileSync(`/proc/${pid}/syscall`, 'utf8');
   } catch {
+    // the driver exited meanwhile (ENOENT/ESRCH): not serving; its exit is noticed by its pidfd
     return false;
   }
   if (READ_SYSCALL < 0) return true; // no table for this architecture: alive is all we can tell
