@@ -1,5 +1,5 @@
 /**
- * Messages between the broker's event loop (server.ts) and an instance worker (worker.ts),
+ * Messages between the broker's event loop (server.ts, connection.ts) and an instance worker (worker.ts),
  * and the main-thread handle of a worker: a promise per request, requests run in order.
  */
 import { Worker } from 'node:worker_threads';
