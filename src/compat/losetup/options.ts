@@ -13,8 +13,12 @@ import { versionLine } from '../version.js';
 import { COLUMNS, DEFAULT_COLUMNS, parseColumnList, UnknownColumn } from './columns.js';
 import { usage } from './help.js';
 
-/** LO_FLAGS values (linux/loop.h); kept here so option parsing needs no native code. */
+/**
+ * LO_FLAGS values (linux/loop.h); kept here so option parsing needs no native code.
+ * AUTOCLEAR is for the -L re-use path (which clears it, as util-linux does).
+ */
 export const LO_FLAGS_READ_ONLY = 1;
+export const LO_FLAGS_AUTOCLEAR = 4;
 export const LO_FLAGS_PARTSCAN = 8;
 export const LO_FLAGS_DIRECT_IO = 16;
 
@@ -28,9 +32,6 @@ export type Action =
   | 'set-capacity'
   | 'set-direct-io'
   | 'set-blocksize';
-
-/** LO_FLAGS_AUTOCLEAR, for the -L re-use path (which clears it, as util-linux does). */
-export const LO_FLAGS_AUTOCLEAR = 4;
 
 /** Long-only option ids, numbered after CHAR_MAX like util-linux's enum. */
 export const OPT_SIZELIMIT = 128;
