@@ -7,7 +7,7 @@
  * on failure. The loop devices themselves are reached through `src/kernel/`
  * (`LoopControl`, `LoopDevice`, attach, allocate); the other syscalls (file and directory
  * fds, sockets, the mount API, seccomp, namespaces) are imported from here by the layers
- * that use them. Only this module reaches `native/` (the lint's layer rule).
+ * that use them. Only `src/kernel/` reaches `native/` (the lint's layer rule).
  *
  * The addon is loaded lazily on first use so that commands which can answer from
  * sysfs alone (`losetup -l` as non-root, `losetup -f` via sysfs) never pay for dlopen().
