@@ -40,12 +40,14 @@ export const brokersCheck: Check = {
         rt.close();
       }
     } catch {
+      // no registry (ENOENT) or not ours to read (EACCES): skipped, and said so
       return { status: 'skip', detail: 'no instance registry we may read' };
     }
     const served = entries.filter((e) => {
       try {
         return lstatSync(`${e.dir}/${BROKER_SOCKET}`).isSocket();
       } catch {
+        // no socket there (ENOENT) or DIR unreachable: not a brokered instance
         return false;
       }
     });

@@ -24,6 +24,7 @@ export const loopDriverCheck: Check = {
     try {
       st = statSync(LOOP_CONTROL_PATH, { bigint: true });
     } catch {
+      // ENOENT mostly; any error means no usable loop-control, which is the finding
       return {
         status: 'fail',
         detail: `${LOOP_CONTROL_PATH} is missing`,

@@ -58,6 +58,7 @@ function engineState(engine: Engine, recorded: string | undefined, env: NodeJS.P
     try {
       text = readFileSync(file, 'utf8');
     } catch {
+      // a config file that is missing or unreadable registers nothing
       continue;
     }
     const wrapper = registration(engine, text);

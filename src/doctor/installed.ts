@@ -17,6 +17,7 @@ function loopfsPackageOf(binFile: string): string | null {
   try {
     return (JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')) as { name?: string }).name === 'loopfs' ? root : null;
   } catch {
+    // no package.json there (ENOENT) or not JSON: not a loopfs package
     return null;
   }
 }
@@ -29,6 +30,7 @@ export const mountHelperCheck: Check = {
     try {
       lstatSync(helper);
     } catch {
+      // not there (ENOENT): not installed, which is the finding
       return {
         status: 'warn',
         detail: `${helper} is not installed: mount -t loop and fstab type loop do not use loopfs`,
@@ -39,6 +41,7 @@ export const mountHelperCheck: Check = {
     try {
       target = realpathSync(helper);
     } catch {
+      // a dangling symlink (ENOENT): the finding
       return {
         status: 'fail',
         detail: `${helper} points to a file that is gone: mount -t loop fails`,

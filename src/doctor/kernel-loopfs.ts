@@ -14,6 +14,7 @@ export const kernelLoopfsCheck: Check = {
     try {
       text = readFileSync('/proc/filesystems', 'utf8');
     } catch {
+      // no /proc mounted: skipped, and said so
       return { status: 'skip', detail: 'no /proc/filesystems' };
     }
     const has = text.split('\n').some((l) => l.split('\t').pop() === 'loopfs');

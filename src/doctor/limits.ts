@@ -16,6 +16,7 @@ function readNumber(path: string): number | null {
     const v = Number(readFileSync(path, 'utf8').trim());
     return Number.isInteger(v) ? v : null;
   } catch {
+    // no such knob (ENOENT) or unreadable: unknown
     return null;
   }
 }

@@ -36,6 +36,7 @@ export function mountsByDevno(): Map<string, string[]> {
   try {
     text = readFileSync('/proc/self/mountinfo', 'utf8');
   } catch {
+    // no /proc here (any error): no mount points known
     return map;
   }
   for (const line of text.split('\n')) {
@@ -108,6 +109,7 @@ export function listInstances(env: NodeJS.ProcessEnv = process.env): ListedInsta
           inst.close();
         }
       } catch {
+        // DIR unreachable or its state unreadable, whatever the reason: listed as not ok (gc decides)
         return { dir: e.dir, id: e.id, uid: e.uid, devices: 0, bound: 0, max: null, ok: false };
       }
     });

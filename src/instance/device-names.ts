@@ -37,6 +37,7 @@ export class DeviceNames {
     try {
       entries = readdirSync(linkDir);
     } catch {
+      // no link directory (ENOENT, ENOTDIR): no container names
       return DeviceNames.NONE;
     }
     const want = resolvePath(dir);
@@ -85,6 +86,7 @@ export class DeviceNames {
       try {
         kernelName = basename(readlinkSync(`${sysBlock}/${name}`));
       } catch {
+        // not a link in this /sys/block (ENOENT, EINVAL): not a device of ours
         return null;
       }
     }

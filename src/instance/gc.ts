@@ -63,6 +63,7 @@ export function gc(env: NodeJS.ProcessEnv = process.env, progress?: ProgressFn):
       try {
         inst = LocalInstance.open(entry.dir, env);
       } catch {
+        // no usable instance at DIR, whatever the reason: decided below under the runtime lock (entryStatus)
         inst = null;
       }
       if (inst) {

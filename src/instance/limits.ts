@@ -39,6 +39,7 @@ export function readLimits(env: NodeJS.ProcessEnv = process.env): LimitsTable {
   try {
     text = readFileSync(file, 'utf8');
   } catch {
+    // no limits file (ENOENT), or one we cannot read: no per-uid limits
     return { entries: new Map() };
   }
   return parseLimits(text, file);
@@ -49,6 +50,7 @@ function kernelLimit(): number | null {
     const v = Number(readFileSync(KERNEL_KNOB, 'utf8').trim());
     return Number.isInteger(v) && v >= 0 ? v : null;
   } catch {
+    // no such knob on this kernel (ENOENT): no kernel limit
     return null;
   }
 }

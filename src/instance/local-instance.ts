@@ -117,6 +117,7 @@ export class LocalInstance implements LoopScope {
     try {
       return statSync(`${dir}/${STATE_DIR}/state.json`).isFile();
     } catch {
+      // any error (ENOENT, ENOTDIR, EACCES): no instance we can use at DIR
       return false;
     }
   }
@@ -866,6 +867,7 @@ export class LocalInstance implements LoopScope {
     try {
       ctl = LoopControl.open();
     } catch {
+      // no loop-control (ENOENT in an activated container's /dev, EACCES): the device stays held
       return false;
     }
     let removed = false;
@@ -1054,6 +1056,7 @@ function readdirSafe(dir: string): string[] {
   try {
     return readdirSync(dir);
   } catch {
+    // the device went meanwhile (ENOENT): it has no partitions
     return [];
   }
 }

@@ -42,6 +42,7 @@ export function detectKind(dir: string, statfs: (p: string) => NativeStatfs = (p
   try {
     if (statfs(dir).type === LOOPFS_SUPER_MAGIC) return 'kernel';
   } catch {
+    // DIR missing or unreachable, whatever the reason: not an instance
     return null;
   }
   if (LocalInstance.isInstance(dir)) return 'local';

@@ -138,6 +138,7 @@ export class Runtime {
       const c = JSON.parse(text) as Claim;
       return typeof c.id === 'string' && typeof c.uid === 'number' ? { ...c, minor } : null;
     } catch {
+      // not JSON: link() writes a claim whole, so only tampering makes one (junkClaims reports it)
       return null;
     }
   }
