@@ -27,7 +27,7 @@ describe('spawnVm', () => {
   });
   afterAll(() => removeTree(tmp));
 
-  it('gives the program fds[i] as fd i (-1: closed), its cwd, default signals and an empty mask; the pidfd turns readable at its exit', () => {
+  it('gives the program fds[i] as fd i (-1: closed), its cwd, default signals and an empty mask; the pidfd turns readable at its exit', async () => {
     const n = native();
     const [mine, theirs] = n.socketPair(false);
     const devNull = n.open('/dev/null', n.constants.O_RDWR);
@@ -38,6 +38,10 @@ describe('spawnVm', () => {
       const s = n.spawnVm('/bin/sh', ['sh', '-c', script], ['PATH=/usr/bin:/bin'], [devNull, theirs, theirs, marker, -1, marker], tmp);
       n.close(theirs);
       expect(readAll(mine)).toBe(`/dev/null\n${tmp}/marker\n${tmp}/marker\n${tmp}\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n`);
+      // the socket's end of stream comes when the child's fds are released, a moment before
+      // the exit the pidfd reports: wait for it (bounded)
+      const end = Date.now() + 10_000;
+      while (!n.pollNow(s.pidfd).readable && Date.now() < end) await new Promise((r) => setTimeout(r, 5));
       expect(n.pollNow(s.pidfd).readable).toBe(true);
       expect(n.waitPid(s.pid, false)).toEqual({ pid: s.pid, code: 7, signal: null });
       n.close(s.pidfd);
