@@ -194,14 +194,14 @@ export class InstanceOps {
       // bound ones: held, published and bound, in /sys/block order (one state read)
       const bound = inst.usedDevices().map((d) => minorOfPath(d.path));
       const seen = new Set(bound);
-      const devices: DeviceEntry[] = bound.map((m) => describe(m));
+      const devices: DeviceEntry[] = bound.map((m) => deviceEntry(m));
       // then the idle ones ("removing" ones and unpublished nodes are not the client's)
       const s = inst.state();
       const idle = Object.keys(s.devices)
         .map(Number)
         .filter((m) => !seen.has(m) && s.devices[m].state === 'held')
         .sort((a, b) => a - b);
-      for (const minor of idle) if (inst.contains(new MinorDevice(minor))) devices.push(describe(minor));
+      for (const minor of idle) if (inst.contains(new MinorDevice(minor))) devices.push(deviceEntry(minor));
       return { devices };
     });
   }
@@ -539,7 +539,7 @@ function minorOfPath(path: string): number {
 }
 
 /** One held device as `losetup -l` describes it (sysfs first, LOOP_GET_STATUS64 for the ids). */
-function describe(minor: number): DeviceEntry {
+function deviceEntry(minor: number): DeviceEntry {
   const sys = sysfsOf(minor);
   const backingFile = sys.backingFile();
   const entry: DeviceEntry = {
