@@ -10,7 +10,7 @@
 //   1. attach latency, in-process (no node start-up in the numbers): `attaches` times, local
 //      and brokered interleaved so that machine noise hits both alike —
 //        local:   LocalInstance.allocate() on an instance (what root's `losetup -f FILE` does)
-//        broker:  BrokerScope.allocate() over one open connection (the client opens the file,
+//        broker:  BrokeredInstance.allocate() over one open connection (the client opens the file,
 //                 the broker binds a device of its instance to that fd)
 //        broker, new connection: connect + hello + attach per attach (what a CLI run does)
 //      each followed by an untimed detach; target: broker ≤ 2× local.
@@ -64,7 +64,7 @@ const env = { ...process.env, LANG: 'C.UTF-8' };
 
 const dist = (p) => import(pathToFileURL(join(root, 'dist', p)).href);
 const { LocalInstance } = await dist('instance/local-instance.js');
-const { BrokerScope } = await dist('instance/broker-scope.js');
+const { BrokeredInstance } = await dist('instance/brokered-instance.js');
 const { LoopDevice } = await dist('kernel/loop-device.js');
 const { native } = await dist('kernel/native.js');
 
@@ -134,7 +134,7 @@ async function startServer(dirs) {
 function benchAttach(localDir, brokerDir) {
   const file = makeFile('img-attach');
   const local = LocalInstance.open(localDir, env);
-  const broker = BrokerScope.connect(brokerDir, 'bench');
+  const broker = BrokeredInstance.connect(brokerDir, 'bench');
   const times = { local: [], broker: [], fresh: [] };
   const req = { file, flags: 0 };
   try {
@@ -154,7 +154,7 @@ function benchAttach(localDir, brokerDir) {
       broker.detach(new LoopDevice(b.device.path));
       // broker, a new connection per attach
       t0 = process.hrtime.bigint();
-      const s = BrokerScope.connect(brokerDir, 'bench');
+      const s = BrokeredInstance.connect(brokerDir, 'bench');
       const c = s.allocate(req);
       times.fresh.push(ms(t0));
       s.detach(new LoopDevice(c.device.path));
@@ -226,7 +226,7 @@ function benchMounts(brokerDir, user) {
   spawnSync('mkfs.ext4', ['-q', '-F', '-d', src, ext4, '8M']);
   spawnSync('mksquashfs', [src, sqfs, '-quiet', '-noappend', '-no-progress']);
   for (const f of [ext4, sqfs]) if (user) chownSync(f, user.uid, user.gid);
-  const scope = BrokerScope.connect(brokerDir, 'bench');
+  const scope = BrokeredInstance.connect(brokerDir, 'bench');
   const devs = [];
   try {
     const cases = [];

@@ -16,7 +16,7 @@
  * own receive queue: the next reply fails with EAGAIN and the connection is ended (its
  * sessions released). Nothing a client does blocks the event loop or another connection.
  * The other direction — a broker that never answers — is bounded on the client side
- * (BrokerScope: SO_RCVTIMEO, $LOOPFS_BROKER_TIMEOUT).
+ * (BrokeredInstance: SO_RCVTIMEO, $LOOPFS_BROKER_TIMEOUT).
  *
  * Sessions: devices attached or found with `session: true` are detached and released when
  * the connection ends, however it ends (client exit, crash, SIGKILL, broker shutdown).

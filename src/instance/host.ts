@@ -3,10 +3,12 @@ import { allocateAndAttach, ensureDevice, findFree, HOST_DEVICES } from '../kern
 import type { AttachRequest } from '../kernel/attach.js';
 import { assertLoopDevice, isLoopDevice, LoopDevice } from '../kernel/loop-device.js';
 import { LISTING_ATTRS, loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
-import type { LoopScope } from './scope.js';
+import { detachEach, OWN_IOCTLS, type LoopScope } from './scope.js';
 
 export class HostScope implements LoopScope {
   readonly controlPath = HOST_DEVICES.controlPath;
+  readonly control = OWN_IOCTLS;
+  readonly mounts = null;
 
   usedDevices(prefetch: readonly string[] = LISTING_ATTRS): LoopDevice[] {
     // one native call finds the bound devices (most of a big pool may be idle) and reads
@@ -58,6 +60,10 @@ export class HostScope implements LoopScope {
 
   detach(dev: LoopDevice): void {
     dev.clear();
+  }
+
+  detachMany(devs: LoopDevice[]): unknown[] {
+    return detachEach(this, devs);
   }
 
   contains(): boolean {

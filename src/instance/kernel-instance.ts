@@ -8,11 +8,13 @@ import { allocateAndAttach, findFree, type DeviceDir } from '../kernel/allocate.
 import type { AttachRequest } from '../kernel/attach.js';
 import { LoopDevice } from '../kernel/loop-device.js';
 import { readdirRaw } from '../kernel/sysfs.js';
-import { checkMember, devicePathIn, type LoopScope } from './scope.js';
+import { checkMember, detachEach, devicePathIn, OWN_IOCTLS, type LoopScope } from './scope.js';
 
 export const LOOPFS_SUPER_MAGIC = 0x6c6f6f71;
 
 export class KernelInstance implements LoopScope {
+  readonly control = OWN_IOCTLS;
+  readonly mounts = null;
   private readonly devices: DeviceDir;
 
   constructor(readonly dir: string) {
@@ -64,6 +66,10 @@ export class KernelInstance implements LoopScope {
 
   settle(): void {
     /* the kernel instance manages its own devices */
+  }
+
+  detachMany(devs: LoopDevice[]): unknown[] {
+    return detachEach(this, devs);
   }
 
   detach(dev: LoopDevice): void {

@@ -56,7 +56,7 @@ import { limitForUid } from './limits.js';
 import { PinnedDir } from './pinned-dir.js';
 import { Runtime } from './runtime.js';
 import { DeviceNames } from './device-names.js';
-import { checkMember, devicePathIn, type LoopScope } from './scope.js';
+import { checkMember, devicePathIn, OWN_IOCTLS, type LoopScope } from './scope.js';
 import {
   heldMinors,
   LOCK_FILE,
@@ -96,6 +96,8 @@ const RESERVE_TRIES = 64;
 
 export class LocalInstance implements LoopScope {
   readonly controlPath = null;
+  readonly control = OWN_IOCTLS;
+  readonly mounts = null;
   private lockFd = -1;
   /** How the devices handed out are named (a container's /dev names; see device-names.ts). */
   private names = DeviceNames.NONE;

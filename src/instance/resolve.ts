@@ -7,7 +7,7 @@ import { existsSync, lstatSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { native, type NativeStatfs } from '../kernel/native.js';
 import { BROKER_SOCKET } from '../protocol/broker.js';
-import { BrokerScope, BrokerUnavailableError } from './broker-scope.js';
+import { BrokeredInstance, BrokerUnavailableError } from './brokered-instance.js';
 import { DeviceNames } from './device-names.js';
 import { HostScope } from './host.js';
 import { KernelInstance, LOOPFS_SUPER_MAGIC } from './kernel-instance.js';
@@ -71,7 +71,7 @@ export function openScope(dir: string, env: NodeJS.ProcessEnv, statfs?: (p: stri
       return LocalInstance.open(dir, env, deviceNamesFor(dir));
     case 'broker':
       try {
-        return BrokerScope.connect(dir, undefined, env, deviceNamesFor(dir));
+        return BrokeredInstance.connect(dir, undefined, env, deviceNamesFor(dir));
       } catch (e) {
         if (e instanceof BrokerUnavailableError) throw new InstanceError(dir, e.reason);
         throw e;

@@ -1,14 +1,37 @@
 /**
- * Where a command's loop devices live. The host scope is plain /dev with the global
- * loop-control, where every tool behaves exactly as util-linux does; private
- * instances (see local-instance.ts) implement the same interface with their own set of
- * devices, so the util-linux front end never needs to know which one it talks to.
+ * Where a command's loop devices live. The host scope (HostScope, host.ts) is plain /dev
+ * with the global loop-control, where every tool behaves exactly as util-linux does. The
+ * instances implement the same interface with their own set of devices: LocalInstance (a
+ * directory loopfs manages), KernelInstance (the kernel's loopfs) and BrokeredInstance (an
+ * instance reached through its broker). The util-linux front end never needs to know which
+ * one it talks to: what differs is said by the scope's capabilities (`control`, `mounts`),
+ * never found out with instanceof.
  */
 import type { AttachRequest } from '../kernel/attach.js';
 import type { Allocated } from '../kernel/allocate.js';
 import { sysError } from '../kernel/errors.js';
 import { assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import type { BrokerMount, MountOptions } from './brokered-instance.js';
 import { DeviceNames } from './device-names.js';
+
+/** Changes to a live device's settings: the caller's own ioctls, or a broker's on its behalf. */
+export interface DeviceControl {
+  setCapacity(dev: LoopDevice): void;
+  setDirectIo(dev: LoopDevice, on: boolean): void;
+  setBlockSize(dev: LoopDevice, size: number): void;
+}
+
+/** The caller's own ioctls on the device node: every scope whose devices the caller may change. */
+export const OWN_IOCTLS: DeviceControl = {
+  setCapacity: (dev) => dev.setCapacity(),
+  setDirectIo: (dev, on) => dev.setDirectIo(on),
+  setBlockSize: (dev, size) => dev.setBlockSize(size),
+};
+
+/** Mounts a broker makes for the caller (a user-namespace root cannot mount a block device). */
+export interface BrokeredMounts {
+  mount(dev: LoopDevice, opts?: MountOptions): BrokerMount;
+}
 
 export interface LoopScope {
   /**
@@ -36,19 +59,14 @@ export interface LoopScope {
   settle(dev: LoopDevice): void;
   /**
    * `-D`: detach() of every device, with the scope's part done for all of them at once
-   * (an instance gives devices back in one batch). Returns, per device, null or the error
-   * of its LOOP_CLR_FD. Absent: detach() one by one.
+   * where it can be (an instance gives devices back in one batch; detachEach otherwise).
+   * Returns, per device, null or the error of its LOOP_CLR_FD.
    */
-  detachMany?(devs: LoopDevice[]): unknown[];
-  /**
-   * LOOP_SET_CAPACITY for a scope that does it on the caller's behalf (a broker);
-   * absent: the caller opens the device itself.
-   */
-  setCapacity?(dev: LoopDevice): void;
-  /** LOOP_SET_DIRECT_IO on the caller's behalf (a broker); absent: the caller does it. */
-  setDirectIo?(dev: LoopDevice, on: boolean): void;
-  /** LOOP_SET_BLOCK_SIZE on the caller's behalf (a broker); absent: the caller does it. */
-  setBlockSize?(dev: LoopDevice, size: number): void;
+  detachMany(devs: LoopDevice[]): unknown[];
+  /** LOOP_SET_CAPACITY, LOOP_SET_DIRECT_IO, LOOP_SET_BLOCK_SIZE: by the caller (OWN_IOCTLS) or a broker. */
+  readonly control: DeviceControl;
+  /** Who mounts a device of this scope: null, the caller (mount(2) or mount(8)); else the broker. */
+  readonly mounts: BrokeredMounts | null;
   /** Whether a device named by the user belongs to this scope. */
   contains(dev: LoopDevice): boolean;
   /** The loop-control path the scope allocates through, if any (for error reporting). */
@@ -72,4 +90,16 @@ export function checkMember(scope: LoopScope, arg: string): void {
   const path = scope.devicePath(arg);
   assertLoopDevice(path);
   if (!scope.contains(new LoopDevice(path))) throw sysError('ENODEV', 'stat', path);
+}
+
+/** detachMany for a scope with nothing to batch: detach() of each device, in order. */
+export function detachEach(scope: LoopScope, devs: LoopDevice[]): unknown[] {
+  return devs.map((dev): unknown => {
+    try {
+      scope.detach(dev);
+      return null;
+    } catch (e) {
+      return e;
+    }
+  });
 }

@@ -8,7 +8,8 @@ import { native } from '../kernel/native.js';
 import { canonicalize } from '../compat/canonicalize.js';
 import { Output } from '../compat/output.js';
 import { QuotaError } from '../instance/local-instance.js';
-import { BrokerError, BrokerScope, type BrokerMount } from '../instance/broker-scope.js';
+import { BrokerError, type BrokerMount } from '../instance/brokered-instance.js';
+import type { BrokeredMounts, LoopScope } from '../instance/scope.js';
 import { MOUNT_ATTRS, type MountAttrName } from '../protocol/broker.js';
 import { fail, MOUNT_EX_USAGE, type LoopSetup, type MountLoopArgs } from './args.js';
 import { flagsFor } from './local.js';
@@ -32,7 +33,7 @@ const USERSPACE_ONLY = new Set(['rw', 'exec', 'suid', 'dev', 'atime', 'diratime'
  * exits 16 when it would need utab, for x- options, which we drop), and umount(8) needs
  * none for an autoclear device.
  */
-export function mountThroughBroker(r: MountLoopArgs, ls: LoopSetup, type: string | null, scope: BrokerScope, isLoopDevice: boolean, out: Output): number {
+export function mountThroughBroker(r: MountLoopArgs, ls: LoopSetup, type: string | null, scope: LoopScope, broker: BrokeredMounts, isLoopDevice: boolean, out: Output): number {
   let readOnly = ls.readOnly;
   let fuse: boolean | undefined;
   const attrs: MountAttrName[] = [];
@@ -85,7 +86,7 @@ export function mountThroughBroker(r: MountLoopArgs, ls: LoopSetup, type: string
   };
   let m: BrokerMount;
   try {
-    m = scope.mount(device, { fstype: type, readOnly, attrs, fuse });
+    m = broker.mount(device, { fstype: type, readOnly, attrs, fuse });
   } catch (e) {
     undo();
     fail(out, r.dir, e instanceof Error ? e.message : String(e));

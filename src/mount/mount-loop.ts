@@ -22,7 +22,6 @@ import { basename } from 'node:path';
 import { LOOP_MAJOR, major } from '../kernel/devnum.js';
 import { Exit, Output } from '../compat/output.js';
 import { formatMountOptions } from '../compat/mount-options.js';
-import { BrokerScope } from '../instance/broker-scope.js';
 import { InstanceError, resolveScope } from '../instance/resolve.js';
 import type { LoopScope } from '../instance/scope.js';
 import { fail, fsType, loopSetup, MOUNT_EX_FAIL, MOUNT_EX_USAGE, parse } from './args.js';
@@ -66,7 +65,7 @@ export async function mountLoop({ argv0, args, env = process.env }: MountLoopInv
       return 0;
     }
 
-    if (scope instanceof BrokerScope) return mountThroughBroker(r, ls, type, scope, isLoopDevice, out);
+    if (scope.mounts) return mountThroughBroker(r, ls, type, scope, scope.mounts, isLoopDevice, out);
     if (ls.passOn.some((o) => FUSE_OPTIONS.has(o.name))) {
       fail(out, r.dir, 'the fuse option needs an instance served by the loopfs broker (loopfs serve)', MOUNT_EX_USAGE);
     }

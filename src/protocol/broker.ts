@@ -1,5 +1,5 @@
 /**
- * The broker protocol, version 2: what `loopfs serve` and its clients (BrokerScope,
+ * The broker protocol, version 2: what `loopfs serve` and its clients (BrokeredInstance,
  * mount.loop) say to each other over `DIR/loop-control`, a SOCK_SEQPACKET unix socket.
  *
  * Framing is the socket's: one datagram is one message, whole or not at all, so there is

@@ -44,14 +44,12 @@ export function runAction(ctx: ActionContext): number {
     case 'show-one':
       return showOne(ctx);
     case 'set-capacity':
-      return ioctlOn(ctx, 'set capacity failed', (d) => (ctx.scope.setCapacity ? ctx.scope.setCapacity(d) : d.setCapacity()));
+      return ioctlOn(ctx, 'set capacity failed', (d) => ctx.scope.control.setCapacity(d));
     case 'set-direct-io':
-      return ioctlOn(ctx, 'set direct io failed', (d) =>
-        ctx.scope.setDirectIo ? ctx.scope.setDirectIo(d, ctx.plan.useDirectIo) : d.setDirectIo(ctx.plan.useDirectIo),
-      );
+      return ioctlOn(ctx, 'set direct io failed', (d) => ctx.scope.control.setDirectIo(d, ctx.plan.useDirectIo));
     case 'set-blocksize': {
       const size = Number(ctx.plan.blockSize);
-      return ioctlOn(ctx, 'set logical block size failed', (d) => (ctx.scope.setBlockSize ? ctx.scope.setBlockSize(d, size) : d.setBlockSize(size)));
+      return ioctlOn(ctx, 'set logical block size failed', (d) => ctx.scope.control.setBlockSize(d, size));
     }
   }
 }
@@ -159,20 +157,13 @@ function detachAll(ctx: ActionContext): number {
   let failures = 0;
   // no listing attributes: -D needs only which devices are bound (~10 sysfs reads each less)
   const devs = ctx.scope.usedDevices([]);
-  if (ctx.scope.detachMany) {
-    // the same warnings, in the same order, as one detach() after another
-    const errors = ctx.scope.detachMany(devs);
-    for (const [i, dev] of devs.entries()) {
-      if (errors[i] !== null) {
-        ctx.out.warn(`${dev.path}: detach failed`, describe(errors[i]));
-        failures++;
-      }
-      dev.close();
+  // the same warnings, in the same order, as one detach() after another
+  const errors = ctx.scope.detachMany(devs);
+  for (const [i, dev] of devs.entries()) {
+    if (errors[i] !== null) {
+      ctx.out.warn(`${dev.path}: detach failed`, describe(errors[i]));
+      failures++;
     }
-    return failures ? 1 : 0;
-  }
-  for (const dev of devs) {
-    if (!detachOne(ctx, dev)) failures++;
     dev.close();
   }
   return failures ? 1 : 0;

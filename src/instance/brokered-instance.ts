@@ -38,7 +38,7 @@ import {
 } from '../protocol/broker.js';
 import { QuotaError } from './local-instance.js';
 import { DeviceNames } from './device-names.js';
-import { checkMember, devicePathIn, type LoopScope } from './scope.js';
+import { checkMember, detachEach, devicePathIn, type BrokeredMounts, type DeviceControl, type LoopScope } from './scope.js';
 
 /** How long a client waits for each broker reply unless $LOOPFS_BROKER_TIMEOUT (seconds, 0 = for ever) says otherwise. */
 export const DEFAULT_BROKER_TIMEOUT_S = 30;
@@ -150,9 +150,12 @@ export interface MountOptions {
   fuse?: boolean;
 }
 
-export class BrokerScope implements LoopScope {
+export class BrokeredInstance implements LoopScope, DeviceControl, BrokeredMounts {
   readonly dir: string;
   readonly controlPath: string;
+  /** The broker changes live devices (the kernel wants CAP_SYS_ADMIN or a writable open) and mounts them. */
+  readonly control: DeviceControl = this;
+  readonly mounts: BrokeredMounts = this;
   private seq = 0;
 
   private constructor(
@@ -171,7 +174,7 @@ export class BrokerScope implements LoopScope {
    * is waited for at most $LOOPFS_BROKER_TIMEOUT seconds (SO_RCVTIMEO): a broker that
    * accepts and never answers (stopped, hung) is an error, not a hang.
    */
-  static connect(dir: string, client = 'losetup', env: NodeJS.ProcessEnv = process.env, names = DeviceNames.NONE): BrokerScope {
+  static connect(dir: string, client = 'losetup', env: NodeJS.ProcessEnv = process.env, names = DeviceNames.NONE): BrokeredInstance {
     dir = resolvePath(dir); // names we print must work again as operands
     const n = native();
     const timeoutMs = brokerTimeoutMs(env);
@@ -188,7 +191,7 @@ export class BrokerScope implements LoopScope {
       }
       throw new BrokerUnavailableError(dir, `cannot reach the loopfs broker: ${toSysError(e).description}`);
     }
-    const scope = new BrokerScope(dir, fd, timeoutMs, names);
+    const scope = new BrokeredInstance(dir, fd, timeoutMs, names);
     try {
       n.setRecvTimeout(fd, timeoutMs);
       scope.call('hello', { client });
@@ -380,6 +383,10 @@ export class BrokerScope implements LoopScope {
 
   detach(dev: LoopDevice): void {
     this.call('detach', { minor: this.requireMinor(dev) });
+  }
+
+  detachMany(devs: LoopDevice[]): unknown[] {
+    return detachEach(this, devs);
   }
 
   settle(): void {
