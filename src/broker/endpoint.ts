@@ -102,21 +102,13 @@ export class Endpoint {
     this.acceptLoop = new AcceptLoop(this.listenFd, {
       label: this.dir,
       accept: (fd) => native().seqpacketAccept(fd),
-      onConnection: (fd) => this.admit(fd),
+      onConnection: (fd, peer) => this.admit(fd, peer),
       log: (line) => this.server.log(line),
     });
   }
 
-  private admit(fd: number): void {
+  private admit(fd: number, cred: PeerCred): void {
     const n = native();
-    let cred: PeerCred;
-    try {
-      cred = n.peerCred(fd);
-    } catch {
-      // the peer is gone already (ENOTCONN and the like): nothing to admit
-      n.close(fd);
-      return;
-    }
     const refuse = (error: ErrorBody) => {
       try {
         n.sendMsg(fd, encodeMessage(errorReply(null, error)), []);

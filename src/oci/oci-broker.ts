@@ -38,7 +38,7 @@
  */
 import { mkdirSync, statSync, unlinkSync } from 'node:fs';
 import { hasCode } from '../kernel/errors.js';
-import { native, type FdWatcher } from '../kernel/native.js';
+import { native, type FdWatcher, type PeerCred } from '../kernel/native.js';
 import { pidOfPidfd } from '../kernel/process.js';
 import { LocalInstance } from '../instance/local-instance.js';
 import { runtimeDir } from '../instance/runtime.js';
@@ -253,12 +253,12 @@ export class OciBroker {
     this.agent = new SeccompAgent(agentFd, { env: this.env, allowFs: DEFAULT_ALLOWED_FS, log: this.log, limits: this.agentLimits });
     this.acceptLoop = new AcceptLoop(this.listenFd, {
       accept: (fd) => n.seqpacketAccept(fd),
-      onConnection: (fd) => this.admit(fd),
+      onConnection: (fd, peer) => this.admit(fd, peer),
       log: this.log,
     });
   }
 
-  private admit(fd: number): void {
+  private admit(fd: number, cred: PeerCred): void {
     const n = native();
     let w: FdWatcher | null = null;
     w = n.watchFd(fd, () => {
@@ -279,7 +279,7 @@ export class OciBroker {
       this.enqueue(async () => {
         let reply: OciReply;
         try {
-          reply = await this.handle(fd, m.data, m.fds);
+          reply = await this.handle(cred, m.data, m.fds);
         } catch (e) {
           reply = { ok: false, error: (e as Error).message };
         }
@@ -298,11 +298,10 @@ export class OciBroker {
     this.queue = this.queue.then(fn, fn).catch((e) => this.log(`internal error: ${(e as Error).message}`));
   }
 
-  private async handle(fd: number, data: Buffer, fds: number[]): Promise<OciReply> {
+  private async handle(cred: PeerCred, data: Buffer, fds: number[]): Promise<OciReply> {
     const n = native();
     let pidfd = -1;
     try {
-      const cred = n.peerCred(fd);
       const req = parseRequest(data);
       if (req.op === 'destroy') {
         for (const f of fds) n.close(f);

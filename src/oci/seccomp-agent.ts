@@ -112,23 +112,15 @@ export class SeccompAgent {
     this.acceptLoop = new AcceptLoop(listenFd, {
       label: 'seccomp agent',
       accept: (fd) => native().streamAccept(fd),
-      onConnection: (fd) => this.admit(fd),
+      onConnection: (fd, peer) => this.admit(fd, peer),
       log: opts.log,
       canAccept: () => this.pending.size < this.limits.maxPending,
       backoffMs: FD_EXHAUSTED_BACKOFF_MS,
     });
   }
 
-  private admit(fd: number): void {
+  private admit(fd: number, cred: PeerCred): void {
     const n = native();
-    let cred: PeerCred;
-    try {
-      cred = n.peerCred(fd);
-    } catch {
-      // the peer is gone already (ENOTCONN, EBADF): nothing to serve
-      n.close(fd);
-      return;
-    }
     let mine = 0;
     for (const p of this.pending) if (p.cred.uid === cred.uid) mine++;
     if (mine >= this.limits.maxPendingPerUid) {

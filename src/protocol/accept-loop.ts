@@ -8,10 +8,12 @@
  * is called again at once by the event loop and burns a core for as long as the fds are
  * gone. So out of fds, the listener stops being polled for a back-off and tries again
  * after it; a daemon that limits its connections (`canAccept`) stops polling until a
- * connection ends and it calls resume().
+ * connection ends and it calls resume(). Each connection is handed on with its peer's
+ * credentials as the kernel recorded them at connect (SO_PEERCRED): the only identity a
+ * daemon of ours trusts.
  */
 import { hasCode } from '../kernel/errors.js';
-import { native, type FdWatcher } from '../kernel/native.js';
+import { native, type FdWatcher, type PeerCred } from '../kernel/native.js';
 
 /** How long accepting pauses when the process (or the system) is out of fds or memory. */
 export const ACCEPT_BACKOFF_MS = 100;
@@ -22,8 +24,8 @@ const BATCH = 64;
 export interface AcceptLoopOptions {
   /** accept4 on the listening fd: the new fd, or null when nothing is queued (EAGAIN). */
   accept(listenFd: number): number | null;
-  /** A new connection; the callee owns the fd. */
-  onConnection(fd: number): void;
+  /** A new connection and its peer (SO_PEERCRED); the callee owns the fd. */
+  onConnection(fd: number, peer: PeerCred): void;
   /** One line for the daemon's log. */
   log(line: string): void;
   /** Names the socket in the log lines, where the daemon's log has more than one. */
@@ -88,12 +90,20 @@ export class AcceptLoop {
         return;
       }
       if (fd === null) return;
+      let peer: PeerCred;
+      try {
+        peer = native().peerCred(fd);
+      } catch {
+        // the peer is gone already (ENOTCONN and the like): nothing to hand on
+        native().close(fd);
+        continue;
+      }
       if (this.pauses > 0) {
         this.opts.log(`${this.prefix()}accepting again (after ${this.pauses} pause${this.pauses === 1 ? '' : 's'})`);
         this.pauses = 0;
       }
       try {
-        this.opts.onConnection(fd);
+        this.opts.onConnection(fd, peer);
       } catch (e) {
         this.opts.log(`${this.prefix()}internal error while accepting: ${(e as Error).message}`);
       }
