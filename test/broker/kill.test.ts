@@ -98,6 +98,9 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: clients SIGKILLed
       await waitFor('every session device is released', () => Object.keys(sb.state(inst)!.devices).length === 0, 90_000).catch((e) => {
         throw new Error(`${(e as Error).message}: still held ${JSON.stringify(sb.state(inst)!.devices)}`);
       });
+      // a release deletes the records first, then drops the claims (forgetRemoved): wait
+      // for the whole of it, bounded; a claim that stays is a leak and fails here
+      await waitFor('every claim dropped', () => sb.claims().length === 0, 15_000).catch(() => undefined);
       expect(sb.claims()).toEqual([]);
       expect(sb.bound()).toEqual([]);
       await waitFor(`the server's fds are back to ${baseline}`, () => server!.fdCount() === baseline, 15_000).catch((e) => {
