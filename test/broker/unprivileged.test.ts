@@ -416,11 +416,19 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: unprivileged clie
     try {
       const inst = await sb.instance('inst');
       server = await Server.start(sb, [inst]);
+      const held = await sb.asUser(`${LOSETUP} -f --show ${sb.image}`, { LOOPFS_INSTANCE: inst });
+      expect(held.exitCode).toBe(0);
+      const dev = text(held.stdout).trim();
       server.child.kill('SIGKILL');
       await waitFor('broker gone', () => !server!.alive);
       expect(fs.lstatSync(`${inst}/loop-control`).isSocket()).toBe(true);
       const down = await sb.asUser(`${LOSETUP} -a`, { LOOPFS_INSTANCE: inst });
       expect([down.exitCode, text(down.stderr)]).toEqual([1, `losetup: ${inst}: the loopfs broker of this instance is not running\n`]);
+      // a device operand is checked through the broker too: the device is fine, the broker is
+      // not there (never util-linux's "failed to use device: No such device")
+      const downDetach = await sb.asUser(`${LOSETUP} -d ${dev}`, { LOOPFS_INSTANCE: inst });
+      expect([downDetach.exitCode, text(downDetach.stderr)]).toEqual([1, `losetup: ${inst}: the loopfs broker of this instance is not running\n`]);
+      expect(readLoopState(`loop${minorOf(dev)}`)?.backingFile).toBe(sb.image);
       server = await Server.start(sb, [inst]);
       const again = await Server.start(sb, [inst]).then(
         async (s) => {
@@ -432,6 +440,8 @@ describe.skipIf(reason !== undefined)(skipTitle('loopfs serve: unprivileged clie
       expect(again).toContain('already served by another broker');
       const up = await sb.asUser(`${LOSETUP} -f --show ${sb.image}`, { LOOPFS_INSTANCE: inst });
       expect(up.exitCode).toBe(0);
+      const detached = await sb.asUser(`${LOSETUP} -d ${dev}`, { LOOPFS_INSTANCE: inst });
+      expect([detached.exitCode, text(detached.stderr)]).toEqual([0, '']);
       await server.stop();
       expect(fs.existsSync(`${inst}/loop-control`)).toBe(false);
     } finally {

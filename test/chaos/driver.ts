@@ -65,7 +65,42 @@ export interface SoakReport {
   faults: FaultOutcome[];
   leaks: Record<string, string[]>;
   growth: Record<string, { fdsFirst: number; fdsLast: number; rssFirstKiB: number; rssLastKiB: number }>;
+  /** For each device found lost: every traced event naming it, and the daemons' kills and starts. */
+  lostTrace: Record<string, string[]>;
   podman: boolean;
+}
+
+// ------------------------------------------------------------------ trace
+
+/**
+ * A timeline of what the soak did and what its daemons said, kept so that a leak can be
+ * explained: for each device found lost, the report carries every event naming it.
+ */
+class Trace {
+  private readonly t0 = Date.now();
+  readonly events: string[] = [];
+
+  add(s: string): void {
+    this.events.push(`${((Date.now() - this.t0) / 1000).toFixed(3)} ${s}`);
+  }
+
+  /** Every line a child writes, prefixed with `who`. */
+  follow(who: string, child: ChildProcess): void {
+    for (const stream of [child.stdout, child.stderr]) {
+      let partial = '';
+      stream?.on('data', (chunk: Buffer | string) => {
+        const lines = (partial + chunk.toString()).split('\n');
+        partial = lines.pop() ?? '';
+        for (const l of lines) if (l) this.add(`${who}[${child.pid}]: ${l}`);
+      });
+    }
+  }
+
+  /** The events that name `dev` (loopN, as a word), and every daemon kill or start. */
+  about(dev: string): string[] {
+    const name = new RegExp(`\\b${dev}\\b`);
+    return this.events.filter((e) => name.test(e) || / daemon (SIGKILL|started)$/.test(e));
+  }
 }
 
 // ------------------------------------------------------------------ processes
@@ -84,6 +119,8 @@ export interface OpResult {
 /** Client commands in flight, each in its own process group, so that chaos can kill one. */
 class Clients {
   private readonly live = new Map<number, { child: ChildProcess; killed: boolean }>();
+
+  constructor(private readonly trace: Trace) {}
 
   run(file: string, args: string[], env: NodeJS.ProcessEnv, cwd: string, timeoutMs = 60_000): Promise<OpResult> {
     return new Promise((resolve, reject) => {
@@ -107,6 +144,8 @@ class Clients {
       child.once('close', (code, signal) => {
         clearTimeout(timer);
         if (child.pid) this.live.delete(child.pid);
+        const what = args.filter((a) => !a.startsWith('--re') && a !== '--clear-groups').slice(-4).join(' ');
+        this.trace.add(`client[${child.pid}] ${what} -> ${entry.killed ? 'SIGKILL' : `exit ${code}`} ${out.trim()} ${err.trim()}`);
         resolve({ exitCode: code, signal, stdout: out, stderr: err, ms: performance.now() - started, killed: entry.killed, timedOut });
       });
     });
@@ -142,10 +181,13 @@ class Unit {
     readonly name: string,
     private readonly launch: () => Promise<Daemon>,
     private readonly restartMs: number,
+    private readonly trace: Trace,
   ) {}
 
   async up(): Promise<void> {
     this.server = await this.launch();
+    this.trace.follow(this.name, this.server.child);
+    this.trace.add(`${this.name}[${this.server.pid}] daemon started`);
   }
 
   get pid(): number | null {
@@ -156,6 +198,7 @@ class Unit {
   kill(): boolean {
     if (!this.server?.alive || this.restarting) return false;
     this.server.child.kill('SIGKILL');
+    this.trace.add(`${this.name}[${this.server.pid}] daemon SIGKILL`);
     this.kills++;
     this.restarting = (async () => {
       await sleep(this.restartMs);
@@ -789,7 +832,8 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   const sb = new BrokerSandbox('loopfs-chaos');
   const user2 = secondUser();
   if (!user2) throw new Error('cannot create the second unprivileged user loopfstest2');
-  const clients = new Clients();
+  const trace = new Trace();
+  const clients = new Clients(trace);
   const stats = new Stats();
   const rng = prng(opts.seed);
   let stopAt = Infinity;
@@ -801,6 +845,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
   let podmanRootless: Podman | null = null;
   let ranges: SubIdRanges | null = null;
   let leaks: Record<string, string[]> = {};
+  const lostTrace: Record<string, string[]> = {};
   const report = {} as SoakReport;
   try {
     // --- the world: local instances, two brokered users, two activated views, podman
@@ -828,10 +873,10 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     }
     // killable daemons, and one of each kind that lives through the run (its fds and RSS are
     // the growth figures: a restarted daemon starts from nothing)
-    const serveA = new Unit('serve (killed)', () => Server.start(sb, [b1]), opts.restartMs);
-    const serveB = new Unit('serve (steady)', () => Server.start(sb, [b2]), opts.restartMs);
-    const watchA = new Unit('activate --watch (killed)', () => Watcher.start(sb, views[0].dir, views[0].dev, 2), opts.restartMs);
-    const watchB = new Unit('activate --watch (steady)', () => Watcher.start(sb, views[1].dir, views[1].dev, 2), opts.restartMs);
+    const serveA = new Unit('serve (killed)', () => Server.start(sb, [b1]), opts.restartMs, trace);
+    const serveB = new Unit('serve (steady)', () => Server.start(sb, [b2]), opts.restartMs, trace);
+    const watchA = new Unit('activate --watch (killed)', () => Watcher.start(sb, views[0].dir, views[0].dev, 2), opts.restartMs, trace);
+    const watchB = new Unit('activate --watch (steady)', () => Watcher.start(sb, views[1].dir, views[1].dev, 2), opts.restartMs, trace);
     units.push(serveA, serveB, watchA, watchB);
     let ociBroker: Unit | null = null;
     if (opts.podman) {
@@ -843,7 +888,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       ranges.add();
       podmanRootful = new Podman(sb, 'rootful', hooks);
       podmanRootless = new Podman(sb, 'rootless', hooks, { user: sb.user });
-      ociBroker = new Unit('oci-broker (killed)', () => Server.launch(sb, ['oci-broker']), opts.restartMs);
+      ociBroker = new Unit('oci-broker (killed)', () => Server.launch(sb, ['oci-broker']), opts.restartMs, trace);
       units.push(ociBroker);
     }
     for (const u of units) await u.up();
@@ -936,6 +981,10 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
     podmanRootless?.stopPause();
     leaks = countLeaks(sb);
     leaks['devices lost after a reported attach'] = stats.lost;
+    for (const l of stats.lost) {
+      const dev = /loop\d+/.exec(l)?.[0];
+      if (dev) lostTrace[l] = trace.about(dev);
+    }
     const growthFigures: SoakReport['growth'] = {};
     for (const [name, s] of samples) growthFigures[name] = growth(s);
     for (const [name, g] of Object.entries(growthFigures)) {
@@ -963,6 +1012,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       faults,
       leaks,
       growth: growthFigures,
+      lostTrace,
       podman: opts.podman,
     } satisfies SoakReport);
   } finally {

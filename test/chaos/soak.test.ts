@@ -38,6 +38,7 @@ describe.skipIf(reason !== undefined)('chaos soak (short profile)', () => {
     console.log(`[chaos] growth ${JSON.stringify(report.growth)}`);
     console.log(`[chaos] leaks ${JSON.stringify(Object.fromEntries(Object.entries(report.leaks).filter(([, v]) => v.length)))}`);
     for (const b of report.badFailures) console.log(`[chaos] bad failure: ${b}`);
+    for (const [lost, events] of Object.entries(report.lostTrace)) console.log(`[chaos] ${lost}:\n  ${events.join('\n  ')}`);
 
     // it really ran: work done on every path, kills that hit something
     expect(report.ops, 'operations done').toBeGreaterThan(0);

@@ -4,6 +4,7 @@
  * as each option is seen, and the same order of follow-up checks after parsing, so
  * that every usage error comes out with the same text and at the same moment.
  */
+import { isSysError } from '../../kernel/errors.js';
 import { ExclusiveChecker, type ExclGroup } from '../exclusive.js';
 import { Getopt, type LongOption } from '../getopt.js';
 import type { Output } from '../output.js';
@@ -112,7 +113,10 @@ export interface ParseContext {
   /** argv[0] as glibc's getopt prints it. */
   argv0: string;
   out: Output;
-  /** Validates a device argument like util-linux's is_loopdev(); throws a SysError-like value. */
+  /**
+   * Validates a device argument like util-linux's is_loopdev(): throws a SysError for a
+   * device that fails; anything else thrown (an unusable instance) propagates.
+   */
   checkDevice(arg: string): void;
   env?: NodeJS.ProcessEnv;
 }
@@ -161,6 +165,10 @@ export function parseLosetup(args: string[], ctx: ParseContext): LosetupPlan {
     try {
       ctx.checkDevice(arg);
     } catch (e) {
+      // Only a device that fails the check is util-linux's "failed to use device". An
+      // instance that cannot be used at all (its broker not running) is said as such by
+      // the caller: "No such device" would send a script looking for a device that is fine.
+      if (!isSysError(e)) throw e;
       out.err(`${arg}: failed to use device`, (e as { description?: string }).description ?? 'No such device');
     }
     return arg;
