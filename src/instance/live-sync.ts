@@ -24,6 +24,7 @@
  * policy at once, a reserved one waits for its bind (or for gc).
  */
 import { lstatSync } from 'node:fs';
+import { guardUnbound, releaseGuard, type BindGuard } from '../kernel/bind-guard.js';
 import { LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode } from '../kernel/errors.js';
 import { LoopUevents, type LoopUevent } from '../kernel/uevents.js';
@@ -156,19 +157,34 @@ export class SyncTarget {
         rt.close();
       }
       if (release !== 'all' && release.size > 0) {
-        const leaving = this.releaseCandidates(release);
-        // the views let go of a device before it goes: a name in a view never points at a
-        // device that is already gone (busybox takes a dangling /dev/loopK for a missing
-        // node, tries mknod and fails with EEXIST)
-        if (leaving.length > 0 && this.views.length > 0) {
-          const before = snapshotOf(this.inst);
-          this.applyViews({ ...before, nodes: before.nodes.filter((n) => !leaving.includes(n.disk)) }, changes);
-        }
-        for (const minor of leaving) {
-          if (this.inst.release(minor)) report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
-          // only open (a tool scanning for a free device, which may bind it next): it stays
-          // an idle device of the instance, and the next change of its binding decides again
-          else if (!this.inst.keepIfUnbound(minor)) report.pending.push({ dir: this.inst.dir, minor, action: 'device is still in use; removal deferred' });
+        // Each candidate is held exclusively before its view names go (bind-guard.ts): a
+        // tool in a view may have bound it since it was found idle, through the node that
+        // is still there; such a device is in use, and stays the instance's and in view.
+        const guards = new Map<number, BindGuard>();
+        try {
+          for (const minor of this.releaseCandidates(release)) {
+            const g = guardUnbound(minor);
+            if (g === 'in-use') continue;
+            guards.set(minor, g);
+          }
+          const leaving = [...guards.keys()];
+          // the views let go of a device before it goes: a name in a view never points at a
+          // device that is already gone (busybox takes a dangling /dev/loopK for a missing
+          // node, tries mknod and fails with EEXIST)
+          if (leaving.length > 0 && this.views.length > 0) {
+            const before = snapshotOf(this.inst);
+            this.applyViews({ ...before, nodes: before.nodes.filter((n) => !leaving.includes(n.disk)) }, changes);
+          }
+          for (const minor of leaving) {
+            const g = guards.get(minor)!;
+            guards.delete(minor); // release() lets go of it
+            if (this.inst.release(minor, 0, g)) report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
+            // only open (a tool scanning for a free device, which may bind it next): it stays
+            // an idle device of the instance, and the next change of its binding decides again
+            else if (!this.inst.keepIfUnbound(minor)) report.pending.push({ dir: this.inst.dir, minor, action: 'device is still in use; removal deferred' });
+          }
+        } finally {
+          for (const g of guards.values()) releaseGuard(g);
         }
       }
       if (this.opts.refill) reserved = this.inst.ensurePool(this.opts.pool ?? this.inst.header().pool);

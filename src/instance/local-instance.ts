@@ -15,9 +15,10 @@
  * reconcile.ts):
  *   reserve:  claim minor (runtime) → write its record → bind (through the host node,
  *             before any instance node exists) → verify → publish DIR/loopN
- *   release:  detach → close → mark its record "removing" → unlink its nodes →
- *             LOOP_CTL_REMOVE (fails while anyone holds the device open) → delete its
- *             record → drop claim
+ *   release:  detach → close → hold it exclusively once unbound (nobody can bind it
+ *             now: bind-guard.ts) → mark its record "removing" → unlink its nodes →
+ *             let go → LOOP_CTL_REMOVE (fails while anyone holds the device open) →
+ *             delete its record → drop claim
  *   partitions: record the names → publish the nodes; unlink the nodes → record that
  *   destroy:  mark the instance "destroying" (one durable step for every device) →
  *             unlink every node → detach and remove each device → delete the records of
@@ -44,6 +45,7 @@
 import { mkdirSync, readdirSync, statSync } from 'node:fs';
 import { resolve as resolvePath } from 'node:path';
 import { attach, AttachError, type AttachRequest } from '../kernel/attach.js';
+import { guardUnboundBy, releaseGuard, type BindGuard } from '../kernel/bind-guard.js';
 import { NoFreeDeviceError, type Allocated } from '../kernel/allocate.js';
 import { hostLoopNode, isBlockDevice, LOOP_MAJOR } from '../kernel/devnum.js';
 import { hasCode, sysError } from '../kernel/errors.js';
@@ -86,10 +88,14 @@ const nodeName = (minor: number): string => `loop${minor}`;
 
 /**
  * How long a release waits for a detached device to become unbound (LOOP_CLR_FD completes
- * at the last close) before leaving it to gc: every release of a just-detached device
+ * at the last close) before leaving it held, for the pool policy (gc, the watcher, the
+ * broker's retries) to look at once it is free: every release of a just-detached device
  * (losetup -d, destroy, gc, the broker) waits this long, no longer.
  */
 export const UNBIND_WAIT_MS = 2000;
+
+/** How many devices a batch release guards at once (bind-guard.ts: one fd each). */
+const GUARD_SLICE = 256;
 
 /** How often allocate() takes a new device after losing one to a foreign tool (EBUSY). */
 const RESERVE_TRIES = 64;
@@ -859,23 +865,38 @@ export class LocalInstance implements LoopScope {
 
   /**
    * Give a device back to the system: only a successful LOOP_CTL_REMOVE proves that no
-   * process still holds it. On EBUSY it stays recorded as "removing" for gc.
-   * Caller holds the instance lock. Returns whether the device left the instance.
+   * process still holds it. The device must be unbound first, and stay so while its record
+   * is marked and its nodes go: it is held exclusively meanwhile (bind-guard.ts), so that a
+   * tool that finds its node still published cannot bind it and lose it to us. A device
+   * still bound after `waitMs` (a clear the kernel deferred, or bound by somebody through a
+   * node that was still there) is left as it is: held and reachable, for the pool policy to
+   * look at again once it is free. On EBUSY from the removal (only open: a tool scanning)
+   * it stays recorded as "removing" for gc (or keepIfUnbound). `guard`: one the caller took
+   * already (released here). Caller holds the instance lock. Returns whether the device
+   * left the instance.
    */
-  release(minor: number, waitMs = 0): boolean {
+  release(minor: number, waitMs = 0, guard?: BindGuard): boolean {
     // loop-control first: inside an activated container /dev there is none, and the
     // device must then stay held (idle) rather than be stranded half-released
     let ctl: LoopControl;
     try {
       ctl = LoopControl.open();
     } catch {
+      releaseGuard(guard ?? 'gone');
       // no loop-control (ENOENT in an activated container's /dev, EACCES): the device stays held
       return false;
     }
+    const deadline = Date.now() + waitMs;
     let removed = false;
     try {
-      this.markRemoving(minor);
-      removed = removeWithin(ctl, minor, waitMs);
+      const g = guard ?? guardUnboundBy(minor, deadline);
+      if (g === 'in-use') return false;
+      try {
+        this.markRemoving(minor);
+      } finally {
+        releaseGuard(g);
+      }
+      removed = removeWithin(ctl, minor, Math.max(0, deadline - Date.now()));
     } finally {
       ctl.close();
     }
@@ -899,26 +920,49 @@ export class LocalInstance implements LoopScope {
     } catch {
       return []; // no loop-control (an activated container's /dev): they stay held, idle
     }
+    const deadline = Date.now() + waitMs;
+    const removed: number[] = [];
+    try {
+      // in slices, so that the guards held at once stay far below any fd limit
+      for (let i = 0; i < minors.length; i += GUARD_SLICE) {
+        removed.push(...this.releaseSlice(ctl, minors.slice(i, i + GUARD_SLICE), deadline, known));
+      }
+    } finally {
+      ctl.close();
+    }
+    return removed;
+  }
+
+  /** releaseMany's work for one slice of devices: guard, mark, unlink, remove, forget. */
+  private releaseSlice(ctl: LoopControl, minors: number[], deadline: number, known?: ReadonlyMap<number, HeldDevice>): number[] {
+    const guards = new Map<number, BindGuard>();
     let removed: number[] = [];
     try {
+      // every device unbound and guarded (or gone) before any is marked: one still bound
+      // at the deadline stays held, as release() leaves it
+      for (const m of minors) guards.set(m, guardUnboundBy(m, deadline));
       const entries: Array<[number, HeldDevice]> = [];
       for (const m of minors) {
+        if (guards.get(m) === 'in-use') continue;
         const e = known?.get(m) ?? this.store.device(m);
         if (e) entries.push([m, e]);
       }
+      if (entries.length === 0) return [];
       // the hints of those leaving (one listing of the hints, not an unlink per device)
       const hinted = new Set(this.store.idleHints());
       for (const [m] of entries) if (hinted.has(m)) this.store.dropIdle(m);
       const marking = entries.filter(([, e]) => e.state !== 'removing').map(([m]) => m);
       if (marking.length > 0) this.store.markReleasing(marking);
       for (const [m, e] of entries) this.unlinkNodesOf(m, e);
+      for (const g of guards.values()) releaseGuard(g);
+      guards.clear();
       removed = removeManyWithin(
         ctl,
         entries.map(([m]) => m),
-        waitMs,
+        Math.max(0, deadline - Date.now()),
       ).removed;
     } finally {
-      ctl.close();
+      for (const g of guards.values()) releaseGuard(g);
     }
     this.forgetRemoved(removed);
     this.store.foldReleasing();
