@@ -5,7 +5,7 @@
 // `node -e 0` and against util-linux `losetup -f --show` on the host), kills survived,
 // faults injected and leaks found.
 //
-//   node bench/soak.mjs [--minutes 30] [--seed N] [--no-podman] [--restart-ms 2000] [--kill-every-ms 400]
+//   node bench/soak.mjs [--minutes 30] [--seed N] [--no-podman] [--restart-ms 2000] [--kill-every-ms 400] [--rss-warmup-s 300]
 //
 // Root, a real loop driver, and minutes of the whole machine. The driver only touches what it
 // created (its sandbox under /tmp, its own users loopfstest and loopfstest2, its own podman
@@ -28,6 +28,8 @@ const podman = !process.argv.includes('--no-podman');
 // the units say RestartSec=2 (contrib/*.service)
 const restartMs = Number(arg('restart-ms', '2000'));
 const killEveryMs = Number(arg('kill-every-ms', '400'));
+// RSS growth is judged from this point of the run on (test/chaos/driver.ts growth())
+const rssWarmup = Number(arg('rss-warmup-s', '300'));
 if (!(minutes > 0)) {
   console.error('soak: --minutes must be a positive number');
   process.exit(1);
@@ -80,6 +82,7 @@ const run = spawnSync(path.join(ROOT, 'node_modules', '.bin', 'vitest'), ['run',
     LOOPFS_CHAOS_PODMAN: podman ? '1' : '0',
     LOOPFS_CHAOS_RESTART_MS: String(restartMs),
     LOOPFS_CHAOS_KILL_EVERY_MS: String(killEveryMs),
+    LOOPFS_CHAOS_RSS_WARMUP_SECONDS: String(rssWarmup),
     LOOPFS_CHAOS_REPORT: reportFile,
   },
 });
@@ -129,7 +132,10 @@ table(['killed', 'count'], Object.entries(rep.kills).map(([k, v]) => [k, v]));
 table(['fault', 'injected', 'problems'], rep.faults.map((f) => [f.name, f.injected, f.problems.length ? f.problems.join('; ') : 'none']));
 for (const f of rep.faults) for (const n of f.notes) console.log(`  ${f.name}: ${n}`);
 console.log('');
-table(['daemon', 'fds first', 'fds last', 'RSS first KiB', 'RSS last KiB'], Object.entries(rep.growth).map(([d, g]) => [d, g.fdsFirst, g.fdsLast, g.rssFirstKiB, g.rssLastKiB]));
+table(
+  ['daemon', 'fds first', 'fds last', 'RSS first KiB', 'RSS last KiB', 'RSS judged'],
+  Object.entries(rep.growth).map(([d, g]) => [d, g.fdsFirst, g.fdsLast, g.rssFirstKiB, g.rssLastKiB, g.rssJudged ? `yes (after ${rssWarmup} s)` : 'no: run shorter than the warm-up']),
+);
 table(['leak', 'count'], Object.entries(rep.leaks).map(([k, v]) => [k, v.length]));
 if (Object.keys(rep.failures).length) {
   table(['failure (not killed)', 'count'], Object.entries(rep.failures).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v]));
