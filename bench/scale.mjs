@@ -8,7 +8,9 @@
 // For each level N (devices on the machine held by instances: one instance up to 1000,
 // 100 instances of N/100 above that):
 //   attach   N devices attached in-process (dist/instance/local-instance.js), ms/device of
-//            the first and the last tenth; then `runs` x `bin/losetup --instance DIR -f --show
+//            the first and the last tenth, beside ~100 kernel-only attaches spread over the
+//            fill (LOOP_CTL_ADD + LOOP_CONFIGURE of a fresh index): the kernel's share of any
+//            growth; then `runs` x `bin/losetup --instance DIR -f --show
 //            FILE` into an instance holding N (or N/100) devices, against util-linux's
 //            `-f --show` on the host with the same N devices present (each a new process).
 //   list     `-l` and `-a`: ours in the (first) instance and on the host, util-linux on the
@@ -78,6 +80,7 @@ delete process.env.LOOPFS_INSTANCE;
 const env = { ...process.env, LANG: 'C.UTF-8' };
 const { LocalInstance } = await import(pathToFileURL(join(root, 'dist/instance/local-instance.js')).href);
 const { LoopControl } = await import(pathToFileURL(join(root, 'dist/kernel/loop-control.js')).href);
+const { LoopDevice } = await import(pathToFileURL(join(root, 'dist/kernel/loop-device.js')).href);
 
 // ---------------------------------------------------------------- interruption
 
@@ -189,13 +192,53 @@ function table(title, header, rows) {
 
 // ---------------------------------------------------------------- one level
 
-/** Attach `count` devices into `dir` in-process; returns the ms of each attach. */
-async function fill(dir, count, file) {
+/**
+ * The kernel's own share of one attach at this moment: LOOP_CTL_ADD of a fresh index above
+ * every device, open, LOOP_CONFIGURE, close (what an attach into an instance asks of the
+ * kernel, and nothing of ours); the index is cleared and removed again, untimed. ms.
+ */
+function kernelAttachMs(file) {
+  const ctl = LoopControl.open();
+  const fd = openSync(file, 'r+');
+  let index = Math.max(-1, ...readdirSync('/sys/block').filter((x) => /^loop\d+$/.test(x)).map((x) => Number(x.slice(4)))) + 1;
+  let dev = null;
+  try {
+    const t0 = process.hrtime.bigint();
+    for (;;) {
+      try {
+        ctl.add(index);
+        break;
+      } catch (e) {
+        if (e?.code !== 'EEXIST') throw e; // taken meanwhile: the next one
+        index++;
+      }
+    }
+    dev = new LoopDevice(`/dev/loop${index}`);
+    dev.configure({ backingFd: fd });
+    dev.close();
+    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
+    dev.clear();
+    return ms;
+  } finally {
+    dev?.close();
+    closeSync(fd);
+    LoopControl.removeIndex(index);
+    ctl.close();
+  }
+}
+
+/**
+ * Attach `count` devices into `dir` in-process; returns the ms of each attach. `probeEvery`:
+ * every that many attaches, one kernelAttachMs() too (returned as `kernel`, in order).
+ */
+async function fill(dir, count, file, probeEvery = 0) {
   const inst = LocalInstance.open(dir, process.env);
   const each = [];
+  const kernel = [];
   let failures = 0;
   try {
     for (let i = 0; i < count; i++) {
+      if (probeEvery > 0 && i % probeEvery === 0) kernel.push(kernelAttachMs(file));
       const t0 = process.hrtime.bigint();
       try {
         const a = inst.allocate({ file, flags: 0 });
@@ -213,7 +256,7 @@ async function fill(dir, count, file) {
   } finally {
     inst.close();
   }
-  return { each, failures };
+  return { each, failures, kernel };
 }
 
 /**
@@ -294,11 +337,15 @@ async function level(n) {
   for (let k = 0; k < count; k++) dirs.push(createInstance(`i${n}-${k}`));
   progress(`level ${n}: attaching ${n} devices into ${count} instance(s) of ${per} (in-process)`);
   const each = [];
+  const kernel = [];
   let fillFailures = 0;
+  // ~100 kernel-only attaches spread over the fill: how much of the growth is the kernel's
+  const probeEvery = Math.max(1, Math.floor(n / 100));
   const t0 = process.hrtime.bigint();
   for (const [k, dir] of dirs.entries()) {
-    const r = await fill(dir, per, file);
+    const r = await fill(dir, per, file, probeEvery);
     each.push(...r.each);
+    kernel.push(...r.kernel);
     fillFailures += r.failures;
     if (split && k % 10 === 9) progress(`  ${(k + 1) * per}/${n} attached`);
   }
@@ -308,6 +355,9 @@ async function level(n) {
   // instance's size runs 0..per each time, while the machine's count keeps growing)
   const first = median(each.slice(0, tenth));
   const last = median(each.slice(-tenth));
+  const kTenth = Math.max(1, Math.floor(kernel.length / 10));
+  const kernelFirst = median(kernel.slice(0, kTenth));
+  const kernelLast = median(kernel.slice(-kTenth));
 
   // CLI attaches at this size, interleaved with util-linux's
   progress(`level ${n}: ${RUNS} x -f --show, ours (instance) and util-linux (host)`);
@@ -378,6 +428,8 @@ async function level(n) {
     fillFailures,
     first,
     last,
+    kernelFirst,
+    kernelLast,
     ours: median(ours),
     ul: median(ul),
     list,
@@ -453,6 +505,22 @@ try {
           fmt(r.ul, 1),
           fmt(r.ours / r.ul, 2),
           fmt(r.ours / base.ours, 2),
+        ]),
+      );
+      table(
+        'attach growth split (in-process, median ms of the first and last tenth): the kernel alone (LOOP_CTL_ADD of a fresh index + LOOP_CONFIGURE, ~100 probes spread over the fill) against the whole attach; ours = whole - kernel',
+        ['devices', 'whole first', 'whole last', 'x', 'kernel first', 'kernel last', 'x', 'ours first', 'ours last', 'x'],
+        results.map((r) => [
+          String(r.n),
+          fmt(r.first, 3),
+          fmt(r.last, 3),
+          fmt(r.last / r.first, 2),
+          fmt(r.kernelFirst, 3),
+          fmt(r.kernelLast, 3),
+          fmt(r.kernelLast / r.kernelFirst, 2),
+          fmt(r.first - r.kernelFirst, 3),
+          fmt(r.last - r.kernelLast, 3),
+          fmt((r.last - r.kernelLast) / (r.first - r.kernelFirst), 2),
         ]),
       );
       table(
