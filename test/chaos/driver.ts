@@ -35,6 +35,8 @@ export interface SoakOptions {
   killEveryMs: number;
   /** RSS growth is judged only on samples after this long (see growth()). */
   rssWarmupSeconds: number;
+  /** util-linux workers per activated view (the cheapest operation: the long profile's volume). */
+  viewWorkers: number;
   log?: (line: string) => void;
 }
 
@@ -914,7 +916,7 @@ export async function soak(opts: SoakOptions): Promise<SoakReport> {
       ...locals.map((d, i) => localWorker(w, d, [0, 1, 2, 3].map((k) => sb.file(`local${i}-${k}.img`)))),
       brokerWorker(w, sb.user, b1, fileU1, { image: sb.image, mnt: mnt1 }),
       brokerWorker(w, user2, b2, fileU2, null),
-      ...views.map((v, i) => viewWorker(w, v.dev, sb.file(`view${i}.img`))),
+      ...views.flatMap((v, i) => Array.from({ length: opts.viewWorkers }, (_, k) => viewWorker(w, v.dev, sb.file(`view${i}-${k}.img`)))),
     ];
     if (podmanRootful && podmanRootless) workers.push(podmanWorker(w, podmanRootful, true), podmanWorker(w, podmanRootless, false));
     const kills: Record<string, number> = {};

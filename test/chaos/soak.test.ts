@@ -34,6 +34,7 @@ describe.skipIf(reason !== undefined)('chaos soak (short profile)', () => {
       // the short run ends before a node daemon's heap has reached its working size: its RSS
       // is reported, not judged (driver.ts growth()); the long profile judges it
       rssWarmupSeconds: Number(process.env.LOOPFS_CHAOS_RSS_WARMUP_SECONDS ?? 300),
+      viewWorkers: Number(process.env.LOOPFS_CHAOS_VIEW_WORKERS ?? 1),
       log: (l) => console.log(l),
     });
     const out = process.env.LOOPFS_CHAOS_REPORT;
