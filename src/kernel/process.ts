@@ -30,6 +30,20 @@ export function inInitialUserNamespace(): boolean {
 }
 
 /**
+ * Whether /proc says this process runs in a user namespace other than the initial one: the
+ * other side of inInitialUserNamespace() for a caller that only words a message by it, and
+ * so assumes nothing when /proc cannot tell (false).
+ */
+export function knownInUserNamespace(): boolean {
+  try {
+    return ownUserNamespaceIno() !== PROC_USER_INIT_INO;
+  } catch {
+    // no /proc/self/ns/user (no procfs): cannot tell, so not said to be in one
+    return false;
+  }
+}
+
+/**
  * The pid (in our pid namespace) of the process a pidfd refers to, from its fdinfo "Pid:"
  * line: -1 once that process has exited, 0 when it is outside our pid namespace; null
  * when `fd` is no pidfd.

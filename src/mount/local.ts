@@ -3,7 +3,6 @@
  * the image is attached in the resolved scope (autoclear), or a given loop device used as
  * it is, and `mount -i` mounts it; on failure nothing is left behind (undo).
  */
-import { statSync } from 'node:fs';
 import { spawn } from 'node:child_process';
 import { AttachError, attach } from '../kernel/attach.js';
 import { NoFreeDeviceError } from '../kernel/allocate.js';
@@ -131,17 +130,6 @@ export function useDevice(r: MountLoopArgs, scope: LoopScope, out: Output): Atta
     fail(out, r.dir, `cannot open ${r.spec}: ${isSysError(e) ? e.description : String(e)}`);
   }
   return { device, open: [device], ours: false };
-}
-
-/** Whether this process is outside the initial user namespace (where mount(2) is refused). */
-export function inUserNamespace(): boolean {
-  try {
-    // the initial user namespace always has inode PROC_USER_INIT_INO (0xEFFFFFFD)
-    return statSync('/proc/self/ns/user').ino !== 0xeffffffd;
-  } catch {
-    // no procfs: cannot tell, so not assumed to be in a user namespace (only a message depends on it)
-    return false;
-  }
 }
 
 /**

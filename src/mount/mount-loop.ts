@@ -20,13 +20,14 @@
 import { statSync } from 'node:fs';
 import { basename } from 'node:path';
 import { LOOP_MAJOR, major } from '../kernel/devnum.js';
+import { knownInUserNamespace } from '../kernel/process.js';
 import { Exit, Output } from '../compat/output.js';
 import { formatMountOptions } from '../compat/mount-options.js';
 import { InstanceError, resolveScope } from '../instance/resolve.js';
 import type { LoopScope } from '../instance/scope.js';
 import { fail, fsType, loopSetup, MOUNT_EX_FAIL, MOUNT_EX_USAGE, parse } from './args.js';
 import { FUSE_OPTIONS, mountThroughBroker } from './brokered.js';
-import { attachImage, inUserNamespace, runMount, undo, useDevice, type Attached } from './local.js';
+import { attachImage, runMount, undo, useDevice, type Attached } from './local.js';
 
 export interface MountLoopInvocation {
   argv0: string;
@@ -79,7 +80,7 @@ export async function mountLoop({ argv0, args, env = process.env }: MountLoopInv
       if (stderr) out.errRaw(stderr);
       return 0;
     }
-    if (res.exitCode === MOUNT_EX_FAIL && /permission denied/i.test(stderr) && inUserNamespace()) {
+    if (res.exitCode === MOUNT_EX_FAIL && /permission denied/i.test(stderr) && knownInUserNamespace()) {
       out.errRaw(
         `mount: ${r.dir}: mount(2) is not permitted in this user namespace, and the instance has no loopfs broker to mount for it.\n`,
       );
