@@ -208,7 +208,8 @@ export class BrokerServer {
         this.add(dir);
         added.push(dir);
       } catch (e) {
-        failed.push(`${dir}: ${describe(e)}`);
+        // a ServeError names the dir already (add(), Endpoint.listen())
+        failed.push(e instanceof ServeError ? e.message : `${dir}: ${describe(e)}`);
       }
     }
     // an instance served from now on is looked at at once, as the ones served at start were

@@ -4,6 +4,7 @@
  * which no uid should exceed (a limit lowered below what a uid holds already).
  */
 import { readFileSync } from 'node:fs';
+import { isSysError } from '../kernel/errors.js';
 import { LimitsSyntaxError, limitForUid, limitsFile, readLimits } from '../instance/limits.js';
 import { Runtime } from '../instance/runtime.js';
 import type { Check } from './check.js';
@@ -36,6 +37,9 @@ export const limitsCheck: Check = {
     try {
       entries = readLimits(ctx.env).entries;
     } catch (e) {
+      if (isSysError(e)) {
+        return { status: 'fail', detail: `${file} cannot be read (${e.description}): allocations in instances fail until it can` };
+      }
       if (!(e instanceof LimitsSyntaxError)) throw e;
       const line = /:(\d+):/.exec(e.message)?.[1];
       return {

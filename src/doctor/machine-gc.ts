@@ -1,14 +1,17 @@
 /**
  * `loopfs gc` (`loopfs instance gc`), every pass in the order it runs them, and its
  * preview: what those passes would settle now, read only, which `loopfs doctor` reports.
- * One module for both, so that doctor never misses a pass gc runs, nor names one it does
- * not.
+ * One module for both, so that doctor never misses a leftover gc settles, nor names one it
+ * does not.
  *
  *   1. containers whose init is gone without a poststop hook: their instances go whole
  *      (oci/container-instance.ts vanishedContainers);
  *   2. session devices of brokers that died (SIGKILL) and were not restarted
  *      (broker/recover.ts; no preview: doctor's brokers check names the dead broker);
- *   3. every instance, claim and registry entry (instance/gc.ts; gcPreview).
+ *   3. every instance, claim and registry entry (instance/gc.ts; gcPreview). Its last step
+ *      per instance, the pool rule (idle devices above the instance's pool go back), has no
+ *      preview either: an idle device is no leftover, and how many an instance keeps is its
+ *      pool policy, which doctor does not judge.
  *
  * It lives in the doctor layer because that is the lowest layer that may import all three
  * (lint/layers.mjs); the gc command only renders it.

@@ -7,6 +7,7 @@
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { hasCode, toSysError } from '../kernel/errors.js';
 
 export function limitsFile(env: NodeJS.ProcessEnv = process.env): string {
   return env.LOOPFS_LIMITS || '/etc/loopfs/limits';
@@ -38,9 +39,12 @@ export function readLimits(env: NodeJS.ProcessEnv = process.env): LimitsTable {
   let text: string;
   try {
     text = readFileSync(file, 'utf8');
-  } catch {
-    // no limits file (ENOENT), or one we cannot read: no per-uid limits
-    return { entries: new Map() };
+  } catch (e) {
+    // no limits file: no per-uid limits. One that is there but cannot be read (a directory,
+    // EIO, a mode root's tools cannot pass) is an error: taking it for "no limits" would let
+    // every uid past the limits an administrator wrote.
+    if (hasCode(e, 'ENOENT')) return { entries: new Map() };
+    throw toSysError(e);
   }
   return parseLimits(text, file);
 }

@@ -236,13 +236,6 @@ export class LoopDevice {
     return sectors;
   }
 
-  /** flock() the opened device; udev and systemd treat LOCK_EX as "being set up, don't probe". */
-  lock(exclusive: boolean, nonBlocking = false): void {
-    const n = native();
-    const c = n.constants;
-    n.flock(this.open(this.mode ?? 'r'), (exclusive ? c.LOCK_EX : c.LOCK_SH) | (nonBlocking ? c.LOCK_NB : 0));
-  }
-
   /** Whether sysfs says the device is bound to a file; falls back to the ioctl. */
   isBound(): boolean {
     const sys = this.sysfs();

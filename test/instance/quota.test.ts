@@ -135,4 +135,17 @@ describe.skipIf(reason)(skipTitle('instance quota', reason), () => {
     expect(Object.keys(sb.state(dir)!.devices)).toHaveLength(2);
     expect(sb.claims()).toHaveLength(2);
   });
+
+  it('a limits file that is there but cannot be read refuses every allocation with one line (never taken for "no limits")', async () => {
+    // a directory where the file should be: root reads any mode, so EISDIR is the unreadable case
+    fs.mkdirSync(sb.limits);
+    const dir = sb.path('u');
+    await sb.create(dir);
+    const file = sb.file('u.img');
+    const r = await sb.losetup(['--instance', dir, '-f', '--show', file]);
+    expect([r.exitCode, text(r.stdout), text(r.stderr)]).toEqual([1, '', `losetup: ${sb.limits}: Is a directory\n`]);
+    expect(sb.state(dir)!.devices).toEqual({});
+    expect(sb.claims()).toEqual([]);
+    expect(sb.bound().filter((s) => s.backingFile === file)).toEqual([]);
+  });
 });

@@ -260,15 +260,6 @@ describe.skipIf(reason !== undefined)(skipTitle('LoopDevice', reason), SHARED_MA
     expect(readSys(`/sys/block/loop${idx}/loop/autoclear`)).toBe('0');
   });
 
-  it('lock() takes flock on the device node (visible to a second fd)', () => {
-    const d = dev();
-    d.lock(true);
-    const fd2 = openFile(node, C.O_RDONLY);
-    expect(sysErrorOf(() => n.flock(fd2, C.LOCK_SH | C.LOCK_NB)).code).toBe('EAGAIN');
-    d.close();
-    n.flock(fd2, C.LOCK_EX | C.LOCK_NB);
-  });
-
   it('open() reuses the fd for the same mode and reopens for another', () => {
     const d = dev();
     const r1 = d.open('r');
