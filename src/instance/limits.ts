@@ -7,7 +7,7 @@
  */
 import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
 import { dirname } from 'node:path';
-import { hasCode, toSysError } from '../kernel/errors.js';
+import { hasCode, sysError, toSysError } from '../kernel/errors.js';
 
 export function limitsFile(env: NodeJS.ProcessEnv = process.env): string {
   return env.LOOPFS_LIMITS || '/etc/loopfs/limits';
@@ -44,7 +44,9 @@ export function readLimits(env: NodeJS.ProcessEnv = process.env): LimitsTable {
     // EIO, a mode root's tools cannot pass) is an error: taking it for "no limits" would let
     // every uid past the limits an administrator wrote.
     if (hasCode(e, 'ENOENT')) return { entries: new Map() };
-    throw toSysError(e);
+    // named by the file (node's error for EISDIR names only the read)
+    const se = toSysError(e);
+    throw sysError(se.code, se.syscall, file);
   }
   return parseLimits(text, file);
 }

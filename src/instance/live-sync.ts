@@ -120,11 +120,31 @@ export class SyncTarget {
   /** Devices this target reserved to refill the pool: they may leave again like freed ones. */
   private refilled = new Set<number>();
 
+  /** What the views changed in the sync under way (dropLeaving() adds to it). */
+  private changes: ViewChange[] | null = null;
+
   constructor(
     readonly inst: LocalInstance,
     readonly views: InstanceView[],
     private readonly opts: TargetOptions,
-  ) {}
+  ) {
+    // every release of this instance in this process (gc's pool rule at the first sync,
+    // freed devices, reconcile) takes the devices out of the views first
+    if (views.length > 0) inst.beforeLeave = (minors) => this.dropLeaving(minors);
+  }
+
+  /**
+   * The views let go of devices before they go: a name in a view never points at a device
+   * that is already gone (busybox takes a dangling /dev/loopK for a missing node, tries
+   * mknod and fails with EEXIST), and no tool in a view finds the node of a device being
+   * removed and binds it (util-linux retries the next free node after EBUSY, which could
+   * be the same one again). Called by LocalInstance.release while the devices are guarded.
+   */
+  private dropLeaving(minors: number[]): void {
+    const before = snapshotOf(this.inst);
+    const into = this.changes ?? this.views.map((): ViewChange => ({ added: [], removed: [] }));
+    this.applyViews({ ...before, nodes: before.nodes.filter((n) => !minors.includes(n.disk)) }, into);
+  }
 
   get dir(): string {
     return this.inst.dir;
@@ -146,6 +166,7 @@ export class SyncTarget {
     let reserved: number[] = [];
     let snapshot: InstanceSnapshot;
     const changes = this.views.map((): ViewChange => ({ added: [], removed: [] }));
+    this.changes = changes;
     this.inst.lock();
     try {
       const rt = Runtime.open(this.opts.env ?? process.env);
@@ -167,15 +188,8 @@ export class SyncTarget {
             if (g === 'in-use') continue;
             guards.set(minor, g);
           }
-          const leaving = [...guards.keys()];
-          // the views let go of a device before it goes: a name in a view never points at a
-          // device that is already gone (busybox takes a dangling /dev/loopK for a missing
-          // node, tries mknod and fails with EEXIST)
-          if (leaving.length > 0 && this.views.length > 0) {
-            const before = snapshotOf(this.inst);
-            this.applyViews({ ...before, nodes: before.nodes.filter((n) => !leaving.includes(n.disk)) }, changes);
-          }
-          for (const minor of leaving) {
+          // (release() takes each out of the views first: dropLeaving)
+          for (const minor of [...guards.keys()]) {
             const g = guards.get(minor)!;
             guards.delete(minor); // release() lets go of it
             if (this.inst.release(minor, 0, g)) report.fixes.push({ dir: this.inst.dir, minor, action: 'released idle device above the pool size' });
@@ -191,6 +205,7 @@ export class SyncTarget {
       snapshot = snapshotOf(this.inst);
     } finally {
       this.inst.unlock();
+      this.changes = null;
     }
     this.known = new Set(snapshot.nodes.map((n) => n.disk));
     for (const m of reserved) this.refilled.add(m);

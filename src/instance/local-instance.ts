@@ -101,6 +101,14 @@ const GUARD_SLICE = 256;
 const RESERVE_TRIES = 64;
 
 export class LocalInstance implements LoopScope {
+  /**
+   * Called with devices about to leave the instance, while they are guarded and before
+   * their DIR nodes go: a watcher's views drop their names of them here (live-sync.ts), so
+   * that no view still shows a node a tool could bind while the removal runs. A view that
+   * cannot drop a name fails the release (the device stays held).
+   */
+  beforeLeave: ((minors: number[]) => void) | null = null;
+
   readonly controlPath = null;
   readonly control = OWN_IOCTLS;
   readonly mounts = null;
@@ -892,6 +900,7 @@ export class LocalInstance implements LoopScope {
       const g = guard ?? guardUnboundBy(minor, deadline);
       if (g === 'in-use') return false;
       try {
+        this.beforeLeave?.([minor]);
         this.markRemoving(minor);
       } finally {
         releaseGuard(g);
@@ -948,6 +957,7 @@ export class LocalInstance implements LoopScope {
         if (e) entries.push([m, e]);
       }
       if (entries.length === 0) return [];
+      this.beforeLeave?.(entries.map(([m]) => m));
       // the hints of those leaving (one listing of the hints, not an unlink per device)
       const hinted = new Set(this.store.idleHints());
       for (const [m] of entries) if (hinted.has(m)) this.store.dropIdle(m);

@@ -157,9 +157,8 @@ export class MountPerformer {
         minor,
         fstype: req.fstype || null,
         readOnly: (req.flags & MS.RDONLY) !== 0,
-        // a FUSE mount here has only ever carried nosuid,nodev(,ro), not the caller's
-        // noexec & co.: kept as it was (whether it should is an open question, issue 15)
-        attrs: this.fuse ? [] : requestedAttrs(req.flags),
+        // the caller's noexec & co., on a FUSE mount as on a kernel one (the broker's too)
+        attrs: requestedAttrs(req.flags),
         allowFs: this.allowFs,
         fuse: () => this.fuse,
         for: {

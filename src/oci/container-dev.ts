@@ -86,7 +86,18 @@ export function sysBlockEntries(names: readonly ContainerLoopName[], sysBlock = 
     if (name.startsWith('loop')) continue;
     entries.push([name, resolvePath(sysBlock, readlinkSync(`${sysBlock}/${name}`))]);
   }
-  for (const d of names) entries.push([d.name, resolvePath(sysBlock, readlinkSync(`${sysBlock}/${d.node}`))]);
+  for (const d of names) {
+    let target: string;
+    try {
+      target = readlinkSync(`${sysBlock}/${d.node}`);
+    } catch (e) {
+      // ENOENT: the device left between the listing of the instance and this look (a
+      // release racing the container's start); the live view drops its name
+      if (hasCode(e, 'ENOENT')) continue;
+      throw e;
+    }
+    entries.push([d.name, resolvePath(sysBlock, target)]);
+  }
   // made in this order; tmpfs lists the newest entry first (6.x), and util-linux lists in
   // readdir order: loop0 then comes first
   return entries.reverse();

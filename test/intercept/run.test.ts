@@ -231,7 +231,7 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
 
   const noFuse = ['fuse2fs', 'squashfuse'].filter((d) => !installed(d));
   if (noFuse.length) console.warn(`[skip] loopfs run --fuse: ${noFuse.join(', ')} not installed`);
-  it.skipIf(noFuse.length > 0)('--fuse: mount -o loop is served by fuse2fs / squashfuse, nosuid,nodev, and nothing is left after umount', async () => {
+  it.skipIf(noFuse.length > 0)('--fuse: mount -o loop is served by fuse2fs / squashfuse, nosuid,nodev plus the caller\'s own noexec, and nothing is left after umount', async () => {
     const [dir, dev] = await sb.activated('inst', 2);
     const sqfs = sb.squashImage();
     const mnt = sb.userDir('mnt');
@@ -242,7 +242,8 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
       [
         'set -eu',
         'for img in "$IMG" "$SQFS"; do',
-        '  /usr/bin/mount -o loop "$img" "$MNT"',
+        '  if [ "$img" = "$IMG" ]; then opts=loop,noexec; else opts=loop; fi',
+        '  /usr/bin/mount -o "$opts" "$img" "$MNT"',
         '  cat "$MNT/hello.txt" >> "$OUT/content"',
         '  grep " $MNT " /proc/self/mountinfo >> "$OUT/mountinfo"',
         '  /usr/bin/umount "$MNT"',
@@ -258,6 +259,8 @@ describe.skipIf(reason)(reason ? `loopfs run (skipped: ${reason})` : 'loopfs run
     expect(read('content')).toBe(HELLO + HELLO);
     const infos = read('mountinfo').trim().split('\n').map(mountinfoFields);
     expect(infos.map((i) => i.fstype)).toEqual(['fuse.fuse2fs', 'fuse.squashfuse']);
+    // the caller's noexec is carried by the FUSE mount as by a kernel one; never added unasked
+    expect(infos.map((i) => i.opts.includes('noexec'))).toEqual([true, false]);
     for (const i of infos) {
       expect(i.majmin.startsWith('0:'), 'a FUSE mount, not the kernel parsing the image').toBe(true);
       expect(i.opts).toEqual(expect.arrayContaining(['nosuid', 'nodev']));
