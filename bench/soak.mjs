@@ -140,6 +140,8 @@ table(
   ['daemon', 'fds first', 'fds last', 'RSS first KiB', 'RSS last KiB', 'RSS judged'],
   Object.entries(rep.growth).map(([d, g]) => [d, g.fdsFirst, g.fdsLast, g.rssFirstKiB, g.rssLastKiB, g.rssJudged ? `yes (after ${rssWarmup} s)` : 'no: run shorter than the warm-up']),
 );
+for (const [d, g] of Object.entries(rep.growth)) console.log(`RSS of ${d}, lowest of each tenth of the run (MiB): ${g.rssCurveKiB.map((x) => (x / 1024).toFixed(0)).join(' ')}`);
+console.log('');
 table(['leak', 'count'], Object.entries(rep.leaks).map(([k, v]) => [k, v.length]));
 if (Object.keys(rep.failures).length) {
   table(['failure (not killed)', 'count'], Object.entries(rep.failures).sort((a, b) => b[1] - a[1]).map(([k, v]) => [k, v]));

@@ -68,7 +68,7 @@ export interface SoakReport {
   badFailures: string[];
   faults: FaultOutcome[];
   leaks: Record<string, string[]>;
-  growth: Record<string, { fdsFirst: number; fdsLast: number; rssFirstKiB: number; rssLastKiB: number; rssJudged: boolean }>;
+  growth: Record<string, { fdsFirst: number; fdsLast: number; rssFirstKiB: number; rssLastKiB: number; rssJudged: boolean; rssCurveKiB: number[] }>;
   /** For each device found lost: every traced event naming it, and the daemons' kills and starts. */
   lostTrace: Record<string, string[]>;
   podman: boolean;
@@ -831,7 +831,12 @@ function growth(samples: Sample[], t0: number, rssWarmupMs: number): Growth {
   const warm = samples.filter((x) => x.t >= t0 + rssWarmupMs);
   const rssJudged = warm.length >= 20;
   const rss = rssJudged ? warm : samples;
+  // the lowest RSS of each tenth of the run: a leak climbs through all ten, a heap that
+  // reached its working size stays level
+  const k = tenth(samples);
+  const rssCurveKiB = Array.from({ length: Math.ceil(samples.length / k) }, (_, i) => min(samples.slice(i * k, (i + 1) * k).map((x) => x.rssKiB)));
   return {
+    rssCurveKiB,
     fdsFirst: min(samples.slice(0, tenth(samples)).map((x) => x.fds)),
     fdsLast: min(samples.slice(-tenth(samples)).map((x) => x.fds)),
     rssFirstKiB: min(rss.slice(0, tenth(rss)).map((x) => x.rssKiB)),
