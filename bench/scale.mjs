@@ -202,11 +202,13 @@ function kernelAttachMs(file) {
   const fd = openSync(file, 'r+');
   let index = Math.max(-1, ...readdirSync('/sys/block').filter((x) => /^loop\d+$/.test(x)).map((x) => Number(x.slice(4)))) + 1;
   let dev = null;
+  let made = false;
   try {
     const t0 = process.hrtime.bigint();
     for (;;) {
       try {
         ctl.add(index);
+        made = true;
         break;
       } catch (e) {
         if (e?.code !== 'EEXIST') throw e; // taken meanwhile: the next one
@@ -222,7 +224,8 @@ function kernelAttachMs(file) {
   } finally {
     dev?.close();
     closeSync(fd);
-    LoopControl.removeIndex(index);
+    // only an index this probe made: a failed LOOP_CTL_ADD made none
+    if (made) LoopControl.removeIndex(index);
     ctl.close();
   }
 }
