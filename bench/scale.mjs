@@ -265,7 +265,7 @@ async function fill(dir, count, file, probeEvery = 0) {
 /**
  * The kernel's share of giving `count` devices back: that many fresh indexes made above
  * every device (LOOP_CTL_ADD, ours alone) and removed again as destroy removes them
- * (LoopControl.removeMany: LOOP_CTL_REMOVE on 64 threads). ms per device of the removal.
+ * (LoopControl.removeMany: LOOP_CTL_REMOVE on up to 256 threads). ms per device of the removal.
  */
 function kernelRemoveBound(count) {
   const ctl = LoopControl.open();

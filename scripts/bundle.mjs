@@ -43,9 +43,14 @@ await build({
   format: 'esm',
 });
 
-// CommonJS for bin/losetup and bin/mount.loop; first line: a hash of the rest, which names the
-// bundle for its code cache (bin/load-bundle.cjs)
-const CJS_ENTRIES = { losetup: 'dist/compat/losetup/main.js', 'mount.loop': 'dist/mount/mount-loop.js' };
+// CommonJS for bin/losetup, bin/mount.loop and bin/loopfs's destroy; first line: a hash of the
+// rest, which names the bundle for its code cache (bin/load-bundle.cjs)
+const CJS_ENTRIES = {
+  losetup: 'dist/compat/losetup/main.js',
+  'mount.loop': 'dist/mount/mount-loop.js',
+  // bin/loopfs's `instance destroy DIR...` without oclif (src/cli/destroy-main.ts)
+  'instance-destroy': 'dist/cli/destroy-main.js',
+};
 const cjs = await build({
   ...common,
   entryPoints: CJS_ENTRIES,

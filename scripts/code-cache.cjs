@@ -19,6 +19,7 @@ async function warmUp() {
   for (const args of [['--version'], ['--help']]) {
     if (name === 'losetup') bundle.losetup({ argv0: 'losetup', args, env: {} });
     if (name === 'mount.loop') await bundle.mountLoop({ argv0: 'mount.loop', args, env: {} });
+    if (name === 'instance-destroy') bundle.destroyFastPath(args); // null: left to oclif
   }
 }
 

@@ -3,7 +3,7 @@
  * util-linux style ("loopfs: DIR: what went wrong") and exit 1, whatever threw.
  */
 import { Command } from '@oclif/core';
-import { isSysError } from '../kernel/errors.js';
+import { describeError } from './describe-error.js';
 
 export abstract class LoopfsCommand extends Command {
   static enableJsonFlag = true;
@@ -15,9 +15,7 @@ export abstract class LoopfsCommand extends Command {
   }
 
   protected describeError(e: unknown): string {
-    if (isSysError(e)) return `${e.path ? `${e.path}: ` : ''}${e.description ?? e.message}`;
-    if (e instanceof Error) return e.message;
-    return String(e);
+    return describeError(e);
   }
 
   protected async catch(err: Error & { exitCode?: number; oclif?: { exit?: number } }): Promise<unknown> {

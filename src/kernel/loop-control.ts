@@ -44,11 +44,14 @@ export class LoopControl {
 
   /**
    * Remove many devices at once, `threads` removals in flight (each spends ~35 ms waiting
-   * in del_gendisk; one after another that is the whole cost of a large destroy). Returns
+   * in del_gendisk; one after another that is the whole cost of a large destroy). Measured
+   * here (6.18, 2 CPUs), ms per device for 500 fresh indexes: 1 thread 34, 16 threads 2.0,
+   * 64 threads 0.51, 128 threads 0.29, 256 threads 0.26, 512 threads 0.29: past ~256 the
+   * part of each removal the kernel serialises is the bound (1000 indexes: 0.23). Returns
    * for each index 'removed' (also when already gone: ENODEV/ENXIO) or 'busy' (EBUSY);
    * another error of any index throws, after all were tried.
    */
-  removeMany(indices: number[], threads = 64): Array<'removed' | 'busy'> {
+  removeMany(indices: number[], threads = 256): Array<'removed' | 'busy'> {
     if (indices.length === 0) return [];
     const errs = native().ctlRemoveMany(this.fd, indices, threads);
     const { EBUSY, ENODEV, ENXIO } = errnos;

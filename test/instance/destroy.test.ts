@@ -107,6 +107,45 @@ describe.skipIf(reason)(skipTitle('instance destroy', reason), () => {
     await sb.create(dir);
   });
 
+  it('destroys several DIRs in one call, in turn: one that is no instance prints its line, the others are still destroyed, exit 1', async () => {
+    const [d1, d2, none] = [sb.path('j1'), sb.path('j2'), sb.path('none')];
+    fs.mkdirSync(none);
+    await sb.create(d1);
+    await sb.create(d2);
+    const [f1, f2] = [sb.file('j1.img'), sb.file('j2.img')];
+    const m1 = minorOf(text((await sb.losetup(['--instance', d1, '-f', '--show', f1])).stdout).trim());
+    const m2 = minorOf(text((await sb.losetup(['--instance', d2, '-f', '--show', f2])).stdout).trim());
+    const ids = [sb.state(d1)!.id, sb.state(d2)!.id];
+    // bin/loopfs's fast path (no oclif): DIRs and --force only
+    const r = await sb.loopfs(['instance', 'destroy', d1, none, d2]);
+    expect([r.exitCode, text(r.stderr)]).toEqual([1, `loopfs: ${none}: not a loop device instance\n`]);
+    expect(text(r.stdout)).toBe(`destroyed instance ${ids[0]}: 1 device(s) removed\ndestroyed instance ${ids[1]}: 1 device(s) removed\n`);
+    expect([fs.readdirSync(d1), fs.readdirSync(d2)]).toEqual([[], []]);
+    expect(sb.claims()).toEqual([]);
+    expect(sb.registry()).toEqual([]);
+    expect(sb.bound()).toEqual([]);
+    expect([readLoopState(`loop${m1}`)?.backingFile, readLoopState(`loop${m2}`)?.backingFile]).not.toContain(f1);
+    expect([readLoopState(`loop${m1}`)?.backingFile, readLoopState(`loop${m2}`)?.backingFile]).not.toContain(f2);
+  });
+
+  it('--json (through oclif) gives one object for one DIR and an array for several', async () => {
+    const [d1, d2] = [sb.path('k1'), sb.path('k2')];
+    await sb.create(d1);
+    await sb.create(d2);
+    const m1 = minorOf(text((await sb.losetup(['--instance', d1, '-f', '--show', sb.file('k1.img')])).stdout).trim());
+    const ids = [sb.state(d1)!.id, sb.state(d2)!.id];
+    const r = await sb.loopfs(['instance', 'destroy', '--json', d1, d2]);
+    expect([r.exitCode, text(r.stderr)]).toEqual([0, '']);
+    expect(JSON.parse(text(r.stdout))).toEqual([
+      { dir: d1, id: ids[0], removed: [m1], deferred: [] },
+      { dir: d2, id: ids[1], removed: [], deferred: [] },
+    ]);
+    await sb.create(d1);
+    const again = sb.state(d1)!.id;
+    const one = await sb.loopfs(['instance', 'destroy', d1, '--json']);
+    expect([one.exitCode, JSON.parse(text(one.stdout))]).toEqual([0, { dir: d1, id: again, removed: [], deferred: [] }]);
+  });
+
   it('refuses while a device is mounted (also in another mount namespace); --force detaches lazily; gc removes it after umount', async () => {
     const dir = sb.path('i');
     await sb.create(dir, ['--owner', '1234:1234']);
