@@ -15,9 +15,10 @@
 //            `-f --show` on the host with the same N devices present (each a new process).
 //   list     `-l` and `-a`: ours in the (first) instance and on the host, util-linux on the
 //            host (which lists every bound device, N of them), medians of `runs`, interleaved.
-//   destroy  `loopfs instance destroy` of every instance (one process each), per device,
-//            against util-linux `losetup -d` of min(N, 500) host devices (64 per process, as
-//            a script would), per device.
+//   destroy  `loopfs instance destroy` of every instance, per device: one process each (of
+//            half the instances when there are several) and the other half in one call
+//            (`destroy DIR...`), against util-linux `losetup -d` of min(N, 500) host devices
+//            (64 per process, as a script would), per device.
 //   -D       `losetup --instance DIR -D` of a further instance holding min(N, 500) bound
 //            devices (one process: detach, then the pool's settling in one batch), per device,
 //            against the same util-linux figure.
@@ -418,11 +419,26 @@ async function level(n) {
   const removeBound = kernelRemoveBound(sample);
   let straced = null;
   if (process.env.BENCH_STRACE === '1') straced = await straceFigures(n, sample, file);
-  progress(`level ${n}: destroying ${count} instance(s)`);
+  // one process per instance (the first half, or the only one), then the rest in one call
+  const single = dirs.length > 1 ? dirs.slice(0, Math.ceil(dirs.length / 2)) : dirs;
+  const batch = dirs.slice(single.length);
+  progress(`level ${n}: destroying ${single.length} instance(s), one process each`);
   const t1 = process.hrtime.bigint();
-  for (const dir of dirs) destroyInstance(dir);
+  for (const dir of single) destroyInstance(dir);
   const destroyMs = Number(process.hrtime.bigint() - t1) / 1e6;
-  const destroyed = n + RUNS; // the CLI attaches went into the first instance
+  const destroyed = single.length * per + RUNS; // the CLI attaches went into the first instance
+  let batchMs = NaN;
+  if (batch.length > 0) {
+    progress(`level ${n}: destroying ${batch.length} instances in one call`);
+    const t2 = process.hrtime.bigint();
+    const r = run([LOOPFS, 'instance', 'destroy', ...batch], { detached: true });
+    batchMs = Number(process.hrtime.bigint() - t2) / 1e6;
+    if (r.rc !== 0) {
+      console.error(`instance destroy of ${batch.length} DIRs: ${r.err.trim().split('\n')[0]}`);
+      batchMs = NaN;
+    }
+    for (const dir of batch) destroyInstance(dir); // only those the call left
+  }
   return {
     n,
     count,
@@ -446,6 +462,8 @@ async function level(n) {
     straced,
     destroyMs,
     destroyPerDevice: destroyMs / destroyed,
+    batchInstances: batch.length,
+    batchPerDevice: batchMs / (batch.length * per),
   };
 }
 
@@ -547,8 +565,8 @@ try {
         }),
       );
       table(
-        `destroy (loopfs instance destroy, one process per instance, node start-up included) and -D (one process, min(N, ${UL_DETACH_SAMPLE}) devices) vs util-linux -d (up to ${UL_DETACH_SAMPLE} host devices, 64 per process); target: <= 1.00x`,
-        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux', '-D devices', '-D ms/device', 'x util-linux', '-D left', 'kernel remove ms/dev', 'destroy x kernel'],
+        `destroy (loopfs instance destroy, node start-up included: one process per instance, and with several instances half of them in one call) and -D (one process, min(N, ${UL_DETACH_SAMPLE}) devices) vs util-linux -d (up to ${UL_DETACH_SAMPLE} host devices, 64 per process); target: <= 1.00x`,
+        ['devices', 'instances', 'destroy s', 'ms/device', 'UL -d ms/device', 'x util-linux', 'one call: DIRs', 'ms/device', 'x util-linux', '-D devices', '-D ms/device', 'x util-linux', '-D left', 'kernel remove ms/dev', 'destroy x kernel'],
         results.map((r) => [
           String(r.n),
           shape(r),
@@ -556,6 +574,9 @@ try {
           fmt(r.destroyPerDevice, 2),
           fmt(r.ulDetachMs, 2),
           fmt(r.destroyPerDevice / r.ulDetachMs, 2),
+          r.batchInstances ? String(r.batchInstances) : '-',
+          fmt(r.batchPerDevice, 2),
+          fmt(r.batchPerDevice / r.ulDetachMs, 2),
           String(r.detachAllCount),
           fmt(r.detachAllPerDevice, 2),
           fmt(r.detachAllPerDevice / r.ulDetachMs, 2),

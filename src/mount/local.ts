@@ -3,11 +3,11 @@
  * the image is attached in the resolved scope (autoclear), or a given loop device used as
  * it is, and `mount -i` mounts it; on failure nothing is left behind (undo).
  */
-import { spawn } from 'node:child_process';
 import { AttachError, attach } from '../kernel/attach.js';
 import { NoFreeDeviceError } from '../kernel/allocate.js';
 import { isSysError } from '../kernel/errors.js';
 import { LoopDevice } from '../kernel/loop-device.js';
+import { findInPath, runProgram, type ProgramResult } from '../kernel/run-program.js';
 import { native } from '../kernel/native.js';
 import { canonicalize } from '../compat/canonicalize.js';
 import { findOverlap } from '../compat/overlap.js';
@@ -134,10 +134,12 @@ export function useDevice(r: MountLoopArgs, scope: LoopScope, out: Output): Atta
 
 /**
  * Run `mount -i` and collect its stderr (to be reworded only in the user-namespace
- * case). node:child_process rather than execa here: this is the helper's hot path, and
- * loading execa would add ~90 ms to every mount (bench/mount.mjs).
+ * case). Neither execa (~90 ms to load, bench/mount.mjs) nor node:child_process (~20 ms of
+ * modules and a fork, kernel/run-program.ts): this is the helper's hot path. The helper
+ * has nothing else to do meanwhile, so it waits for mount(8) blocked. Where a seccomp
+ * filter refuses the clone flags of that spawn, node's spawn does it.
  */
-export function runMount(
+export async function runMount(
   r: MountLoopArgs,
   device: LoopDevice,
   type: string | null,
@@ -154,6 +156,22 @@ export function runMount(
   if (r.namespace) argv.push('-N', r.namespace);
   argv.push(device.path, r.dir);
   out.flush();
+  // execvp's search, as node's spawn did (the same message when there is no mount(8))
+  const file = findInPath('mount', process.env.PATH);
+  if (file === null) return { exitCode: MOUNT_EX_FAIL, stderr: 'mount: spawn mount ENOENT\n' };
+  let res: ProgramResult;
+  try {
+    res = runProgram(file, ['mount', ...argv], process.env, 1);
+  } catch (e) {
+    if (isSysError(e) && e.syscall === 'clone') return spawnMount(argv);
+    return { exitCode: MOUNT_EX_FAIL, stderr: `mount: ${isSysError(e) ? `${e.path ?? file}: ${e.description}` : String(e)}\n` };
+  }
+  return { exitCode: res.code ?? (res.signal ? MOUNT_EX_FAIL : 0), stderr: res.stderr };
+}
+
+/** runMount's way where spawnVm cannot clone: node's spawn. */
+async function spawnMount(argv: string[]): Promise<{ exitCode: number; stderr: string }> {
+  const { spawn } = await import('node:child_process');
   return new Promise((resolve) => {
     const child = spawn('mount', argv, { stdio: ['ignore', 'inherit', 'pipe'] });
     const chunks: Buffer[] = [];
