@@ -10,8 +10,8 @@
 // that line matches. V8 rejects a cache made by another node version or with other V8 flags
 // (--cpu-prof, ...); the bundle is then compiled from source, as without a cache.
 'use strict';
-const { readFileSync } = require('node:fs');
-const { dirname, join, resolve } = require('node:path');
+const { accessSync, constants, readFileSync } = require('node:fs');
+const { basename, dirname, join, resolve } = require('node:path');
 const { createRequire } = require('node:module');
 const { Script } = require('node:vm');
 
@@ -71,4 +71,30 @@ function scriptAsInvoked() {
   }
 }
 
-module.exports = { bundlePath, compileBundle, readCache, runBundle, loadBundle, scriptAsInvoked };
+/**
+ * The argv[0] a C program in our place would most likely have had, for getopt's messages
+ * ("losetup: invalid option -- 'x'"). A shell or execvp(3) that found the command in PATH
+ * passes the bare name as argv[0] and the full path to execve(2); for a #! script the kernel
+ * hands the interpreter only the path, and argv[0] is lost. So an absolute path that is
+ * exactly what a PATH search for its own name finds is taken as typed by name, as scripts
+ * call losetup; a path typed out in full that PATH would also find prints the bare name
+ * where util-linux prints the path (the rarer case). Any other path: as invoked.
+ */
+function commandAsInvoked() {
+  const raw = scriptAsInvoked();
+  if (!raw.startsWith('/')) return raw;
+  const name = basename(raw);
+  for (const dir of (process.env.PATH || '').split(':')) {
+    if (!dir.startsWith('/')) continue; // a relative entry is not where the shell found an absolute path
+    const candidate = join(dir, name);
+    try {
+      accessSync(candidate, constants.X_OK);
+    } catch {
+      continue;
+    }
+    return candidate === raw ? name : raw;
+  }
+  return raw;
+}
+
+module.exports = { bundlePath, compileBundle, readCache, runBundle, loadBundle, scriptAsInvoked, commandAsInvoked };
