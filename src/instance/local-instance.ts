@@ -918,10 +918,11 @@ export class LocalInstance implements LoopScope {
    * release() for many devices: all of them marked "removing" in one durable write (the
    * batch mark, state.ts RELEASING_FILE), every node unlinked, the removals in flight
    * together for up to `waitMs` in all, the removed ones forgotten, and the mark folded
-   * into the records of those still busy. Caller holds the instance lock. Returns the
-   * minors that left.
+   * into the records of those still busy. As release(), a device still bound at the
+   * deadline stays held, and one still open stays "removing" for gc. Caller holds the
+   * instance lock. Returns the minors that left, in the order given.
    */
-  private releaseMany(minors: number[], waitMs: number, known?: ReadonlyMap<number, HeldDevice>): number[] {
+  releaseMany(minors: number[], waitMs: number, known?: ReadonlyMap<number, HeldDevice>): number[] {
     if (minors.length === 0) return [];
     let ctl: LoopControl;
     try {

@@ -141,10 +141,10 @@ export function reconcileInstance(inst: LocalInstance, rt: Runtime, report: GcRe
 
   // every idle device, looked at one by one: this is where devices freed behind our back
   // (a stock tool's detach, autoclear) get their idle hints
+  // released together: one removal waits ~35 ms in the kernel, many in flight overlap
+  // (200 devices freed by a stock tool's -d: 7.2 s one by one)
   const idle = inst.idleMinors();
-  for (const minor of idle.slice(opts.pool ?? s.pool)) {
-    if (inst.release(minor)) fix(minor, 'released idle device above the pool size');
-  }
+  for (const minor of inst.releaseMany(idle.slice(opts.pool ?? s.pool), 0)) fix(minor, 'released idle device above the pool size');
 }
 
 /** Whether `minor`'s record predates the claims directory and not the running kernel. */
