@@ -2,15 +2,14 @@
 // Each returns the device index the kernel reports (the ioctl's return value).
 #include <sys/ioctl.h>
 
-#include <atomic>
 #include <cerrno>
-#include <thread>
 #include <vector>
 
 #include "args.h"
 #include "errors.h"
 #include "exports.h"
 #include "ioctls.h"
+#include "parallel.h"
 
 namespace loopfs {
 
@@ -64,26 +63,11 @@ Napi::Value CtlRemoveMany(const Napi::CallbackInfo& info) {
     if (index < 0) ThrowArgRange(arr.Get(i), "ctlRemoveMany", "indices[i]", "an integer >= 0");
     indices[i] = static_cast<unsigned long>(index);
   }
-  int32_t threads = ToInt32(info[2], "ctlRemoveMany", "threads");
-  if (threads < 1) threads = 1;
-  if (static_cast<size_t>(threads) > indices.size()) threads = static_cast<int32_t>(indices.size());
+  const int32_t threads = ToInt32(info[2], "ctlRemoveMany", "threads");
   std::vector<int> result(indices.size(), 0);
-  std::atomic<size_t> next{0};
-  auto work = [&]() {
-    for (size_t i = next++; i < indices.size(); i = next++) {
-      result[i] = ioctl(fd, kLoopCtlRemove.request, indices[i]) < 0 ? errno : 0;
-    }
-  };
-  std::vector<std::thread> pool;
-  for (int32_t t = 1; t < threads; t++) {
-    try {
-      pool.emplace_back(work);
-    } catch (...) {
-      break; // no more threads: the ones running (and this one) do the rest
-    }
-  }
-  work();
-  for (auto& t : pool) t.join();
+  ParallelFor(indices.size(), threads < 1 ? 1 : static_cast<size_t>(threads), [&](size_t, size_t i) {
+    result[i] = ioctl(fd, kLoopCtlRemove.request, indices[i]) < 0 ? errno : 0;
+  });
   Napi::Array out = Napi::Array::New(info.Env(), result.size());
   for (size_t i = 0; i < result.size(); i++) out.Set(static_cast<uint32_t>(i), Napi::Number::New(info.Env(), result[i]));
   return out;

@@ -21,15 +21,21 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
 #include <vector>
 
 #include "args.h"
 #include "errors.h"
 #include "exports.h"
+#include "parallel.h"
 
 namespace loopfs {
 
 namespace {
+
+// A thread per this many directories at least, and at most this many threads (listing).
+constexpr size_t kDirsPerThread = 128;
+constexpr size_t kMaxThreads = 4;
 
 // Read `names` (relative paths) inside each of `dirs`; result is dirs x names, row-major.
 // Each directory is opened once (O_PATH) and its attributes with openat(): the path walk
@@ -50,20 +56,35 @@ Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < dirArg.Length(); i++) dirs.push_back(ToPath(dirArg.Get(i), "readFiles", "dirs[i]"));
   for (uint32_t i = 0; i < nameArg.Length(); i++) names.push_back(ToPath(nameArg.Get(i), "readFiles", "names[i]"));
 
-  Napi::Array result = Napi::Array::New(env, dirs.size() * names.size());
-  std::vector<char> buf(maxBytes > 0 ? maxBytes : 1);
-  uint32_t k = 0;
   const bool gated = (flags & READ_FILES_FIRST_GATES) != 0;
   const bool noFollow = (flags & READ_FILES_NO_FOLLOW) != 0;
   const int openFlags = O_RDONLY | O_CLOEXEC | (noFollow ? O_NOFOLLOW | O_NONBLOCK : 0);
-  // One file into buf: its length, or -1 when it cannot be opened or read.
-  auto readOne = [&](int fd) -> ssize_t {
+  const size_t width = names.size();
+
+  // Where each file's bytes went: worker w's text at [off, off + len), len -1 when unread.
+  struct Slot {
+    uint32_t worker;
+    size_t off;
+    ssize_t len;
+  };
+  std::vector<Slot> slots(dirs.size() * width);
+  // A big listing is read on several threads: the reads are the kernel's work (kernfs, one
+  // show() per attribute), which runs on every CPU at once. Measured on 2 CPUs, 1000 bound
+  // devices: ~130 ms on one thread, ~57 ms on two (most of `losetup -l`'s time after node's
+  // start-up). A small one stays on this thread (a thread's start costs ~100 reads).
+  const size_t threads = ThreadsFor(dirs.size(), kDirsPerThread, kMaxThreads, true);
+  std::vector<std::string> texts(threads);
+  std::vector<std::vector<char>> bufs(threads, std::vector<char>(maxBytes > 0 ? maxBytes : 1));
+
+  // One file into worker w's buffer: its length, or -1 when it cannot be opened or read.
+  auto readOne = [&](size_t w, int fd) -> ssize_t {
     if (fd < 0) return -1;
     struct stat st;
     if (noFollow && (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))) {
       close(fd);
       return -1;
     }
+    std::vector<char>& buf = bufs[w];
     size_t len = 0;
     bool failed = false;
     while (len < maxBytes) {
@@ -80,32 +101,41 @@ Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
     close(fd);
     return failed ? -1 : static_cast<ssize_t>(len);
   };
-  auto put = [&](ssize_t len) {
-    if (len < 0) {
-      result.Set(k++, env.Null());
-      return;
-    }
-    napi_value str;
-    NAPI_THROW_IF_FAILED_VOID(env, napi_create_string_latin1(env, buf.data(), static_cast<size_t>(len), &str));
-    result.Set(k++, Napi::Value(env, str));
+  auto put = [&](size_t w, size_t k, ssize_t len) {
+    slots[k] = Slot{static_cast<uint32_t>(w), texts[w].size(), len};
+    if (len > 0) texts[w].append(bufs[w].data(), static_cast<size_t>(len));
   };
-  for (const std::string& dir : dirs) {
+  ParallelFor(dirs.size(), threads, [&](size_t w, size_t d) {
+    const std::string& dir = dirs[d];
+    const size_t row = d * width;
     size_t first = 0;
-    if (gated && !names.empty()) {
+    if (gated && width > 0) {
       // the gate by its full path: an idle device costs this one failed open(), as in
       // util-linux, and no directory fd
-      const ssize_t len = readOne(open((dir + "/" + names[0]).c_str(), openFlags));
-      put(len);
+      const ssize_t len = readOne(w, open((dir + "/" + names[0]).c_str(), openFlags));
+      put(w, row, len);
       first = 1;
       if (len < 0) {
-        for (size_t j = 1; j < names.size(); j++) put(-1);
-        continue;
+        for (size_t j = 1; j < width; j++) put(w, row + j, -1);
+        return;
       }
     }
-    if (first == names.size()) continue;
+    if (first == width) return;
     const int dfd = open(dir.c_str(), O_PATH | O_DIRECTORY | O_CLOEXEC);
-    for (size_t j = first; j < names.size(); j++) put(readOne(dfd < 0 ? -1 : openat(dfd, names[j].c_str(), openFlags)));
+    for (size_t j = first; j < width; j++) put(w, row + j, readOne(w, dfd < 0 ? -1 : openat(dfd, names[j].c_str(), openFlags)));
     if (dfd >= 0) close(dfd);
+  });
+
+  Napi::Array result = Napi::Array::New(env, slots.size());
+  for (size_t k = 0; k < slots.size(); k++) {
+    const Slot& sl = slots[k];
+    if (sl.len < 0) {
+      result.Set(static_cast<uint32_t>(k), env.Null());
+      continue;
+    }
+    napi_value str;
+    NAPI_THROW_IF_FAILED(env, napi_create_string_latin1(env, texts[sl.worker].data() + sl.off, static_cast<size_t>(sl.len), &str), Napi::Value());
+    result.Set(static_cast<uint32_t>(k), Napi::Value(env, str));
   }
   return result;
 }

@@ -1,7 +1,7 @@
 /** The host scope: /dev, /dev/loop-control and /sys/block, exactly as util-linux sees them. */
 import { allocateAndAttach, ensureDevice, findFree, HOST_DEVICES } from '../kernel/allocate.js';
 import type { AttachRequest } from '../kernel/attach.js';
-import { assertLoopDevice, isLoopDevice, LoopDevice } from '../kernel/loop-device.js';
+import { areLoopDevices, assertLoopDevice, LoopDevice } from '../kernel/loop-device.js';
 import { LISTING_ATTRS, loopNamesInSysfs, SysfsLoop } from '../kernel/sysfs.js';
 import { detachEach, OWN_IOCTLS, type LoopScope } from './scope.js';
 
@@ -17,16 +17,12 @@ export class HostScope implements LoopScope {
       loopNamesInSysfs().map((name) => SysfsLoop.forName(name)),
       ['loop/backing_file', ...prefetch],
     );
-    const result: LoopDevice[] = [];
-    for (const sys of loops) {
-      // as util-linux: bound devices only (loop/backing_file and loop/offset exist), and
-      // only when /dev has a loop device node of that name
-      if (sys.backingFile() === null) continue;
-      const path = `/dev/${sys.dir.slice(sys.dir.lastIndexOf('/') + 1)}`;
-      if (!isLoopDevice(path)) continue;
-      result.push(LoopDevice.withSysfs(path, sys));
-    }
-    return result;
+    // as util-linux: bound devices only (loop/backing_file and loop/offset exist), and
+    // only when /dev has a loop device node of that name
+    const bound = loops.filter((sys) => sys.backingFile() !== null);
+    const paths = bound.map((sys) => `/dev/${sys.dir.slice(sys.dir.lastIndexOf('/') + 1)}`);
+    const isLoop = areLoopDevices(paths);
+    return bound.flatMap((sys, i) => (isLoop[i] ? [LoopDevice.withSysfs(paths[i], sys)] : []));
   }
 
   /** util-linux composes "/dev/NAME" for a name without a leading slash. */

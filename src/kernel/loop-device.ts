@@ -121,6 +121,23 @@ export class LoopDevice {
     return this.info;
   }
 
+  /**
+   * status() of many devices at once, kept as each one's cached status: for `-a` and the
+   * BACK-INO and BACK-MAJ:MIN columns of a listing. The native batch asks a thousand on as
+   * many threads as CPUs (one after another, the opens and ioctls were ~30 ms of `-a`). A
+   * device whose open or ioctl failed is left to ask again itself, and fail as it would
+   * have; one already open or with a status is left alone.
+   */
+  static prefetchStatus(devs: readonly LoopDevice[]): void {
+    const todo = devs.filter((d) => !d.info && !d.isOpen);
+    if (todo.length < 2) return;
+    native()
+      .loopStatusMany(todo.map((d) => d.path))
+      .forEach((r, i) => {
+        if (typeof r !== 'number') todo[i].info = r;
+      });
+  }
+
   /** status(), or null when the ioctl fails (unbound, no permission, ...). */
   tryStatus(): LoopInfo64 | null {
     try {
@@ -354,11 +371,29 @@ export function assertLoopDevice(path: string): void {
  * plain stat (no BigInt Stats, no exception for a missing node) settles the usual case,
  * a block device with the loop major; anything else takes the full check.
  */
+/**
+ * isLoopDevice() of many paths, in order: one native stat of each, and the slow check of
+ * isLoopDevice() only for a block device of another major.
+ */
+export function areLoopDevices(paths: readonly string[]): boolean[] {
+  if (paths.length === 0) return [];
+  const rdevs = native().blockRdevs([...paths]);
+  return paths.map((p, i) => {
+    const rdev = rdevs[i];
+    if (rdev < 0) return false;
+    return devMajor(rdev) === LOOP_MAJOR || isLoopDevice(p);
+  });
+}
+
+/** glibc major() of a dev_t held in a double (exact below 2^53). */
+function devMajor(rdev: number): number {
+  return ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
+}
+
 export function isLoopDevice(path: string): boolean {
   const st = statSync(path, { throwIfNoEntry: false });
   if (!st) return false;
-  // glibc major() of a dev_t held in a double (exact below 2^53)
-  if (st.isBlockDevice() && (((st.rdev >>> 8) & 0xfff) | (Math.floor(st.rdev / 2 ** 32) & ~0xfff)) === LOOP_MAJOR) return true;
+  if (st.isBlockDevice() && devMajor(st.rdev) === LOOP_MAJOR) return true;
   try {
     assertLoopDevice(path);
     return true;

@@ -235,6 +235,12 @@ export interface NativeAddon {
   loopClrFd(fd: number): void;
   /** ioctl(LOOP_GET_STATUS64). ENXIO when the device is not bound. */
   loopGetStatus64(fd: number): LoopInfo64;
+  /**
+   * LOOP_GET_STATUS64 of many device nodes (each opened O_RDONLY, asked, closed; on several
+   * threads for a big batch): per path the status, or the errno number of the failed open
+   * or ioctl (ENXIO: unbound).
+   */
+  loopStatusMany(paths: string[]): Array<LoopInfo64 | number>;
   /** ioctl(LOOP_SET_STATUS64). */
   loopSetStatus64(fd: number, info: LoopInfo64Input): void;
   /** ioctl(LOOP_SET_CAPACITY). */
@@ -255,6 +261,8 @@ export interface NativeAddon {
   /** flock(2); op is LOCK_SH|LOCK_EX|LOCK_UN, optionally | LOCK_NB (EWOULDBLOCK then: code 'EAGAIN', same errno 11). */
   flock(fd: number, op: number): void;
   fstat(fd: number): NativeStat;
+  /** stat(2) of many paths: st_rdev of each that is a block device, else -1. */
+  blockRdevs(paths: string[]): number[];
   /** statfs(2) of a path, or fstatfs(2) when given a number. */
   statfs(pathOrFd: string | number): NativeStatfs;
   /** mknod(2): mode includes the file type bits (S_IFBLK | 0660). */

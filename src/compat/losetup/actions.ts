@@ -68,7 +68,9 @@ function selectedDevices(ctx: ActionContext, attrs: readonly string[]): LoopDevi
 }
 
 function showAll(ctx: ActionContext): number {
-  for (const dev of selectedDevices(ctx, LINE_ATTRS)) {
+  const devices = selectedDevices(ctx, LINE_ATTRS);
+  LoopDevice.prefetchStatus(devices); // every line shows the backing file's device and inode
+  for (const dev of devices) {
     const line = deviceLine(dev);
     // closed at once, as util-linux does: a thousand devices would otherwise hold a
     // thousand fds (LOOP_GET_STATUS64 opens each) until the process exits
@@ -82,6 +84,7 @@ function showTable(ctx: ActionContext, single: LoopDevice | null): number {
   const { plan, out } = ctx;
   const cols = plan.columns.map((i) => COLUMNS[i]);
   const devices = single ? [single] : selectedDevices(ctx, cols.flatMap((c) => c.attrs));
+  if (cols.some((c) => c.status)) LoopDevice.prefetchStatus(devices);
   const rows = devices.map((d) => {
     const row = cols.map((c) => c.value(d));
     d.close(); // BACK-INO and BACK-MAJ:MIN open the device (see showAll)

@@ -10,6 +10,8 @@ export interface LoopColumn extends ColumnSpec {
   help: string;
   /** sysfs attributes the value reads (prefetched in one batch for a listing) */
   attrs: string[];
+  /** The value asks LOOP_GET_STATUS64 (prefetched in one batch for a listing too). */
+  status?: true;
   /** The cell text, or null for an empty cell (JSON null). */
   value(dev: LoopDevice): string | null;
 }
@@ -30,6 +32,7 @@ export const COLUMNS: readonly LoopColumn[] = [
     name: 'BACK-INO',
     help: 'backing file inode number',
     attrs: [],
+    status: true,
     right: true,
     json: 'number',
     value: (d) => {
@@ -41,6 +44,7 @@ export const COLUMNS: readonly LoopColumn[] = [
     name: 'BACK-MAJ:MIN',
     help: 'backing file major:minor device number',
     attrs: [],
+    status: true,
     value: (d) => {
       const ids = d.backingIds();
       return ids && ids.dev ? majMin(major(ids.dev), minor(ids.dev), 8) : null;
