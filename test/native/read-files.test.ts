@@ -79,4 +79,22 @@ describe('readFiles', () => {
   it('refuses unknown flags', () => {
     expect(() => native().readFiles([dir], ['x'], 64, 4)).toThrow(/flags/);
   });
+  it('a batch big enough for several threads keeps every value in its row and column, gated rows included', () => {
+    const n = native();
+    // 600 directories: above twice the per-thread threshold, so the rows are shared out
+    const dirs: string[] = [];
+    for (let i = 0; i < 600; i++) {
+      const d = path.join(dir, `d${i}`);
+      fs.mkdirSync(d);
+      // every third directory lacks its gate: its other names must come back null unread
+      if (i % 3 !== 0) fs.writeFileSync(path.join(d, 'gate'), `g${i}\n`);
+      fs.writeFileSync(path.join(d, 'a'), `a${i}`);
+      fs.writeFileSync(path.join(d, 'b'), 'b'.repeat(i));
+      dirs.push(d);
+    }
+    const got = n.readFiles(dirs, ['gate', 'a', 'b'], 4096, n.constants.READ_FILES_FIRST_GATES);
+    const want = dirs.flatMap((_, i) => (i % 3 === 0 ? [null, null, null] : [`g${i}\n`, `a${i}`, 'b'.repeat(i)]));
+    expect(got).toEqual(want);
+    expect(n.readFiles(dirs, ['a'], 4096)).toEqual(dirs.map((_, i) => `a${i}`));
+  });
 });
