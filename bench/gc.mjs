@@ -21,6 +21,7 @@ import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSyn
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { kernelRemoveMs } from './lib/kernel-remove.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const DEVICES = Number(process.argv[2] ?? 200);
@@ -75,33 +76,6 @@ function boundToOurs() {
   return names;
 }
 
-/** The kernel's share: LOOP_CTL_REMOVE of `count` fresh indexes above every device, ms per device. */
-function kernelRemove(count) {
-  const ctl = LoopControl.open();
-  const made = [];
-  try {
-    let next = Math.max(-1, ...readdirSync('/sys/block').filter((x) => /^loop\d+$/.test(x)).map((x) => Number(x.slice(4)))) + 1000;
-    while (made.length < count) {
-      try {
-        ctl.add(next);
-        made.push(next);
-      } catch (e) {
-        if (e?.code !== 'EEXIST') throw e;
-      }
-      next++;
-    }
-    const t0 = process.hrtime.bigint();
-    const outcome = ctl.removeMany(made);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    for (const [i, o] of outcome.entries()) if (o === 'busy') LoopControl.removeIndex(made[i]);
-    made.length = 0;
-    return ms / count;
-  } finally {
-    for (const m of made) LoopControl.removeIndex(m);
-    ctl.close();
-  }
-}
-
 const median = (xs) => {
   const s = [...xs].sort((a, b) => a - b);
   return s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2;
@@ -131,7 +105,7 @@ try {
     released = (g.out.match(/released idle device above the pool size/g) ?? []).length;
     idleMs.push(must([LOOPFS, 'gc']).ms);
     must([LOOPFS, 'instance', 'destroy', dir]);
-    kernelMs.push(kernelRemove(DEVICES));
+    kernelMs.push(kernelRemoveMs(LoopControl, DEVICES));
     process.stderr.write(`[gc] run ${r + 1}/${RUNS}: gc ${g.ms.toFixed(0)} ms for ${released} devices\n`);
   }
   const gc = median(gcMs);

@@ -39,6 +39,7 @@ import { closeSync, existsSync, ftruncateSync, mkdtempSync, openSync, readdirSyn
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath, pathToFileURL } from 'node:url';
+import { kernelRemoveMs } from './lib/kernel-remove.mjs';
 
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const LEVELS = (process.argv[2] ?? '10,100,1000,10000').split(',').map(Number);
@@ -263,38 +264,6 @@ async function fill(dir, count, file, probeEvery = 0) {
   return { each, failures, kernel };
 }
 
-/**
- * The kernel's share of giving `count` devices back: that many fresh indexes made above
- * every device (LOOP_CTL_ADD, ours alone) and removed again as destroy removes them
- * (LoopControl.removeMany: LOOP_CTL_REMOVE on up to 256 threads). ms per device of the removal.
- */
-function kernelRemoveBound(count) {
-  const ctl = LoopControl.open();
-  const made = [];
-  try {
-    let next = Math.max(-1, ...readdirSync('/sys/block').filter((x) => /^loop\d+$/.test(x)).map((x) => Number(x.slice(4)))) + 1000;
-    while (made.length < count) {
-      try {
-        ctl.add(next);
-        made.push(next);
-      } catch (e) {
-        if (e?.code !== 'EEXIST') throw e; // taken meanwhile: the next one; else a kernel limit
-      }
-      next++;
-    }
-    const t0 = process.hrtime.bigint();
-    const outcome = ctl.removeMany(made);
-    const ms = Number(process.hrtime.bigint() - t0) / 1e6;
-    // a fresh unbound index that somebody opened meanwhile: one more try, one by one
-    for (const [i, o] of outcome.entries()) if (o === 'busy') LoopControl.removeIndex(made[i]);
-    made.length = 0;
-    return ms / count;
-  } finally {
-    for (const m of made) LoopControl.removeIndex(m);
-    ctl.close();
-  }
-}
-
 /** Minors DIR's instance records (.loopfs/devices/loopN). */
 function stateMinorsOf(dir) {
   try {
@@ -416,7 +385,7 @@ async function level(n) {
   const dLeft = stateMinorsOf(dDir).length;
   destroyInstance(dDir);
   progress(`level ${n}: kernel bound, LOOP_CTL_REMOVE of ${sample} fresh indexes (removeMany)`);
-  const removeBound = kernelRemoveBound(sample);
+  const removeBound = kernelRemoveMs(LoopControl, sample);
   let straced = null;
   if (process.env.BENCH_STRACE === '1') straced = await straceFigures(n, sample, file);
   // one process per instance (the first half, or the only one), then the rest in one call
