@@ -8,6 +8,11 @@ export function major(dev: bigint): number {
   return Number(((dev >> 8n) & 0xfffn) | ((dev >> 32n) & ~0xfffn & 0xfffff000n));
 }
 
+/** major() of a dev_t held in a number (exact below 2^53): for a listing's thousand stats, no BigInt. */
+export function majorOfNumber(dev: number): number {
+  return ((dev >>> 8) & 0xfff) | (Math.floor(dev / 2 ** 32) & ~0xfff);
+}
+
 export function minor(dev: bigint): number {
   return Number((dev & 0xffn) | ((dev >> 12n) & ~0xffn & 0xffffff00n));
 }

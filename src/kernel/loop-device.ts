@@ -6,7 +6,7 @@
  * Call close() (or use `using`-style try/finally) when done with an opened device.
  */
 import { existsSync, readFileSync, realpathSync, statSync } from 'node:fs';
-import { LOOP_MAJOR, major, minor } from './devnum.js';
+import { LOOP_MAJOR, major, majorOfNumber, minor } from './devnum.js';
 import { hasCode, sysError } from './errors.js';
 import { native, type LoopInfo64, type LoopInfo64Input } from './native.js';
 import { sleepMs } from './sleep.js';
@@ -371,6 +371,19 @@ export function assertLoopDevice(path: string): void {
  * plain stat (no BigInt Stats, no exception for a missing node) settles the usual case,
  * a block device with the loop major; anything else takes the full check.
  */
+export function isLoopDevice(path: string): boolean {
+  const st = statSync(path, { throwIfNoEntry: false });
+  if (!st) return false;
+  if (st.isBlockDevice() && majorOfNumber(st.rdev) === LOOP_MAJOR) return true;
+  try {
+    assertLoopDevice(path);
+    return true;
+  } catch {
+    // assertLoopDevice's refusal (ENODEV, ENOENT) is the answer: not a loop device
+    return false;
+  }
+}
+
 /**
  * isLoopDevice() of many paths, in order: one native stat of each, and the slow check of
  * isLoopDevice() only for a block device of another major.
@@ -381,26 +394,8 @@ export function areLoopDevices(paths: readonly string[]): boolean[] {
   return paths.map((p, i) => {
     const rdev = rdevs[i];
     if (rdev < 0) return false;
-    return devMajor(rdev) === LOOP_MAJOR || isLoopDevice(p);
+    return majorOfNumber(rdev) === LOOP_MAJOR || isLoopDevice(p);
   });
-}
-
-/** glibc major() of a dev_t held in a double (exact below 2^53). */
-function devMajor(rdev: number): number {
-  return ((rdev >>> 8) & 0xfff) | (Math.floor(rdev / 2 ** 32) & ~0xfff);
-}
-
-export function isLoopDevice(path: string): boolean {
-  const st = statSync(path, { throwIfNoEntry: false });
-  if (!st) return false;
-  if (st.isBlockDevice() && devMajor(st.rdev) === LOOP_MAJOR) return true;
-  try {
-    assertLoopDevice(path);
-    return true;
-  } catch {
-    // assertLoopDevice's refusal (ENODEV, ENOENT) is the answer: not a loop device
-    return false;
-  }
 }
 
 /** Kernel name of a /sys/dev/block/M:m entry (the last component of its link target). */

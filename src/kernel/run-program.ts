@@ -65,6 +65,7 @@ export function runProgram(file: string, argv: string[], env: NodeJS.ProcessEnv,
     if (devNull >= 0) n.close(devNull);
   }
   const chunks: Buffer[] = [];
+  let status: ReturnType<typeof n.waitPid> = null;
   try {
     // until every holder of the write end is gone: the program and whatever it started
     for (;;) {
@@ -74,8 +75,9 @@ export function runProgram(file: string, argv: string[], env: NodeJS.ProcessEnv,
     }
   } finally {
     n.close(errRead);
+    // reaped even when reading failed: the caller undoes its work only once mount(8) is done
+    status = n.waitPid(started.pid, false);
+    n.close(started.pidfd);
   }
-  const status = n.waitPid(started.pid, false);
-  n.close(started.pidfd);
   return { code: status?.code ?? null, signal: status?.signal ?? null, stderr: Buffer.concat(chunks).toString('utf8') };
 }
