@@ -22,10 +22,6 @@ namespace loopfs {
 
 namespace {
 
-// loopStatusMany: a thread per this many devices at least, at most this many threads.
-constexpr size_t kStatusPerThread = 128;
-constexpr size_t kMaxStatusThreads = 4;
-
 // Issues a loop ioctl whose argument is a plain integer (or unused) and throws on failure.
 void IoctlValue(const Napi::CallbackInfo& info, int fd, const Ioctl& req, unsigned long arg) {
   if (ioctl(fd, req.request, arg) < 0) {
@@ -95,7 +91,7 @@ Napi::Value LoopStatusMany(const Napi::CallbackInfo& info) {
   for (uint32_t i = 0; i < arg.Length(); i++) paths.push_back(ToPath(arg.Get(i), "loopStatusMany", "paths[i]"));
   std::vector<struct loop_info64> infos(paths.size());
   std::vector<int> errs(paths.size(), 0);
-  ParallelFor(paths.size(), ThreadsFor(paths.size(), kStatusPerThread, kMaxStatusThreads, true), [&](size_t, size_t i) {
+  ParallelFor(paths.size(), ListingThreads(paths.size()), [&](size_t, size_t i) {
     std::memset(&infos[i], 0, sizeof infos[i]);
     const int fd = open(paths[i].c_str(), O_RDONLY | O_CLOEXEC);
     if (fd < 0) {

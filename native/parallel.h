@@ -11,15 +11,15 @@
 
 namespace loopfs {
 
-// Threads for `count` items of at least `perThread` each, at most `maxThreads` and not
-// more than the CPUs when `cpuBound` (a wait-bound job, like removals, wants more).
-inline size_t ThreadsFor(size_t count, size_t perThread, size_t maxThreads, bool cpuBound) {
-  size_t n = std::max<size_t>(1, count / std::max<size_t>(1, perThread));
-  if (cpuBound) {
-    const unsigned cpus = std::thread::hardware_concurrency();
-    n = std::min<size_t>(n, cpus > 0 ? cpus : 1);
-  }
-  return std::min(n, std::max<size_t>(1, maxThreads));
+// Threads for a listing's batch of `count` items (sysfs reads, LOOP_GET_STATUS64s): the
+// kernel's CPU work, so no more threads than CPUs, at most 4, and one per 128 items at least
+// (a thread's start costs about as much as 100 of those reads), so a small batch stays on
+// the calling thread. Removals, which wait rather than work, choose their own count.
+inline size_t ListingThreads(size_t count) {
+  constexpr size_t kItemsPerThread = 128;
+  constexpr size_t kMaxThreads = 4;
+  const unsigned cpus = std::thread::hardware_concurrency();
+  return std::max<size_t>(1, std::min<size_t>({count / kItemsPerThread, cpus > 0 ? cpus : 1, kMaxThreads}));
 }
 
 // work(worker, i) for every i in [0, count), on up to `threads` threads (the calling one

@@ -33,10 +33,6 @@ namespace loopfs {
 
 namespace {
 
-// A thread per this many directories at least, and at most this many threads (listing).
-constexpr size_t kDirsPerThread = 128;
-constexpr size_t kMaxThreads = 4;
-
 // Read `names` (relative paths) inside each of `dirs`; result is dirs x names, row-major.
 // Each directory is opened once (O_PATH) and its attributes with openat(): the path walk
 // through /sys/block's symlink is paid once per device, not once per attribute.
@@ -72,7 +68,7 @@ Napi::Value ReadFiles(const Napi::CallbackInfo& info) {
   // show() per attribute), which runs on every CPU at once. Measured on 2 CPUs, 1000 bound
   // devices: ~130 ms on one thread, ~57 ms on two (most of `losetup -l`'s time after node's
   // start-up). A small one stays on this thread (a thread's start costs ~100 reads).
-  const size_t threads = ThreadsFor(dirs.size(), kDirsPerThread, kMaxThreads, true);
+  const size_t threads = ListingThreads(dirs.size());
   std::vector<std::string> texts(threads);
   std::vector<std::vector<char>> bufs(threads, std::vector<char>(maxBytes > 0 ? maxBytes : 1));
 
